@@ -1,0 +1,1 @@
+"""Callbacks: when to sample and when to probe."""

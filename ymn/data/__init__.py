@@ -1,0 +1,1 @@
+"""Data: weights, metadata, captions, synthetic scenes, shards, the weighted stream."""

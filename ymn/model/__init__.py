@@ -1,0 +1,1 @@
+"""Model: components (tiny, SD 1.x), the LightningModule, export."""

@@ -1,0 +1,1 @@
+"""Probes: count, face-grid, attention and linear probes."""
