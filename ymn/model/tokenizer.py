@@ -82,7 +82,9 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
     ).input_ids
 
 
-def describe_tokens(tokenizer: CLIPTokenizer, texts: tuple[str, ...] = CONTROL_TOKEN_EXAMPLES) -> str:
+def describe_tokens(
+    tokenizer: CLIPTokenizer, texts: tuple[str, ...] = CONTROL_TOKEN_EXAMPLES
+) -> str:
     """One line per text: how the tokenizer splits it (logged at start-up)."""
     rows = []
     for text in texts:

@@ -1,0 +1,199 @@
+"""Model components: the embedded tiny SD-shaped set, or a local SD 1.x checkpoint.
+
+`load_components` is the one entry point (Hydra group `model`). Nothing here touches the network:
+a diffusers folder, a single `.safetensors` file, or the tiny base shipped in `ymn/assets`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from ymn.model.tokenizer import MODEL_MAX_LENGTH, load_clip_tokenizer
+
+log = logging.getLogger(__name__)
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+TINY_BASE_DIR = ASSETS_DIR / "tiny-base"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+TINY_RESOLUTION = 128
+
+
+@dataclass
+class Components:
+    """The five parts of a Stable Diffusion 1.x model."""
+
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    unet: UNet2DConditionModel
+    scheduler: DDPMScheduler
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny SD-shaped model: same block types and key layout as SD 1.x, ~100x fewer parameters.
+# ---------------------------------------------------------------------------------------------
+
+
+def tiny_vae() -> AutoencoderKL:
+    """AutoencoderKL with 4 blocks (8x downsampling) and 4 latent channels, as SD 1.x."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 64, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=TINY_RESOLUTION,
+    )
+
+
+def tiny_text_encoder() -> CLIPTextModel:
+    """A 2-layer CLIP text transformer over the full 49,408-token CLIP vocabulary."""
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        hidden_act="quick_gelu",
+        projection_dim=64,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    return CLIPTextModel(config)
+
+
+def tiny_unet() -> UNet2DConditionModel:
+    """UNet2DConditionModel with SD 1.x's block layout (3 cross-attention levels + 1 plain)."""
+    return UNet2DConditionModel(
+        sample_size=TINY_RESOLUTION // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(32, 64, 64, 64),
+        layers_per_block=1,
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def sd_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
+    """SD 1.x's training noise schedule (scaled-linear betas, 1,000 steps)."""
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
+def build_tiny(seed: int = 0) -> Components:
+    """A randomly initialised tiny set (used to train the embedded base, and in tests)."""
+    torch.manual_seed(seed)
+    return Components(
+        vae=tiny_vae(),
+        text_encoder=tiny_text_encoder(),
+        tokenizer=load_clip_tokenizer(),
+        unet=tiny_unet(),
+        scheduler=sd_scheduler(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading from disk
+# ---------------------------------------------------------------------------------------------
+
+
+def load_diffusers_folder(folder: Path) -> Components:
+    """Load a diffusers-format SD folder (safetensors only) with no network access."""
+    kwargs = {"local_files_only": True, "use_safetensors": True, "torch_dtype": torch.float32}
+    tokenizer_dir = folder / "tokenizer"
+    has_tokenizer = (tokenizer_dir / "tokenizer.json").is_file() or (
+        tokenizer_dir / "vocab.json"
+    ).is_file()
+    tokenizer = (
+        CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        if has_tokenizer
+        else load_clip_tokenizer()
+    )
+    return Components(
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs),
+        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kwargs),
+        tokenizer=tokenizer,
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs),
+        scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
+    )
+
+
+def resolve_model_path(path: str | Path, allow_pickle: bool = False) -> Path:
+    """Check a user-given model path before any work: it exists, and it is not a pickle file."""
+    resolved = Path(path).expanduser()
+    if not resolved.exists():
+        raise FileNotFoundError(
+            f"model.pretrained={path}: no such file or folder. Point it at a local SD 1.x "
+            "diffusers folder (with model_index.json) or a single .safetensors checkpoint."
+        )
+    if resolved.suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise ValueError(
+            f"model.pretrained={path} is a pickle checkpoint, which can run arbitrary code when "
+            "loaded. Convert it to .safetensors, or set model.allow_pickle=true if you trust it "
+            "(it is then loaded with torch.load(weights_only=True))."
+        )
+    if resolved.is_dir() and not (resolved / "model_index.json").is_file():
+        if (resolved / "export" / "diffusers" / "model_index.json").is_file():
+            return resolved / "export" / "diffusers"  # a ymn run directory
+        raise FileNotFoundError(
+            f"{resolved} has no model_index.json: it is not a diffusers folder or ymn run dir."
+        )
+    return resolved
+
+
+def load_components(
+    name: str = "tiny",
+    pretrained: str | None = None,
+    allow_pickle: bool = False,
+    prediction_type: str | None = None,
+) -> Components:
+    """Build the model set named by the Hydra `model` group.
+
+    name: "tiny" (embedded base unless `pretrained` is given) or "sd15" (needs `pretrained`).
+    pretrained: a diffusers folder, a ymn run dir, or a single-file SD 1.x checkpoint.
+    prediction_type: override the scheduler's ("epsilon" or "v_prediction").
+    """
+    if pretrained is None and name == "tiny":
+        if not (TINY_BASE_DIR / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"The embedded tiny base is missing at {TINY_BASE_DIR}; run `make tiny-base`."
+            )
+        components = load_diffusers_folder(TINY_BASE_DIR)
+    elif pretrained is None:
+        raise ValueError(f"model={name} needs model.pretrained=PATH (a local SD 1.x checkpoint).")
+    else:
+        path = resolve_model_path(pretrained, allow_pickle)
+        if path.is_dir():
+            components = load_diffusers_folder(path)
+        else:
+            from ymn.model.single_file import load_single_file
+
+            components = load_single_file(path, allow_pickle=allow_pickle)
+    if prediction_type is not None:
+        components.scheduler = DDPMScheduler.from_config(
+            components.scheduler.config, prediction_type=prediction_type
+        )
+    return components

@@ -1,0 +1,259 @@
+"""The LightningModule: SD 1.x fine-tuning as in the recipe (VAE frozen, text encoder + UNet trained).
+
+The module owns *how* to train, validate and sample; callbacks decide *when* to sample or probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers.training_utils import EMAModel, compute_snr
+from lightning import LightningModule
+from PIL import Image
+
+from ymn.model.components import Components
+from ymn.model.tokenizer import describe_tokens, tokenize
+
+log = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class DiffusionModule(LightningModule):
+    """Fine-tunes the UNet (and, by default, the text encoder) of an SD 1.x model set."""
+
+    def __init__(
+        self,
+        components: Components,
+        optimizer: OptimizerFactory,
+        lr_scheduler: SchedulerFactory | None = None,
+        train_text_encoder: bool = True,
+        gradient_checkpointing: bool = False,
+        snr_gamma: float | None = None,
+        noise_offset: float = 0.0,
+        ema_decay: float | None = None,
+        channels_last: bool = False,
+        val_seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        self.vae = components.vae.requires_grad_(False).eval()
+        self.text_encoder = components.text_encoder.requires_grad_(train_text_encoder)
+        self.unet = components.unet
+        self.tokenizer = components.tokenizer
+        self.noise_scheduler = components.scheduler
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.train_text_encoder = train_text_encoder
+        self.snr_gamma = snr_gamma
+        self.noise_offset = noise_offset
+        self.val_seed = val_seed
+        self.ema = EMAModel(self.unet.parameters(), decay=ema_decay) if ema_decay else None
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if train_text_encoder:
+                self.text_encoder.gradient_checkpointing_enable()
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        self._batch_started_at: float | None = None
+
+    # -----------------------------------------------------------------------------------------
+    # Loss
+    # -----------------------------------------------------------------------------------------
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] → scaled VAE latents (a sample of the posterior, as SD training does)."""
+        return self.vae.encode(pixel_values).latent_dist.sample() * self.latent_scale
+
+    def batch_latents(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "latents" in batch:  # cached latents, already scaled
+            return batch["latents"]
+        return self.encode_images(batch["pixel_values"])
+
+    def batch_input_ids(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "input_ids" in batch:
+            return batch["input_ids"]
+        return tokenize(self.tokenizer, list(batch["captions"])).to(self.device)
+
+    def diffusion_loss(
+        self,
+        latents: torch.Tensor,
+        input_ids: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-sample MSE of the UNet prediction (epsilon or v), optionally min-SNR weighted."""
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        text = self.text_encoder(input_ids)[0]
+        pred = self.unet(noisy, timesteps, text).sample
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.snr_gamma is not None:
+            loss = loss * self.min_snr_weights(timesteps)
+        return loss
+
+    def min_snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma loss weights (Hang et al. 2023), for epsilon or v targets."""
+        snr = compute_snr(self.noise_scheduler, timesteps)
+        clipped = torch.clamp(snr, max=self.snr_gamma)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return clipped / snr
+
+    def sample_noise(self, latents: torch.Tensor, generator: torch.Generator | None = None):
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+        if self.noise_offset:
+            offset = torch.randn(
+                (*latents.shape[:2], 1, 1), generator=generator, device=latents.device
+            )
+            noise = noise + self.noise_offset * offset
+        return noise
+
+    # -----------------------------------------------------------------------------------------
+    # Lightning hooks
+    # -----------------------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        log.info(
+            "Control tokens as the tokenizer splits them:\n%s", describe_tokens(self.tokenizer)
+        )
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._batch_started_at = time.perf_counter()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        latents = self.batch_latents(batch)
+        noise = self.sample_noise(latents)
+        timesteps = torch.randint(
+            0,
+            self.noise_scheduler.config.num_train_timesteps,
+            (latents.shape[0],),
+            device=latents.device,
+        )
+        loss = self.diffusion_loss(latents, self.batch_input_ids(batch), noise, timesteps).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=latents.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.step(self.unet.parameters())
+        if self._batch_started_at is not None:
+            seconds = time.perf_counter() - self._batch_started_at
+            n = len(batch["captions"]) if "captions" in batch else batch["latents"].shape[0]
+            self.log("perf/images_per_sec", n / max(seconds, 1e-9), batch_size=n)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """val/loss with noise and timesteps fixed per batch index, so runs compare like for like."""
+        latents = self.batch_latents(batch)
+        generator = torch.Generator(device=latents.device).manual_seed(self.val_seed + batch_idx)
+        noise = self.sample_noise(latents, generator)
+        timesteps = torch.randint(
+            0,
+            self.noise_scheduler.config.num_train_timesteps,
+            (latents.shape[0],),
+            generator=generator,
+            device=latents.device,
+        )
+        loss = self.diffusion_loss(latents, self.batch_input_ids(batch), noise, timesteps).mean()
+        self.log("val/loss", loss, prog_bar=True, batch_size=latents.shape[0], sync_dist=True)
+        return loss
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = list(self.unet.parameters())
+        if self.train_text_encoder:
+            params += list(self.text_encoder.parameters())
+        return [p for p in params if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+
+    # -----------------------------------------------------------------------------------------
+    # Sampling (callbacks and probes call these; they decide when)
+    # -----------------------------------------------------------------------------------------
+
+    def components(self) -> Components:
+        return Components(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.noise_scheduler,
+        )
+
+    def make_pipeline(self) -> StableDiffusionPipeline:
+        """An inference pipeline over the live modules (no copies), with a DDIM sampler."""
+        pipe = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def log_images(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        size: tuple[int, int] | None = None,
+        steps: int = 20,
+        guidance_scale: float = 5.0,
+        negative_prompts: Sequence[str] | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> list[Image.Image]:
+        """Sample one image per (prompt, seed); restores train mode afterwards."""
+        was_training = self.training
+        self.eval()
+        width, height = size or (self.unet.config.sample_size * 8,) * 2
+        pipe = self.make_pipeline()
+        images = []
+        for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+            out = pipe(
+                prompt,
+                negative_prompt=negative_prompts[i] if negative_prompts else None,
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                latents=None if latents is None else latents[i : i + 1],
+            )
+            images.append(out.images[0])
+        self.train(was_training)
+        return images

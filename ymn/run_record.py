@@ -1,0 +1,45 @@
+"""What every run directory records: resolved config, git commit, installed packages, data manifest."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def git_state(repo: Path | None = None) -> dict[str, str | bool | None]:
+    """The commit the code ran at and whether the tree had uncommitted changes."""
+    cwd = repo or Path(__file__).resolve().parent.parent
+
+    def run(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def installed_packages() -> list[str]:
+    """`pip freeze`-style lines, read from package metadata (no subprocess)."""
+    lines = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()}
+    return sorted(lines, key=str.lower)
+
+
+def record_run(run_dir: Path, cfg: DictConfig, manifest: Path | None = None) -> None:
+    """Write config_resolved.yaml, git.json, requirements.txt and data_manifest.json into run_dir."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / "git.json").write_text(json.dumps(git_state(), indent=2) + "\n")
+    (run_dir / "requirements.txt").write_text("\n".join(installed_packages()) + "\n")
+    if manifest is not None and manifest.is_file():
+        shutil.copyfile(manifest, run_dir / "data_manifest.json")

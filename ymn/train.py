@@ -1,0 +1,99 @@
+"""`ymn-train`: compose the Hydra config, then datamodule → module → callbacks → loggers → trainer.
+
+ymn-train                                   # the embedded default (tiny model, synthetic data)
+ymn-train experiment=phase1_640 model=sd15 model.pretrained=/models/sd15 data=yamanosusume
+ymn-train experiment=phase2_704 init_from=runs/phase1/...   # phase chaining
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ymn.run_record import record_run
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+# Nothing ever waits on the network: wandb logs offline unless the user says otherwise, and the
+# hub libraries never look online.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def apply_init_from(cfg: DictConfig) -> None:
+    """`init_from=RUN_DIR|MODEL`: start from a previous phase's weights (fresh optimizer, step 0)."""
+    if cfg.get("init_from"):
+        with open_dict(cfg):
+            cfg.model.pretrained = str(Path(cfg.init_from).expanduser().resolve())
+        log.info("Starting from the weights of %s", cfg.model.pretrained)
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
+    """Instantiate each configured logger; one that fails to start is dropped, never fatal."""
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        try:
+            loggers.append(instantiate(logger_cfg))
+        except Exception as error:  # wandb down or misconfigured must not stop training
+            log.warning("Logger %r failed to start (%s); training goes on without it.", name, error)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        try:
+            logger.log_hyperparams(config)
+        except Exception as error:
+            log.warning("Logger %s could not record the config: %s", type(logger).__name__, error)
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit once; returns the final logged metrics (for sweeps)."""
+    run_dir = Path(cfg.paths.run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    apply_init_from(cfg)
+
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model)
+    if hasattr(datamodule, "set_tokenizer"):
+        datamodule.set_tokenizer(module.tokenizer)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg, run_dir)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    record_run(run_dir, cfg, manifest=getattr(datamodule, "manifest_path", None))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    if cfg.get("export") and trainer.is_global_zero:
+        from ymn.model.export import export_run
+
+        written = export_run(module, run_dir / "export")
+        log.info("Exported model: %s", ", ".join(str(p) for p in written))
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the optimised metric for sweepers when one is configured."""
+    with open_dict(cfg):
+        cfg.paths.run_dir = HydraConfig.get().runtime.output_dir
+    metrics = train(cfg)
+    log.info("Run directory: %s", cfg.paths.run_dir)
+    metric = cfg.get("optimized_metric")
+    return metrics.get(metric) if metric else None
+
+
+if __name__ == "__main__":
+    main()
