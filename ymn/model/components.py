@@ -97,7 +97,6 @@ def sd_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
-        set_alpha_to_one=False,
         steps_offset=1,
         prediction_type=prediction_type,
     )

@@ -217,7 +217,9 @@ class DiffusionModule(LightningModule):
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
             unet=self.unet,
-            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config),
+            scheduler=DDIMScheduler.from_config(
+                self.noise_scheduler.config, set_alpha_to_one=False
+            ),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,

@@ -8,8 +8,8 @@ OpenAI's `SimpleTokenizer`, so token ids equal CLIP's.
 from __future__ import annotations
 
 import gzip
-import json
 import importlib.util
+import json
 from functools import cache
 from pathlib import Path
 
