@@ -1,4 +1,4 @@
-"""What every run directory records: resolved config, git commit, installed packages, data manifest."""
+"""What every run directory records: resolved config, git commit, packages, data manifest."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def installed_packages() -> list[str]:
 
 
 def record_run(run_dir: Path, cfg: DictConfig, manifest: Path | None = None) -> None:
-    """Write config_resolved.yaml, git.json, requirements.txt and data_manifest.json into run_dir."""
+    """Write config_resolved.yaml, git.json, requirements.txt and data_manifest.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / "git.json").write_text(json.dumps(git_state(), indent=2) + "\n")

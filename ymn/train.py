@@ -31,7 +31,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def apply_init_from(cfg: DictConfig) -> None:
-    """`init_from=RUN_DIR|MODEL`: start from a previous phase's weights (fresh optimizer, step 0)."""
+    """`init_from=RUN_DIR|MODEL`: start from earlier weights (fresh optimizer, step 0)."""
     if cfg.get("init_from"):
         with open_dict(cfg):
             cfg.model.pretrained = str(Path(cfg.init_from).expanduser().resolve())

@@ -1,4 +1,4 @@
-"""The LightningModule: SD 1.x fine-tuning as in the recipe (VAE frozen, text encoder + UNet trained).
+"""The LightningModule: SD 1.x fine-tuning (VAE frozen, text encoder + UNet trained).
 
 The module owns *how* to train, validate and sample; callbacks decide *when* to sample or probe.
 """
@@ -73,7 +73,7 @@ class DiffusionModule(LightningModule):
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1] → scaled VAE latents (a sample of the posterior, as SD training does)."""
+        """Pixels in [-1, 1] → scaled VAE latents (a posterior sample, as SD training does)."""
         return self.vae.encode(pixel_values).latent_dist.sample() * self.latent_scale
 
     def batch_latents(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -158,7 +158,7 @@ class DiffusionModule(LightningModule):
             self.log("perf/images_per_sec", n / max(seconds, 1e-9), batch_size=n)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """val/loss with noise and timesteps fixed per batch index, so runs compare like for like."""
+        """val/loss with noise and timesteps fixed per batch index: runs compare like for like."""
         latents = self.batch_latents(batch)
         generator = torch.Generator(device=latents.device).manual_seed(self.val_seed + batch_idx)
         noise = self.sample_noise(latents, generator)

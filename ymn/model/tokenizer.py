@@ -54,7 +54,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 @cache
 def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The vocabulary (token → id) and merge list exactly as OpenAI's SimpleTokenizer builds them."""
+    """Vocabulary (token → id) and merges exactly as OpenAI's SimpleTokenizer builds them."""
     lines = gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : N_MERGES + 1]]
     byte_tokens = list(_bytes_to_unicode().values())
