@@ -74,7 +74,7 @@ UNKNOWN_HAIR = (
 )
 KIND_MIX = {"screenshot": 0.60, "regularization": 0.30, "hands": 0.05, "fanart": 0.05}
 PEOPLE_WEIGHTS = np.array([0.40, 0.27, 0.17, 0.10, 0.06])  # P(n = 1..5): fewer as n rises
-MAX_FH = {1: 0.9, 2: 0.44, 3: 0.3, 4: 0.24, 5: 0.22}  # largest face that leaves room for all
+MAX_FH = {1: 0.94, 2: 0.44, 3: 0.3, 4: 0.24, 5: 0.22}  # largest face that leaves room for all
 MIN_FACE_PX = 12
 GRID = 5
 
@@ -123,13 +123,15 @@ def _sample_background(rng: np.random.Generator, kind: str) -> Background:
     return Background(str(setting), horizon=horizon, mountains=tuple(mountains), blobs=blobs)
 
 
-def _sample_diameters(rng: np.random.Generator, n: int, size: int) -> list[float]:
-    """Face diameters: the largest falls in a random reachable 25 %-height bin."""
+def _sample_diameters(rng: np.random.Generator, n: int, size: int, outline: bool) -> list[float]:
+    """Face diameters: the largest face's skin height falls in a random reachable 25 % bin."""
     min_d = max(0.1, (MIN_FACE_PX + 1) / size)
     max_d = MAX_FH[n]
-    bins = [lb for lb in (0.0, 0.25, 0.5, 0.75) if lb < max_d]
+    skin = 14 / 16 if outline else 1.0  # the outline (d/16 each side) is not part of facepos
+    bins = [lb for lb in (0.0, 0.25, 0.5, 0.75) if lb < max_d * skin]
     lb = bins[rng.integers(len(bins))]
-    largest = float(rng.uniform(max(lb, min_d), min(lb + 0.25, max_d)))
+    height = rng.uniform(max(lb, min_d * skin), min(lb + 0.25, max_d * skin))
+    largest = float(height / skin)
     others = [float(rng.uniform(min_d, max(min_d, min(largest, 0.25)))) for _ in range(n - 1)]
     return [largest, *others]
 
@@ -191,7 +193,7 @@ def sample_scene_spec(
         names = list(CHARACTERS)
         p = CHARACTER_WEIGHTS / CHARACTER_WEIGHTS.sum()
         looks = [CHARACTERS[names[i]] for i in rng.choice(len(names), size=n, replace=False, p=p)]
-    faces = _place_faces(rng, _sample_diameters(rng, n, size), size)
+    faces = _place_faces(rng, _sample_diameters(rng, n, size, kind != "fanart"), size)
     people = tuple(
         Person(look, cx, cy, d, PANTS[rng.integers(len(PANTS))], bool(rng.random() < 0.4))
         for look, (cx, cy, d) in zip(looks, faces, strict=True)
