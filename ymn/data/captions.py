@@ -1,0 +1,303 @@
+"""Build ASP (Jan 2023) captions from metadata, per draw, with the ablation variants of DESIGN §5.
+
+Caption parts, joined by ", " and each kept with its own probability: count, characters,
+`from {copyright}`, general, `by {artist}`, `explicit`, face-position tokens, tags; finally
+`_` becomes a space. Conditional dropout replaces the whole caption by " " (one space).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from ymn.data.metadata import IMAGE_SUFFIXES, MetadataError, load_metadata, normalize_metadata
+
+DROPOUT_CAPTION = " "
+UNKNOWN_CHARACTERS = ("unknown", "ood")
+MAX_COUNT = 5  # ASP writes "many" from 6 people on
+
+# Face-position token names per grid, (horizontal left→right, vertical top→bottom).
+# asp5: ASP's own tokens. asp3: ours, a 3x3 grid (left/centre/right, up/centre/down), spelt so
+# CLIP splits each into `fh`/`fv` + one piece as it does the asp5 tokens; no overlap with asp5.
+# words5: plain single English words, so a face reads "{h} {v}" like ASP's tokens do.
+GRID_TOKENS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "asp5": (("fhll", "fhml", "fhmd", "fhmr", "fhri"), ("fvtp", "fvmt", "fvmd", "fvmb", "fvbt")),
+    "asp3": (("fhlt", "fhce", "fhrd"), ("fvup", "fvce", "fvdn")),
+    "words5": (
+        ("leftmost", "left", "center", "right", "rightmost"),
+        ("top", "upper", "middle", "lower", "bottom"),
+    ),
+}
+NUMBER_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty"
+).split()
+
+
+@dataclass
+class CaptionConfig:
+    """How captions are built from metadata (Hydra config group `caption`).
+
+    keep_*: probability of keeping each part (ASP's `--use_*_prob`; ASP's defaults: 1, and 0
+    for copyright). max_tags <= 0 keeps every tag. dropout: probability of the " " caption.
+    """
+
+    keep_count: float = 1.0
+    keep_characters: float = 1.0
+    keep_copyright: float = 0.0
+    keep_general: float = 1.0
+    keep_artist: float = 1.0
+    keep_explicit: float = 1.0
+    keep_facepos: float = 1.0
+    keep_tags: float = 1.0
+    count_position: Literal["first", "last", "absent"] = "first"
+    count_spelling: Literal["asp", "words"] = "asp"
+    grid: Literal["asp5", "asp3", "words5"] = "asp5"
+    tag_shuffle: bool = True
+    max_tags: int = 15
+    drop_hair_tags: bool = False
+    drop_eye_tags: bool = False
+    dropout: float = 0.15
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name.startswith("keep_") or f.name == "dropout":
+                value = getattr(self, f.name)
+                if not 0.0 <= value <= 1.0:
+                    raise ValueError(f"CaptionConfig.{f.name} must be in [0, 1], got {value}")
+        choices = {
+            "count_position": ("first", "last", "absent"),
+            "count_spelling": ("asp", "words"),
+            "grid": tuple(GRID_TOKENS),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"CaptionConfig.{name} must be one of {allowed}")
+
+
+def load_caption_config(path: Path) -> CaptionConfig:
+    """Read a `conf/caption/*.yaml` file (its `_target_` key is ignored)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a caption config must be a mapping")
+    values.pop("_target_", None)
+    known = {f.name for f in fields(CaptionConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown CaptionConfig keys {unknown}; known: {sorted(known)}")
+    return CaptionConfig(**values)
+
+
+def count_token(n_people: int | str, spelling: str = "asp") -> str:
+    """`3people`, `1person`, `manypeople`, `0people` (asp); `three people`, `one person` (words)."""
+    if n_people == "many":
+        number = "many"
+    elif isinstance(n_people, int) and not isinstance(n_people, bool) and n_people >= 0:
+        if spelling == "words" and n_people < len(NUMBER_WORDS):
+            number = NUMBER_WORDS[n_people]
+        else:
+            number = str(n_people)
+    else:
+        raise ValueError(f"n_people must be an int >= 0 or 'many', got {n_people!r}")
+    noun = "person" if n_people == 1 else "people"
+    if spelling == "asp":
+        return f"{number}{noun}"
+    if spelling == "words":
+        return f"{number} {noun}"
+    raise ValueError(f"count spelling must be 'asp' or 'words', got {spelling!r}")
+
+
+def _cell(centre: float, grid_size: int) -> int:
+    # ASP's strict `<` cuts at k/grid_size: a centre exactly on a cut goes to the next cell.
+    return sum(centre >= k / grid_size for k in range(1, grid_size))
+
+
+def grid_cell(facebox: Sequence[float], grid_size: int = 5) -> tuple[int, int]:
+    """(col, row) of a face box's centre on a grid_size x grid_size grid; box = [l, t, r, b]."""
+    left, top, right, bottom = facebox
+    return _cell((left + right) / 2, grid_size), _cell((top + bottom) / 2, grid_size)
+
+
+def face_grid_tokens(facepos: Sequence[Sequence[float]], grid: str = "asp5") -> str:
+    """One `"{h} {v}"` per face, in face order, joined by a space (ASP's parse_facepos)."""
+    if grid not in GRID_TOKENS:
+        raise ValueError(f"unknown grid {grid!r}; choose one of {sorted(GRID_TOKENS)}")
+    horizontal, vertical = GRID_TOKENS[grid]
+    words = []
+    for box in facepos:
+        col, row = grid_cell(box, len(horizontal))
+        words.append(f"{horizontal[col]} {vertical[row]}")
+    return " ".join(words)
+
+
+def order_tags(tags: Sequence[str], cfg: CaptionConfig, rng: random.Random) -> list[str]:
+    """Tags containing boy/girl/solo first (kept in order), the rest optionally shuffled; cut."""
+    people, rest = [], []
+    for tag in tags:
+        if "boy" in tag or "girl" in tag or "solo" in tag:
+            people.append(tag)
+        elif "hair" in tag or "ponytail" in tag or "twintail" in tag:
+            if not cfg.drop_hair_tags:
+                rest.append(tag)
+        elif "eye" in tag:
+            if not cfg.drop_eye_tags:
+                rest.append(tag)
+        else:
+            rest.append(tag)
+    if cfg.tag_shuffle:
+        rng.shuffle(rest)
+    ordered = people + rest
+    return ordered[: cfg.max_tags] if cfg.max_tags > 0 else ordered
+
+
+def _parts(meta: Mapping[str, Any], cfg: CaptionConfig, rng: random.Random) -> list[str]:
+    """The caption parts in ASP's order; one rng draw per part, as ASP does."""
+    parts: list[str] = []
+    count = None
+    if rng.random() < cfg.keep_count and meta.get("n_people") is not None:
+        count = count_token(meta["n_people"], cfg.count_spelling)
+    keep_characters = rng.random() < cfg.keep_characters
+    names = [c for c in meta.get("characters") or [] if c not in UNKNOWN_CHARACTERS]
+    if keep_characters and names:
+        parts.append(" ".join(names))
+    if rng.random() < cfg.keep_copyright and meta.get("copyright"):
+        parts.append(f"from {meta['copyright']}")
+    if rng.random() < cfg.keep_general and meta.get("general"):
+        parts.append(meta["general"])
+    if rng.random() < cfg.keep_artist and meta.get("artist"):
+        parts.append(f"by {meta['artist']}")
+    if rng.random() < cfg.keep_explicit and meta.get("rating") == "explicit":
+        parts.append("explicit")
+    if rng.random() < cfg.keep_facepos and meta.get("facepos"):
+        parts.append(face_grid_tokens(meta["facepos"], cfg.grid))
+    if rng.random() < cfg.keep_tags:
+        tags = order_tags(meta.get("tags") or [], cfg, rng)
+        if tags:
+            parts.append(", ".join(tags))
+    if count is not None and cfg.count_position == "first":
+        parts.insert(0, count)
+    elif count is not None and cfg.count_position == "last":
+        parts.append(count)
+    return parts
+
+
+def build_caption(
+    meta: Mapping[str, Any], cfg: CaptionConfig, rng: random.Random, *, dropout: bool = True
+) -> str:
+    """The caption of one draw of `meta` (normalised metadata); " " when dropped out.
+
+    Caption-only metadata (a `caption` string) returns that caption unchanged.
+    """
+    if dropout and rng.random() < cfg.dropout:
+        return DROPOUT_CAPTION
+    if meta.get("caption") is not None:
+        return meta["caption"]
+    return ", ".join(_parts(meta, cfg, rng)).replace("_", " ")
+
+
+def control_tokens() -> list[str]:
+    """Count tokens (`0people`…`5people`, `manypeople`) and every grid token of every grid."""
+    counts = [count_token(n) for n in range(MAX_COUNT + 1)] + [count_token("many")]
+    grids = [tok for h, v in GRID_TOKENS.values() for tok in (*h, *v)]
+    return counts + grids
+
+
+def control_token_report(tokenizer: Any) -> str:
+    """How `tokenizer` (a CLIP tokenizer) splits each control token, one line per token."""
+    lines = ["control-token tokenization (token -> BPE pieces):"]
+    for token in control_tokens():
+        pieces = tokenizer.tokenize(token)
+        lines.append(f"  {token:<10} -> {' | '.join(pieces)}  ({len(pieces)} pieces)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _iter_tar(path: Path) -> Iterator[tuple[str, dict]]:
+    """(`shard.tar:key`, metadata) for each sample's `json` member of a webdataset shard."""
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                name = member.name
+                base = name.rsplit("/", 1)[-1]
+                if not member.isfile() or "." not in base:
+                    continue
+                key, ext = base.split(".", 1)  # webdataset: extension = after the first dot
+                if ext != "json":
+                    continue
+                source = f"{path}:{name}"
+                try:
+                    raw = json.loads(tar.extractfile(member).read().decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                    raise MetadataError(f"{source}: cannot read sample JSON ({err})") from err
+                yield f"{path}:{key}", normalize_metadata(raw, source)
+    except tarfile.TarError as err:
+        raise MetadataError(f"{path}: not a readable tar shard ({err})") from err
+
+
+def iter_metadata(path: Path) -> Iterator[tuple[str, dict]]:
+    """(name, metadata) for a metadata JSON, an image, a folder (recursive) or a `.tar` shard."""
+    path = Path(path)
+    if path.is_dir():
+        for item in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            yield str(item), load_metadata(item)
+    elif path.suffix == ".tar":
+        yield from _iter_tar(path)
+    elif path.is_file():
+        yield str(path), load_metadata(path)
+    else:
+        raise FileNotFoundError(f"{path}: no such file or folder")
+
+
+def _tokenizer_report() -> str:
+    try:
+        from ymn.model.tokenizer import load_clip_tokenizer
+    except ImportError as err:
+        return f"(control-token report skipped: {err})"
+    return control_token_report(load_clip_tokenizer())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`ymn-caption PATH`: print `path<TAB>caption` per image, then the control-token report."""
+    parser = argparse.ArgumentParser(prog="ymn-caption", description=main.__doc__)
+    parser.add_argument("path", type=Path, help="metadata JSON, image, folder, or shard .tar")
+    parser.add_argument("--config", type=Path, help="a conf/caption/*.yaml (default: asp)")
+    parser.add_argument("--all-parts", action="store_true", help="keep every part (p = 1)")
+    parser.add_argument("--no-shuffle", action="store_true", help="keep the tag order")
+    parser.add_argument("--no-dropout", action="store_true", help="never return ' '")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-report", action="store_true", help="skip the tokenizer report")
+    args = parser.parse_args(argv)
+
+    cfg = load_caption_config(args.config) if args.config else CaptionConfig()
+    if args.all_parts:
+        for f in fields(cfg):
+            if f.name.startswith("keep_"):
+                setattr(cfg, f.name, 1.0)
+    if args.no_shuffle:
+        cfg.tag_shuffle = False
+    rng = random.Random(args.seed)
+    try:
+        for name, meta in iter_metadata(args.path):
+            caption = build_caption(meta, cfg, rng, dropout=not args.no_dropout)
+            print(f"{name}\t{caption}")
+    except (MetadataError, FileNotFoundError) as err:
+        print(f"ymn-caption: {err}", file=sys.stderr)
+        return 2
+    if not args.no_report:
+        print(_tokenizer_report())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
