@@ -1,0 +1,270 @@
+"""Cross-attention probe: where do the count and face-grid tokens look?
+
+During a probe pass the UNet's cross-attention (attn2) processors are wrapped by recorders that
+keep a running mean of the head-averaged attention probabilities per layer; the wrapped
+processor still computes the layer's output, so sampling is unchanged. Maps are pooled to the
+caption grid (mean per cell, so a uniform map puts exactly 1/grid² in each cell), averaged over
+layers, and each control token's map is the sum over all its BPE pieces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from ymn.data.captions import GRID_TOKENS, count_token
+
+Cell = tuple[int, int]
+
+
+class AttentionStore:
+    """Running mean over calls of head-averaged attention probabilities, per layer [B, Q, T]."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
+
+    def add(self, name: str, probs: torch.Tensor, heads: int) -> None:
+        """Add one call's probabilities, shaped [B * heads, Q, T] (diffusers' batch-major)."""
+        batch = probs.shape[0] // heads
+        mean = probs.detach().float().view(batch, heads, *probs.shape[1:]).mean(dim=1)
+        if name in self.sums and self.sums[name].shape != mean.shape:
+            raise RuntimeError(
+                f"attention layer {name}: shape changed from {tuple(self.sums[name].shape)} to "
+                f"{tuple(mean.shape)} without store.reset() between passes"
+            )
+        self.sums[name] = self.sums[name] + mean if name in self.sums else mean
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.calls.clear()
+
+    def maps(self) -> dict[str, torch.Tensor]:
+        """Per layer: the mean over recorded calls (timesteps), [B, Q, T]."""
+        return {name: total / self.calls[name] for name, total in self.sums.items()}
+
+
+def cross_attention_probs(
+    attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor
+) -> torch.Tensor:
+    """Softmax(QKᵀ) of a diffusers `Attention` layer, [B * heads, Q, T] (no mask: SD uses none)."""
+    hidden = hidden_states
+    if hidden.ndim == 4:
+        batch, channels, height, width = hidden.shape
+        hidden = hidden.view(batch, channels, height * width).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden = attn.group_norm(hidden.transpose(1, 2)).transpose(1, 2)
+    context = encoder_hidden_states
+    if attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    query = attn.head_to_batch_dim(attn.to_q(hidden))
+    key = attn.head_to_batch_dim(attn.to_k(context))
+    return attn.get_attention_scores(query, key, None)
+
+
+class RecordingAttnProcessor:
+    """Wraps a layer's processor: records its cross-attention probabilities, then delegates."""
+
+    def __init__(self, original: Any, store: AttentionStore, name: str) -> None:
+        self.original = original
+        self.store = store
+        self.name = name
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None:
+            probs = cross_attention_probs(attn, hidden_states, encoder_hidden_states)
+            self.store.add(self.name, probs, attn.heads)
+        if temb is not None:
+            kwargs["temb"] = temb
+        return self.original(
+            attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs
+        )
+
+
+def cross_attention_layers(unet: Any, layers: Sequence[str] | None = None) -> list[str]:
+    """Processor keys of the attn2 layers whose name contains one of `layers` (all if None)."""
+    names = [k for k in unet.attn_processors if ".attn2." in k]
+    selected = [k for k in names if layers is None or any(part in k for part in layers)]
+    if not selected:
+        raise ValueError(f"no cross-attention layer matches {list(layers or [])}; have {names}")
+    return selected
+
+
+@contextmanager
+def capture_cross_attention(
+    unet: Any, layers: Sequence[str] | None = None
+) -> Iterator[AttentionStore]:
+    """Record cross-attention maps of the selected attn2 layers inside the `with` block.
+
+    layers: substrings of processor names, e.g. ["mid_block", "up_blocks.1"]; None = all.
+    The original processors are put back on exit, also after an error.
+    """
+    originals = dict(unet.attn_processors)
+    selected = set(cross_attention_layers(unet, layers))
+    store = AttentionStore()
+    wrapped = {
+        name: RecordingAttnProcessor(proc, store, name.removesuffix(".processor"))
+        if name in selected
+        else proc
+        for name, proc in originals.items()
+    }
+    unet.set_attn_processor(wrapped)
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(dict(originals))  # set_attn_processor pops from its argument
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+def layer_shape(n_queries: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a layer with n_queries positions, for a latent of latent_hw (ceil halving)."""
+    height, width = latent_hw
+    for factor in (1, 2, 4, 8, 16, 32, 64):
+        h, w = math.ceil(height / factor), math.ceil(width / factor)
+        if h * w == n_queries:
+            return h, w
+    raise ValueError(f"{n_queries} attention queries do not fit a {height}x{width} latent")
+
+
+def _cell_means(length: int, grid: int, device: torch.device) -> torch.Tensor:
+    """[grid, length] averaging weights: each cell's overlap with each position, rows sum to 1.
+
+    Works both ways: finer layers average several positions, coarser ones (a 2x2 mid block)
+    spread each position over the cells it covers.
+    """
+    cells = torch.arange(grid, device=device, dtype=torch.float64)[:, None]
+    positions = torch.arange(length, device=device, dtype=torch.float64)[None, :]
+    lo = torch.maximum(cells / grid, positions / length)
+    hi = torch.minimum((cells + 1) / grid, (positions + 1) / length)
+    return ((hi - lo).clamp(min=0) * grid).float()
+
+
+def pool_to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
+    """[B, h, w, T] → [B, grid, grid, T], the area-weighted mean of each cell."""
+    rows = _cell_means(maps.shape[1], grid, maps.device)
+    cols = _cell_means(maps.shape[2], grid, maps.device)
+    return torch.einsum("rh,bhwt,cw->brct", rows, maps, cols)
+
+
+def grid_token_maps(
+    layer_maps: dict[str, torch.Tensor], latent_hw: tuple[int, int], grid: int
+) -> torch.Tensor:
+    """Average over layers of each layer's map pooled to the grid: [B, grid, grid, T]."""
+    if not layer_maps:
+        raise ValueError("no attention maps were recorded (did the UNet run inside the capture?)")
+    pooled = []
+    for probs in layer_maps.values():
+        h, w = layer_shape(probs.shape[1], latent_hw)
+        pooled.append(pool_to_grid(probs.reshape(probs.shape[0], h, w, -1), grid))
+    return torch.stack(pooled).mean(dim=0)
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def token_spans(tokenizer: Any, prompt: str, phrase: str) -> list[list[int]]:
+    """Positions (in the encoded prompt, BOS = 0) of each occurrence of phrase's BPE pieces."""
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    pieces = tokenizer(phrase, add_special_tokens=False).input_ids
+    if not pieces:
+        return []
+    n = len(pieces)
+    return [list(range(i, i + n)) for i in range(len(ids) - n + 1) if ids[i : i + n] == pieces]
+
+
+def token_indices(tokenizer: Any, prompt: str, phrase: str) -> list[int]:
+    """All BPE-piece positions of every occurrence of `phrase` in `prompt` (sorted, unique)."""
+    return sorted({i for span in token_spans(tokenizer, prompt, phrase) for i in span})
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def normalized(spatial: np.ndarray) -> np.ndarray:
+    """A non-negative map scaled to sum 1 (uniform if it sums to 0)."""
+    total = spatial.sum()
+    return spatial / total if total > 0 else np.full_like(spatial, 1.0 / spatial.size)
+
+
+def mass_in_cell(spatial: np.ndarray, cell: Cell) -> float:
+    """Share of a [rows, cols] map's mass inside cell (col, row)."""
+    return float(normalized(spatial)[cell[1], cell[0]])
+
+
+def argmax_cell(spatial: np.ndarray) -> Cell:
+    """(col, row) of the largest cell of a [rows, cols] map."""
+    row, col = np.unravel_index(int(np.argmax(spatial)), spatial.shape)
+    return int(col), int(row)
+
+
+def normalized_entropy(spatial: np.ndarray) -> float:
+    """Entropy of the normalised map divided by log(number of cells): 1 = uniform."""
+    p = normalized(spatial).ravel()
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum() / math.log(spatial.size)) if spatial.size > 1 else 0.0
+
+
+def image_attention_record(
+    maps: np.ndarray,
+    tokenizer: Any,
+    prompt: str,
+    count: int | str | None,
+    cells: Sequence[Cell],
+    caption: Any,
+) -> dict[str, Any]:
+    """Attention metrics of one image from its pooled maps [grid, grid, T].
+
+    count: the requested count (`count_entropy` over its token's pieces); cells: target cells;
+    each distinct cell's phrase ("{h} {v}" in the caption's grid tokens) is scored.
+    """
+    record: dict[str, Any] = {"count_entropy": None, "faces": []}
+    if count is not None:
+        label = "many" if count == "many" or (isinstance(count, int) and count > 5) else count
+        idx = token_indices(tokenizer, prompt, count_token(label, caption.count_spelling))
+        if idx:
+            record["count_entropy"] = normalized_entropy(maps[:, :, idx].sum(axis=-1))
+    horizontal, vertical = GRID_TOKENS[caption.grid]
+    for col, row in sorted({(int(c), int(r)) for c, r in cells}):
+        idx = token_indices(tokenizer, prompt, f"{horizontal[col]} {vertical[row]}")
+        if not idx:
+            continue
+        spatial = maps[:, :, idx].sum(axis=-1)
+        record["faces"].append(
+            {
+                "cell": [col, row],
+                "mass": mass_in_cell(spatial, (col, row)),
+                "argmax": list(argmax_cell(spatial)),
+            }
+        )
+    return record
+
+
+def summarize_attention(records: Sequence[dict[str, Any]], prefix: str) -> dict[str, float]:
+    """Flat metrics over image records: grid_mass_in_target, grid_argmax_acc, count_entropy."""
+    faces = [f for r in records for f in r["faces"]]
+    entropies = [r["count_entropy"] for r in records if r["count_entropy"] is not None]
+    metrics: dict[str, float] = {}
+    if faces:
+        metrics[f"{prefix}/grid_mass_in_target"] = float(np.mean([f["mass"] for f in faces]))
+        hits = [f["argmax"] == f["cell"] for f in faces]
+        metrics[f"{prefix}/grid_argmax_acc"] = float(np.mean(hits))
+    if entropies:
+        metrics[f"{prefix}/count_entropy"] = float(np.mean(entropies))
+    return metrics

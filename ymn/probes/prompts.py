@@ -1,0 +1,180 @@
+"""The probe prompt set (counts × face-grid layouts × seeds) and user prompt files.
+
+Probe prompts are written with the run's own caption config, so an ablation that spells the
+count `three people`, puts it last, or uses a 3x3 grid is probed in its own vocabulary. The
+same seeds are used for every count, so counts differ only by the prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ymn.data.captions import GRID_TOKENS, CaptionConfig, build_caption, grid_cell
+
+MANY = 6  # the requested count recorded for `manypeople` (ASP: >= 6)
+LAYOUTS = ("row", "upper", "lower", "column", "diagonal", "scatter")
+PROMPT_FILE_KEYS = {"prompt", "negative", "seed", "size", "cfg"}
+ALIASES = {"negative_prompt": "negative", "scale": "cfg", "guidance_scale": "cfg"}
+
+
+def caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> CaptionConfig:
+    """A CaptionConfig from a config object, a (Hydra) mapping, or None (ASP defaults)."""
+    if caption is None:
+        return CaptionConfig()
+    if isinstance(caption, CaptionConfig):
+        return caption
+    values = {k: v for k, v in dict(caption).items() if k != "_target_"}
+    return CaptionConfig(**values)
+
+
+def grid_size(caption: CaptionConfig) -> int:
+    """Number of columns (= rows) of the caption config's face grid."""
+    return len(GRID_TOKENS[caption.grid][0])
+
+
+def layout_centres(layout: str, n: int, seed: int = 0) -> list[tuple[float, float]]:
+    """Face centres (x, y) as fractions for n faces in a named layout.
+
+    row/upper/lower: evenly spread across at y = 0.5/0.3/0.7; column: down the middle;
+    diagonal: top-left to bottom-right; scatter: n distinct cells of a 5x5 grid, fixed per n.
+    """
+    spread = [(i + 0.5) / n for i in range(n)]
+    if layout in ("row", "upper", "lower"):
+        y = {"row": 0.5, "upper": 0.3, "lower": 0.7}[layout]
+        return [(x, y) for x in spread]
+    if layout == "column":
+        return [(0.5, y) for y in spread]
+    if layout == "diagonal":
+        return [(v, v) for v in spread]
+    if layout == "scatter":
+        rng = np.random.default_rng(1000 * seed + n)
+        cells = rng.choice(25, size=min(n, 25), replace=False)
+        centres = [((int(c) % 5 + 0.5) / 5, (int(c) // 5 + 0.5) / 5) for c in cells]
+        return sorted(centres)  # left to right, as ASP orders faces
+    raise ValueError(f"unknown probe layout {layout!r}; choose from {LAYOUTS}")
+
+
+def _face_boxes(centres: Sequence[tuple[float, float]], face: float) -> list[list[float]]:
+    half = face / 2
+    return [
+        [max(0.0, x - half), max(0.0, y - half), min(1.0, x + half), min(1.0, y + half)]
+        for x, y in centres
+    ]
+
+
+def _probe_caption_config(caption: CaptionConfig, grid_tokens: bool) -> CaptionConfig:
+    """Keep exactly the probed parts (count as configured, grid, characters, general)."""
+    return dataclasses.replace(
+        caption,
+        keep_count=1.0,
+        keep_characters=1.0,
+        keep_copyright=0.0,
+        keep_general=1.0,
+        keep_artist=0.0,
+        keep_explicit=0.0,
+        keep_facepos=1.0 if grid_tokens else 0.0,
+        keep_tags=0.0,
+        dropout=0.0,
+    )
+
+
+def build_probe_prompts(
+    caption: CaptionConfig | Mapping[str, Any] | None = None,
+    counts: Sequence[int | str] = (1, 2, 3, 4, 5, "many"),
+    layouts: Sequence[str] = ("row", "scatter"),
+    seeds: Sequence[int] = (0, 1),
+    characters: Sequence[str] | None = None,
+    general: str | None = None,
+    grid_tokens: bool = True,
+    face_size: float = 0.12,
+) -> list[dict[str, Any]]:
+    """Records {prompt, count, cells, seed, layout, label} for every count × layout × seed.
+
+    count: the requested number (`many` is recorded as 6); cells: the target (col, row) of each
+    face on the caption config's grid; characters: names given to the faces in turn (none by
+    default); general: e.g. "aniscreen", added as ASP would.
+    """
+    cfg = _probe_caption_config(caption_config(caption), grid_tokens)
+    size = grid_size(cfg)
+    records = []
+    for count in counts:
+        n = MANY if count == "many" else int(count)
+        if n < 1:
+            raise ValueError(f"probe counts must be >= 1 or 'many', got {count!r}")
+        for layout in layouts:
+            boxes = _face_boxes(layout_centres(layout, n), face_size)
+            names = [characters[i % len(characters)] for i in range(n)] if characters else []
+            meta = {
+                "n_people": "many" if count == "many" else n,
+                "facepos": boxes,
+                "characters": names,
+                "general": general,
+                "tags": [],
+            }
+            prompt = build_caption(meta, cfg, random.Random(0), dropout=False)
+            cells = [grid_cell(box, size) for box in boxes]
+            for seed in seeds:
+                records.append(
+                    {
+                        "prompt": prompt,
+                        "count": n,
+                        "label": str(count),
+                        "cells": [[int(c[0]), int(c[1])] for c in cells],
+                        "seed": int(seed),
+                        "layout": layout,
+                    }
+                )
+    return records
+
+
+def _prompt_entry(item: Any, where: str) -> dict[str, Any]:
+    if isinstance(item, str):
+        return {"prompt": item, "negative": None, "seed": None, "size": None, "cfg": None}
+    if not isinstance(item, Mapping):
+        raise ValueError(f"{where}: expected a prompt string or an object, got {item!r}")
+    entry = {ALIASES.get(k, k): v for k, v in item.items()}
+    unknown = sorted(set(entry) - PROMPT_FILE_KEYS)
+    if unknown or "prompt" not in entry:
+        raise ValueError(
+            f"{where}: needs a 'prompt' and only keys {sorted(PROMPT_FILE_KEYS)}; "
+            f"got {sorted(item)}"
+        )
+    seed = entry.get("seed")
+    size = entry.get("size")
+    return {
+        "prompt": str(entry["prompt"]),
+        "negative": entry.get("negative"),
+        "seed": None if seed is None or int(seed) < 0 else int(seed),  # ED2: -1 = random
+        "size": None if size is None else [int(size[0]), int(size[1])],
+        "cfg": None if entry.get("cfg") is None else float(entry["cfg"]),
+    }
+
+
+def load_prompt_file(path: str | Path) -> list[dict[str, Any]]:
+    """Prompts from a text file (one per line; blank lines and `#` comments skipped) or a JSON
+    file: a list of strings / {prompt, negative, seed, size, cfg} objects, or EveryDream2's
+    sample_prompts.json ({"samples": [{prompt, negative_prompt, seed, size}], ...}).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() != ".json":
+        lines = [line.strip() for line in text.splitlines()]
+        return [_prompt_entry(line, str(path)) for line in lines if line and line[0] != "#"]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if isinstance(data, Mapping):
+        data = data.get("samples")
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of prompts or an object with 'samples'")
+    return [_prompt_entry(item, f"{path}[{i}]") for i, item in enumerate(data)]
