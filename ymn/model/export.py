@@ -1,17 +1,32 @@
-"""Export: a diffusers folder (and, with `ymn.model.single_file`, an SD 1.x single file)."""
+"""Export: a diffusers folder and an SD 1.x single file (A1111/ComfyUI), and `ymn-export`.
+
+ymn-export runs/phase1            # from its export/diffusers, else its last checkpoint
+ymn-export runs/phase1 --fp16     # half-size copies in runs/phase1/export-fp16
+ymn-export /models/x.safetensors --out /tmp/x   # any loadable model: convert the format
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
+from diffusers.training_utils import EMAModel
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from ymn.model.components import Components
+from ymn.model.components import Components, load_components
+from ymn.model.single_file import export_single_file
 from ymn.model.tokenizer import save_tokenizer
 
 log = logging.getLogger(__name__)
+
+SINGLE_FILE_NAME = "model.safetensors"
+LIGHTNING_PREFIXES = ("vae", "text_encoder", "unet")
 
 
 def components_pipeline(components: Components) -> StableDiffusionPipeline:
@@ -41,6 +56,145 @@ def save_diffusers(components: Components, folder: Path, dtype: torch.dtype | No
     return folder
 
 
+def export_both(
+    components: Components, out_dir: Path, dtype: torch.dtype | None = None
+) -> list[Path]:
+    """`out_dir/diffusers` and `out_dir/model.safetensors` (LDM layout) from one model."""
+    out_dir = Path(out_dir)
+    return [
+        save_diffusers(components, out_dir / "diffusers", dtype),
+        export_single_file(components, out_dir / SINGLE_FILE_NAME, dtype),
+    ]
+
+
+@contextmanager
+def ema_weights(module: torch.nn.Module) -> Iterator[None]:
+    """Swap in the UNet's EMA weights (when the module keeps them) for the duration."""
+    ema = getattr(module, "ema", None)
+    if ema is None:
+        yield
+        return
+    params = list(module.unet.parameters())
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
 def export_run(module: torch.nn.Module, out_dir: Path) -> list[Path]:
-    """What every phase writes at its end: `out_dir/diffusers` (+ the single file when available)."""
-    return [save_diffusers(module.components(), Path(out_dir) / "diffusers")]
+    """What every phase writes at its end: `out_dir/diffusers` and `out_dir/model.safetensors`.
+
+    With EMA enabled the exported UNet is the EMA one (what is shipped); the live weights stay.
+    """
+    with ema_weights(module):
+        return export_both(module.components(), Path(out_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# From a run directory
+# ---------------------------------------------------------------------------------------------
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """`checkpoints/last.ckpt`, else the newest `checkpoints/*.ckpt`, else None."""
+    folder = Path(run_dir) / "checkpoints"
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None
+
+
+def apply_lightning_checkpoint(components: Components, ckpt_path: Path) -> Components:
+    """Load a ymn Lightning checkpoint's weights (EMA UNet when present) into `components`."""
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"{ckpt_path} could not be read with torch.load(weights_only=True): {error}"
+        ) from error
+    state = checkpoint.get("state_dict", checkpoint)
+    for name in LIGHTNING_PREFIXES:
+        part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+        if not part:
+            raise KeyError(f"{ckpt_path} has no `{name}.*` weights: not a ymn training checkpoint.")
+        getattr(components, name).load_state_dict(part, strict=True)
+    if checkpoint.get("ema"):
+        ema = EMAModel(components.unet.parameters())
+        ema.load_state_dict(checkpoint["ema"])
+        ema.copy_to(components.unet.parameters())
+        log.info("Using the EMA UNet weights stored in %s", ckpt_path)
+    return components
+
+
+def load_run_components(run_dir: Path) -> Components:
+    """A ymn run's model: `export/diffusers` if written, else base model + last checkpoint."""
+    run_dir = Path(run_dir)
+    exported = run_dir / "export" / "diffusers"
+    if (exported / "model_index.json").is_file():
+        return load_components(pretrained=str(exported))
+    ckpt = last_checkpoint(run_dir)
+    config_path = run_dir / "config_resolved.yaml"
+    if ckpt is None or not config_path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a finished ymn run: it has no export/diffusers, and no "
+            "checkpoints/*.ckpt with config_resolved.yaml to rebuild the model from."
+        )
+    cfg = OmegaConf.load(config_path)
+    log.info("Rebuilding the model of %s from %s", run_dir, ckpt.name)
+    return apply_lightning_checkpoint(instantiate(cfg.model.components), ckpt)
+
+
+def is_run_dir(path: Path) -> bool:
+    """A ymn run directory (it records config_resolved.yaml at start-up)."""
+    return Path(path).is_dir() and (Path(path) / "config_resolved.yaml").is_file()
+
+
+def load_any(model: str | Path, allow_pickle: bool = False) -> Components:
+    """A run directory, a diffusers folder or a single file, as Components."""
+    if is_run_dir(Path(model)):
+        return load_run_components(Path(model))
+    return load_components(pretrained=str(model), allow_pickle=allow_pickle)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def default_out(source: Path, fp16: bool) -> Path:
+    if not is_run_dir(source):
+        raise ValueError(f"{source} is not a ymn run directory; pass --out DIR.")
+    return source / ("export-fp16" if fp16 else "export")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="ymn-export",
+        description="Write a diffusers folder and an A1111/ComfyUI single file (.safetensors).",
+    )
+    parser.add_argument("source", type=Path, help="ymn run dir, diffusers folder or single file")
+    parser.add_argument("--fp16", action="store_true", help="store weights as float16")
+    parser.add_argument("--out", type=Path, help="output folder (default RUN/export[-fp16])")
+    parser.add_argument("--allow-pickle", action="store_true", help="accept a .ckpt source")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """`ymn-export RUN_DIR [--fp16] [--out DIR]`: both export formats; prints what it wrote."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    out = args.out or default_out(args.source, args.fp16)
+    components = load_any(args.source, allow_pickle=args.allow_pickle)
+    dtype = torch.float16 if args.fp16 else None
+    diffusers_dir = out / "diffusers"
+    source_folder = (args.source / "export" / "diffusers").resolve()
+    if diffusers_dir.resolve() == source_folder and dtype is None:
+        # The run's own export is the source: keep it, add the single file beside it.
+        written = [diffusers_dir, export_single_file(components, out / SINGLE_FILE_NAME)]
+    else:
+        written = export_both(components, out, dtype)
+    for path in written:
+        print(path)
+    return written

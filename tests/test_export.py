@@ -1,0 +1,250 @@
+"""Single-file export/loading (LDM layout, A1111/ComfyUI) and ymn-export, on the tiny model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
+from safetensors import safe_open
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ymn.model.components import Components, build_tiny, load_components
+from ymn.model.export import SINGLE_FILE_NAME, export_run, save_diffusers
+from ymn.model.export import main as export_main
+from ymn.model.single_file import (
+    SD15_CONFIG_DIR,
+    components_to_ldm,
+    export_single_file,
+    load_single_file,
+)
+from ymn.model.tokenizer import load_clip_tokenizer
+
+PARTS = ("unet", "vae", "text_encoder")
+SD15_KEYS = (  # names as they appear in SD 1.5's original checkpoint
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+    "model.diffusion_model.input_blocks.0.0.weight",
+    "model.diffusion_model.time_embed.0.weight",
+    "model.diffusion_model.middle_block.1.proj_in.weight",
+    "model.diffusion_model.out.2.weight",
+    "first_stage_model.encoder.down.0.block.0.conv1.weight",
+    "first_stage_model.decoder.mid.attn_1.q.weight",
+    "first_stage_model.quant_conv.weight",
+    "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+    "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+)
+LDM_KEY = re.compile(
+    r"^(model\.diffusion_model\.(input_blocks|middle_block|output_blocks|time_embed|out)\.\d+\."
+    r"|first_stage_model\.((en|de)coder\.(conv_in|conv_out|norm_out|mid\.(block_\d|attn_1)"
+    r"|down\.\d\.(block\.\d|downsample)|up\.\d\.(block\.\d|upsample))|(post_)?quant_conv)\."
+    r"|cond_stage_model\.transformer\.text_model\.(embeddings|encoder\.layers\.\d+|final_layer_norm)\.)"
+)
+
+
+def assert_same_weights(expected: Components, actual: Components) -> None:
+    for part in PARTS:
+        want, got = getattr(expected, part).state_dict(), getattr(actual, part).state_dict()
+        assert set(want) == set(got), part
+        for key, value in want.items():
+            assert got[key].dtype == torch.float32, f"{part}.{key}"
+            assert torch.equal(got[key], value.float()), f"{part}.{key} differs"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Components:
+    return build_tiny(0)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    return export_single_file(tiny, tmp_path_factory.mktemp("sf") / "tiny.safetensors")
+
+
+def file_keys(path) -> list[str]:
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def test_export_uses_the_sd1_ldm_key_layout(exported, tiny):
+    keys = file_keys(exported)
+    for key in SD15_KEYS:
+        assert key in keys
+    assert [k for k in keys if not LDM_KEY.match(k)] == []
+    n_params = sum(len(getattr(tiny, p).state_dict()) for p in PARTS)
+    assert len(keys) == n_params
+    with safe_open(str(exported), framework="pt") as f:
+        assert f.get_slice("first_stage_model.decoder.mid.attn_1.q.weight").get_shape()[2:] == [
+            1,
+            1,
+        ]  # LDM stores the VAE attention projections as 1x1 convolutions
+
+
+def test_sd15_configs_match_the_sd15_architecture():
+    """The shipped configs give SD 1.5's parameter counts and its original key names."""
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(
+            UNet2DConditionModel.load_config(SD15_CONFIG_DIR / "unet")
+        )
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SD15_CONFIG_DIR / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(SD15_CONFIG_DIR / "text_encoder"))
+    counts = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, text)]
+    assert counts == [859_520_964, 83_653_863, 123_060_480]
+    ldm = components_to_ldm(Components(vae, text, None, unet, None))
+    prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")
+    assert [sum(k.startswith(p) for k in ldm) for p in prefixes] == [686, 248, 196]
+    for key in SD15_KEYS + (
+        "model.diffusion_model.output_blocks.11.0.skip_connection.weight",
+        "model.diffusion_model.output_blocks.2.1.conv.weight",
+        "model.diffusion_model.output_blocks.5.2.conv.weight",
+        "model.diffusion_model.input_blocks.9.0.op.weight",
+        "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight",
+        "first_stage_model.decoder.up.3.upsample.conv.weight",
+    ):
+        assert key in ldm, key
+    assert [k for k in ldm if not LDM_KEY.match(k)] == []
+
+
+def test_diffusers_loads_our_single_file_identically(exported, tiny, tmp_path):
+    """ymn weights → single file → diffusers' own from_single_file (given a diffusers folder)."""
+    folder = save_diffusers(tiny, tmp_path / "diffusers")
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(exported),
+        config=str(folder),
+        local_files_only=True,
+        tokenizer=load_clip_tokenizer(),
+        safety_checker=None,
+        feature_extractor=None,
+    )
+    assert_same_weights(tiny, pipe)
+
+
+def test_diffusers_folder_to_single_file_to_ymn(tmp_path):
+    """diffusers folder → single file → load_single_file: weights and scheduler config kept."""
+    source = build_tiny(1)
+    source.scheduler = DDPMScheduler.from_config(
+        source.scheduler.config, prediction_type="v_prediction"
+    )
+    folder = save_diffusers(source, tmp_path / "diffusers")
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    from_folder = Components(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler)
+    path = export_single_file(from_folder, tmp_path / "m.safetensors")
+    loaded = load_single_file(path)
+    assert_same_weights(from_folder, loaded)
+    assert_same_weights(source, loaded)
+    assert loaded.scheduler.config.prediction_type == "v_prediction"
+    assert isinstance(loaded.scheduler, DDPMScheduler)
+    via_hydra_entry = load_components(pretrained=str(path))
+    assert_same_weights(source, via_hydra_entry)
+
+
+def test_fp16_export_halves_the_file_and_loads(exported, tiny, tmp_path):
+    path = export_single_file(tiny, tmp_path / "half.safetensors", dtype=torch.float16)
+    ratio = path.stat().st_size / exported.stat().st_size
+    assert 0.45 < ratio < 0.55
+    with safe_open(str(path), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in list(f.keys())[:20]} == {torch.float16}
+    loaded = load_single_file(path)
+    halved = build_tiny(0)
+    for part in PARTS:
+        getattr(halved, part).half()
+    assert_same_weights(halved, loaded)
+    assert tiny.unet.dtype == torch.float32  # exporting does not touch the live model
+
+
+def test_pickle_checkpoint_needs_opt_in(exported, tiny, tmp_path):
+    ldm = {k: v.clone() for k, v in components_to_ldm(tiny).items()}
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": ldm, "global_step": 7}, ckpt)
+    with pytest.raises(ValueError, match="pickle.*allow_pickle"):
+        load_single_file(ckpt)
+    with pytest.raises(ValueError, match="pickle"):
+        load_components(pretrained=str(ckpt))
+    config = save_diffusers(tiny, tmp_path / "config")
+    assert_same_weights(tiny, load_single_file(ckpt, allow_pickle=True, config=config))
+
+
+def test_foreign_file_without_config_must_be_sd1(tiny, tmp_path):
+    """No embedded config → SD 1.5's; a file of another width is refused up front."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "foreign.safetensors"
+    save_file({k: v.contiguous() for k, v in components_to_ldm(tiny).items()}, str(path))
+    with pytest.raises(ValueError, match="cross-attention width 64"):
+        load_single_file(path)
+    save_file({"unet.conv_in.weight": torch.zeros(1)}, str(path))
+    with pytest.raises(ValueError, match="not an SD 1.x single-file"):
+        load_single_file(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_single_file(tmp_path / "nope.safetensors")
+
+
+class StubModule(torch.nn.Module):
+    """What export_run needs from DiffusionModule: components() and an optional EMA."""
+
+    def __init__(self, components: Components, ema: EMAModel | None = None) -> None:
+        super().__init__()
+        self.parts, self.unet, self.ema = components, components.unet, ema
+
+    def components(self) -> Components:
+        return self.parts
+
+
+def test_export_run_writes_both_formats_with_ema_weights(tmp_path):
+    components = build_tiny(0)
+    ema = EMAModel(components.unet.parameters())
+    for shadow in ema.shadow_params:
+        shadow.add_(1.0)
+    live = {k: v.clone() for k, v in components.unet.state_dict().items()}
+    written = export_run(StubModule(components, ema), tmp_path / "export")
+    assert written == [tmp_path / "export" / "diffusers", tmp_path / "export" / SINGLE_FILE_NAME]
+    loaded = load_single_file(written[1])
+    for name, param in loaded.unet.named_parameters():
+        assert torch.equal(param, live[name] + 1.0), name
+    assert all(torch.equal(v, live[k]) for k, v in components.unet.state_dict().items())
+    folder = load_components(pretrained=str(written[0]))
+    assert_same_weights(loaded, folder)
+
+
+def write_run_config(run_dir, seed: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config_resolved.yaml").write_text(
+        f"model:\n  components:\n    _target_: ymn.model.components.build_tiny\n    seed: {seed}\n"
+    )
+
+
+def test_cli_from_run_export_adds_single_file_and_fp16(tmp_path, capsys):
+    run = tmp_path / "run"
+    write_run_config(run, 0)
+    tiny = build_tiny(2)
+    save_diffusers(tiny, run / "export" / "diffusers")
+    written = export_main([str(run)])
+    assert written[1] == run / "export" / SINGLE_FILE_NAME
+    assert str(written[1]) in capsys.readouterr().out
+    assert_same_weights(tiny, load_single_file(written[1]))
+    half = export_main([str(run), "--fp16"])
+    assert half[0] == run / "export-fp16" / "diffusers"
+    assert half[1].stat().st_size < 0.55 * written[1].stat().st_size
+    assert load_components(pretrained=str(half[0])).unet.dtype == torch.float32
+
+
+def test_cli_from_last_checkpoint(tmp_path):
+    """No export yet: rebuild the run's model from its config, load checkpoints/last.ckpt."""
+    run = tmp_path / "run"
+    write_run_config(run, 0)
+    trained = build_tiny(3)
+    state = {f"{p}.{k}": v for p in PARTS for k, v in getattr(trained, p).state_dict().items()}
+    (run / "checkpoints").mkdir()
+    torch.save({"state_dict": state, "epoch": 1}, run / "checkpoints" / "last.ckpt")
+    written = export_main([str(run), "--out", str(tmp_path / "out")])
+    assert_same_weights(trained, load_single_file(written[1]))
+    assert_same_weights(trained, load_components(pretrained=str(written[0])))
+
+
+def test_cli_needs_out_for_a_plain_model(exported):
+    with pytest.raises(ValueError, match="--out"):
+        export_main([str(exported)])
