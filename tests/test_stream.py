@@ -1,0 +1,245 @@
+"""The weighted bucketed stream: draw plans, splits, batches, val split, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
+
+from ymn.data.captions import CaptionConfig, face_grid_tokens
+from ymn.data.decode import ShardSetupError, SkipCounter, is_val_key, resolve_shards
+from ymn.data.pack import pack_folder
+from ymn.data.stream import TrainStream, ValidationDataset, iter_draws
+
+SIZES = [(64, 64), (64, 40), (40, 64), (80, 40)]
+RED = (255, 0, 0)
+
+
+def face_meta(size: tuple[int, int], j: int) -> dict:
+    """One face box (fractions), placed differently per image index j."""
+    w, h = size
+    left, top = (j * 7) % (w - 16), (j * 5) % (h - 16)
+    box = [left / w, top / h, (left + 14) / w, (top + 14) / h]
+    return {
+        "n_faces": 1,
+        "facepos": [box],
+        "fh_ratio": 14 / h,
+        "cropped": False,
+        "characters": ["AobaKokona"],
+        "general": "aniscreen",
+        "tags": ["brown_hair", "1girl"],
+        "n_people": 1,
+    }
+
+
+def make_tree(root: Path, folders: dict[str, int], multiply: dict[str, float] | None = None):
+    """Tiny PNGs (grey, a red square where the face box is) with Jan-2023 json sidecars."""
+    for folder, n in folders.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for j in range(n):
+            size = SIZES[j % len(SIZES)]
+            meta = face_meta(size, j)
+            image = Image.new("RGB", size, (90, 90, 90))
+            box = [round(v * s) for v, s in zip(meta["facepos"][0], size * 2, strict=True)]
+            ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=RED)
+            image.save(root / folder / f"{j:04d}.png")
+            (root / folder / f"{j:04d}.json").write_text(json.dumps(meta))
+        if multiply and folder in multiply:
+            (root / folder / "multiply.txt").write_text(str(multiply[folder]))
+    return root
+
+
+def packed(tmp_path: Path, folders, multiply=None, **kw) -> Path:
+    out = tmp_path / "shards"
+    pack_folder(make_tree(tmp_path / "root", folders, multiply), out, progress=False, **kw)
+    return out
+
+
+def stream(out: Path, **kw) -> TrainStream:
+    shards, manifest = resolve_shards(str(out))
+    args = dict(resolution=64, batch_size=2, shuffle_buffer=16, val_fraction=0.0, seed=3)
+    args.update(kw)
+    return TrainStream(shards, manifest, **args)
+
+
+def all_keys(batches) -> Counter:
+    return Counter(k for b in batches for k in b["keys"])
+
+
+def test_ed1_vs_ed2_epoch_sizes(tmp_path: Path) -> None:
+    mult = {"a": 1.5, "b": 0.5, "c": 2.0}
+    out = packed(tmp_path, {"a": 5, "b": 3, "c": 4}, mult, shard_size=4)
+    ed1, ed2 = stream(out, multiply_mode="ed1"), stream(out, multiply_mode="ed2")
+    n = {"a": 5, "b": 3, "c": 4}
+    assert ed1.epoch_size() == sum(n[c] * int(mult[c]) for c in n)  # 0.5 -> folder dropped
+    assert ed2.epoch_size() == math.floor(sum(n[c] * mult[c] for c in n))
+    for mode, s in (("ed1", ed1), ("ed2", ed2)):
+        for epoch in range(3):
+            draws = list(iter_draws(s.shards, s.categories, mode=mode, seed=3, epoch=epoch))
+            assert sum(c for _, c in draws) == s.epoch_size(epoch)
+            assert len({smp.key for smp, _ in draws}) == len(draws)
+    ed1_draws = iter_draws(ed1.shards, ed1.categories, mode="ed1")
+    assert "b" not in {smp.category for smp, _ in ed1_draws}
+
+
+def test_category_frequencies_follow_probabilities(tmp_path: Path) -> None:
+    folders = {"shots/1": 3, "shots/2": 7, "shots/3": 2, "fanart": 5, "reg/a": 9, "reg/b": 4}
+    csv = tmp_path / "w.csv"
+    csv.write_text("shots,3\nfanart,1\nreg,2\n1,2\n3,0.5\nb,1.5\n")
+    make_tree(tmp_path / "root", folders)
+    out = tmp_path / "out"
+    manifest = pack_folder(
+        tmp_path / "root",
+        out,
+        weights=csv,
+        multiply_from="weights",
+        min_multiply=2000,
+        max_multiply=1e9,
+        rounding="2",
+        shard_size=7,
+        progress=False,
+    )
+    s = stream(out, multiply_mode="ed2")
+    counts: Counter = Counter()
+    for epoch in range(2):
+        for sample, copies in iter_draws(s.shards, s.categories, mode="ed2", seed=1, epoch=epoch):
+            counts[sample.category] += copies
+    total = sum(counts.values())
+    assert total >= 100_000
+    for category, entry in manifest["categories"].items():
+        assert abs(counts[category] / total - entry["prob"]) < 0.01, category
+    ed1 = Counter()
+    for sample, copies in iter_draws(s.shards, s.categories, mode="ed1"):
+        ed1[sample.category] += copies
+    assert ed1 == {c: e["n_images"] * int(e["multiply"]) for c, e in manifest["categories"].items()}
+
+
+def test_batches_have_one_bucket_and_are_deterministic(tmp_path: Path) -> None:
+    out = packed(tmp_path, {"a": 9, "b": 7}, {"a": 3}, shard_size=5)
+    s = stream(out, batch_size=3, crop="random", flip_p=0.5)
+    first = list(s)
+    assert first and sum(len(b["keys"]) for b in first) <= s.epoch_size()
+    for batch in first:
+        shape = batch["pixel_values"].shape
+        assert shape[0] == 3 == len(batch["captions"]) == len(batch["meta"])
+        assert (shape[3], shape[2]) in s.buckets
+        assert batch["pixel_values"].min() >= -1 and batch["pixel_values"].max() <= 1
+    again = list(s)
+    assert [b["keys"] for b in again] == [b["keys"] for b in first]
+    assert [b["captions"] for b in again] == [b["captions"] for b in first]
+    assert all(
+        (a["pixel_values"] == b["pixel_values"]).all() for a, b in zip(first, again, strict=True)
+    )
+    s.set_epoch(1)
+    assert [b["keys"] for b in s] != [b["keys"] for b in first]
+    other_seed = stream(out, batch_size=3, seed=99)
+    assert [b["keys"] for b in other_seed] != [b["keys"] for b in first]
+
+
+@pytest.mark.parametrize("shard_size", [100, 3])  # one shard (split by sample) / many shards
+def test_workers_and_ranks_split_without_repeats(tmp_path: Path, shard_size: int) -> None:
+    out = packed(tmp_path, {"a": 7, "b": 6}, shard_size=shard_size)
+    s = stream(out, batch_size=1)
+    expected = Counter({smp.key: n for smp, n in iter_draws(s.shards, s.categories, seed=3)})
+    assert set(expected.values()) == {1}
+    single = all_keys(DataLoader(s, batch_size=None, num_workers=0))
+    double = all_keys(DataLoader(s, batch_size=None, num_workers=2))
+    assert single == double == expected
+    ranks = [all_keys(stream(out, batch_size=1, rank=r, world_size=2)) for r in range(2)]
+    assert not set(ranks[0]) & set(ranks[1])
+    assert ranks[0] + ranks[1] == expected
+
+
+def test_val_keys_never_in_training(tmp_path: Path) -> None:
+    out = packed(tmp_path, {"a": 12, "b": 12}, {"a": 2})
+    shards, _ = resolve_shards(str(out))
+    s = stream(out, batch_size=1, val_fraction=0.3)
+    train = set(all_keys(s))
+    val = ValidationDataset(shards, resolution=64, batch_size=4, val_fraction=0.3)
+    val_batches = list(val)
+    val_keys = {k for b in val_batches for k in b["keys"]}
+    assert val_keys and train and not train & val_keys
+    assert all(is_val_key(k, 0.3) for k in val_keys)
+    assert len(val_keys) + len(train) == 24
+    assert [b["captions"] for b in val] == [b["captions"] for b in val_batches]
+    assert all(" " != c for b in val_batches for c in b["captions"])
+
+
+def test_face_boxes_follow_crop_and_flip(tmp_path: Path) -> None:
+    out = packed(tmp_path, {"a": 16})
+    cfg = CaptionConfig(dropout=0.0)
+    s = stream(out, batch_size=1, crop="random", flip_p=0.5, caption=cfg)
+    flips = 0
+    for batch in s:
+        meta, pixels = batch["meta"][0], batch["pixel_values"][0]
+        flips += meta["flipped"]
+        assert batch["captions"][0].startswith(f"{meta['n_people']}person")
+        if meta["n_faces"] == 0:
+            continue
+        assert face_grid_tokens(meta["facepos"], cfg.grid) in batch["captions"][0]
+        h, w = pixels.shape[1:]
+        left, top, right, bottom = meta["facepos"][0]
+        x, y = int((left + right) / 2 * w), int((top + bottom) / 2 * h)
+        red, green = pixels[0, y, x].item(), pixels[1, y, x].item()
+        assert red > 0.8 and green < -0.8, (batch["keys"][0], meta)
+    assert 0 < flips < 16
+
+
+def _write_shard(path: Path, samples: list[dict]) -> None:
+    with wds.TarWriter(str(path), encoder=False) as writer:
+        for sample in samples:
+            writer.write(sample)
+
+
+def test_bad_input_is_skipped_and_counted(tmp_path: Path) -> None:
+    out = packed(tmp_path, {"a": 6, "b": 5}, shard_size=4)
+    good = stream(out, batch_size=1)
+    good_keys = all_keys(good)
+    meta = {**face_meta((64, 64), 0), "category": "a", "category_index": 0, "size": [64, 64]}
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(png, format="PNG")
+    js = json.dumps(meta).encode()
+    _write_shard(out / "bad.tar", [
+        {"__key__": "corrupt", "jpg": b"\xff\xd8\xffnot a jpeg", "json": js},
+        {"__key__": "badjson", "png": png.getvalue(), "json": b"{oops"},
+    ])  # fmt: skip
+    _write_shard(out / "trunc.tar", [
+        {"__key__": f"t{i}", "png": png.getvalue() + bytes(4000), "json": js} for i in range(3)
+    ])  # fmt: skip
+    data = (out / "trunc.tar").read_bytes()
+    (out / "trunc.tar").write_bytes(data[: len(data) // 2])
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in ("bad.tar", "trunc.tar", "gone.tar"):
+        manifest["shards"].append({"name": name, "n_samples": 2, "sha256": ""})
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    s = stream(out, batch_size=1)
+    keys = all_keys(s)
+    assert set(good_keys) <= set(keys) and "corrupt" not in keys and "badjson" not in keys
+    assert s.skipped["bad_image"] == 1 and s.skipped["bad_json"] == 1
+    assert s.skipped["truncated_shard"] == 1 and s.skipped["missing_shard"] == 1
+    last = list(stream(out, batch_size=1))[-1]["skipped"]
+    assert sum(last.values()) <= 4  # cumulative per worker, reported with each batch
+
+
+def test_pattern_matching_nothing_names_it(tmp_path: Path) -> None:
+    pattern = str(tmp_path / "nowhere" / "shard-{000000..000003}.tar")
+    with pytest.raises(ShardSetupError, match="ymn-pack") as err:
+        resolve_shards(pattern)
+    assert pattern in str(err.value)
+    with pytest.raises(ShardSetupError, match="manifest"):
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        resolve_shards(str(empty))
+    out = packed(tmp_path, {"a": 3})
+    shards, _ = resolve_shards(str(out / "shard-{000000..000000}.tar"))
+    assert shards == [str(out / "shard-000000.tar")]
+    shutil.rmtree(out)
+    assert SkipCounter() == {}

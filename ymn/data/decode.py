@@ -1,0 +1,225 @@
+"""Reading packed shards: shard patterns, the manifest, tar samples, images and tensors.
+
+Everything here tolerates bad input: a missing shard, a truncated tar, a missing or broken
+`json`, or an undecodable image is skipped with a warning naming it, and counted in a
+`SkipCounter`, so an epoch goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+MANIFEST = "manifest.json"
+
+
+class ShardSetupError(FileNotFoundError):
+    """The shard pattern or its manifest cannot be used."""
+
+
+class SkipCounter(Counter):
+    """Counts of skipped input by reason; `skip` also logs a warning naming the culprit."""
+
+    def skip(self, reason: str, what: str, detail: str = "") -> None:
+        """Count one skipped item under `reason` and warn about `what`."""
+        self[reason] += 1
+        log.warning("skipping %s (%s)%s", what, reason, f": {detail}" if detail else "")
+
+
+@dataclass
+class Sample:
+    """One packed sample, image still encoded; `image()` decodes it once and caches it."""
+
+    key: str
+    meta: dict[str, Any]
+    data: bytes
+    where: str  # "shard.tar:key", for messages
+    pending: int = 0  # copies of this sample still waiting in the shuffle buffer
+    _image: Image.Image | None = field(default=None, repr=False)
+
+    @property
+    def category(self) -> str:
+        return str(self.meta.get("category", ""))
+
+    def image(self) -> Image.Image:
+        """The RGB image (decoded on first use)."""
+        if self._image is None:
+            with Image.open(io.BytesIO(self.data)) as im:
+                self._image = im.convert("RGB")
+        return self._image
+
+    def release(self) -> None:
+        """Drop the decoded image (and bytes) once no copy needs them."""
+        self._image, self.data = None, b""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shard patterns and the manifest
+# ---------------------------------------------------------------------------------------------
+
+
+def _expand(pattern: str) -> list[str]:
+    from braceexpand import braceexpand
+
+    paths: list[str] = []
+    for part in braceexpand(pattern):
+        paths.extend(sorted(glob.glob(part)) if glob.has_magic(part) else [part])
+    return paths
+
+
+def resolve_shards(pattern: str, manifest: str | Path | None = None) -> tuple[list[str], dict]:
+    """Shard paths and the manifest for a directory, brace pattern (`shard-{000..009}.tar`) or
+    glob. A directory uses its manifest's shard list (so a shard missing later is noticed and
+    skipped). Raises ShardSetupError naming the pattern when nothing usable is found.
+    """
+    hint = "Build shards with `ymn-pack ROOT OUT` (or `ymn-synth` then `ymn-pack`) first."
+    pattern = str(pattern)
+    if os.path.isdir(pattern):
+        manifest_path = Path(manifest) if manifest else Path(pattern) / MANIFEST
+        data = read_manifest(manifest_path, pattern, hint)
+        shards = [str(Path(pattern) / s["name"]) for s in data.get("shards", [])]
+        if not shards:
+            shards = sorted(glob.glob(os.path.join(pattern, "*.tar")))
+    else:
+        shards = _expand(pattern)
+        if not any(os.path.exists(p) for p in shards):
+            raise ShardSetupError(f"shard pattern {pattern!r} matches no files. {hint}")
+        manifest_path = Path(manifest) if manifest else Path(shards[0]).parent / MANIFEST
+        data = read_manifest(manifest_path, pattern, hint)
+    if not shards:
+        raise ShardSetupError(f"shard pattern {pattern!r} names no shards. {hint}")
+    return shards, data
+
+
+def read_manifest(path: Path, pattern: str, hint: str = "") -> dict:
+    """Load `manifest.json`; ShardSetupError naming it (and the pattern) when absent or broken."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ShardSetupError(
+            f"no manifest at {path} for shard pattern {pattern!r}. {hint}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ShardSetupError(f"{path}: unreadable manifest ({exc}); re-run ymn-pack") from exc
+    if not isinstance(data.get("categories"), dict):
+        raise ShardSetupError(f"{path}: manifest has no 'categories'; re-run ymn-pack")
+    return data
+
+
+def manifest_categories(manifest: dict) -> dict[str, tuple[int, float]]:
+    """{category: (n_images, raw multiply)} as `plan_epoch` takes it."""
+    return {
+        name: (int(c["n_images"]), float(c.get("multiply", 1.0)))
+        for name, c in sorted(manifest["categories"].items())
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Tar samples
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """webdataset's rule: the key is the path up to the first dot of the basename."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def iter_tar(path: str, counter: SkipCounter) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) per sample of a tar shard, streamed; a missing file or a truncated
+    tar is counted and ends the shard (the incomplete last sample is dropped)."""
+    if not os.path.exists(path):
+        counter.skip("missing_shard", path, "file not found; re-run ymn-pack or fix the pattern")
+        return
+    key, parts = None, {}
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, ext = _split_name(member.name)
+                if k != key and key is not None:
+                    yield key, parts
+                    parts = {}
+                key = k
+                parts[ext] = tar.extractfile(member).read()
+            # a tar cut at a block boundary ends without error: check the end-of-archive marker
+            if os.path.getsize(path) < tar.offset + 2 * tarfile.BLOCKSIZE:
+                raise tarfile.ReadError(f"no end-of-archive marker after byte {tar.offset}")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        counter.skip("truncated_shard", path, f"{type(exc).__name__}: {exc}")
+        return
+    if key is not None:
+        yield key, parts
+
+
+def parse_sample(
+    shard: str, key: str, parts: dict[str, bytes], counter: SkipCounter
+) -> Sample | None:
+    """A `Sample` from raw tar parts (JSON parsed, image still encoded), or None if unusable."""
+    where = f"{shard}:{key}"
+    if "json" not in parts:
+        counter.skip("missing_json", where)
+        return None
+    try:
+        meta = json.loads(parts["json"].decode("utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("category_index"), int):
+            raise ValueError("expected an object with 'category' and int 'category_index'")
+        if not isinstance(meta.get("category"), str):
+            raise ValueError("expected an object with 'category' and int 'category_index'")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        counter.skip("bad_json", where, f"{type(exc).__name__}: {exc}")
+        return None
+    data = next((parts[e] for e in IMAGE_KEYS if e in parts), None)
+    if data is None:
+        counter.skip("missing_image", where)
+        return None
+    return Sample(key, meta, data, where)
+
+
+def decode(sample: Sample, counter: SkipCounter) -> Image.Image | None:
+    """The sample's RGB image, or None (counted as `bad_image`) when it cannot be decoded."""
+    try:
+        return sample.image()
+    except Exception as exc:  # PIL raises many types for broken files
+        counter.skip("bad_image", sample.where, f"{type(exc).__name__}: {exc}")
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits and tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def key_fraction(key: str) -> float:
+    """A stable number in [0, 1) from a sample key (sha256), the same on every machine."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def is_val_key(key: str, val_fraction: float) -> bool:
+    """True when `key` belongs to the held-out validation split."""
+    return key_fraction(key) < val_fraction
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float tensor in [-1, 1], shape (3, H, W)."""
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)

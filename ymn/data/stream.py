@@ -1,0 +1,393 @@
+"""The weighted, bucketed, captioned training stream (and the held-out validation set).
+
+Per epoch: plan the copies per category (`ymn.data.multiply`, ED1 by default), shuffle the
+shard order, split shards (or, with fewer shards than slots, samples) across ranks and
+dataloader workers, read samples sequentially, emit each one `draws_for_sample` times, mix the
+copies in a seeded shuffle buffer, then crop to the nearest aspect bucket, flip, caption and
+group into one-bucket batches. State is per category only, never per image.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ymn.data.buckets import apply_crop, bucket_table, nearest_bucket, plan_crop, transform_meta
+from ymn.data.captions import CaptionConfig, build_caption
+from ymn.data.decode import (
+    Sample,
+    SkipCounter,
+    decode,
+    is_val_key,
+    iter_tar,
+    manifest_categories,
+    parse_sample,
+    to_tensor,
+)
+from ymn.data.multiply import draws_for_sample, epoch_size, plan_epoch
+
+# ---------------------------------------------------------------------------------------------
+# Who reads what
+# ---------------------------------------------------------------------------------------------
+
+
+def worker_slot(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(slot, n_slots) of this process: rank × dataloader workers + worker id."""
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        ready = dist.is_available() and dist.is_initialized()
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if ready else (0, 1)
+    info = get_worker_info()
+    worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * n_workers + worker, world_size * n_workers
+
+
+def shard_order(shards: Sequence[str], seed: int, epoch: int) -> list[str]:
+    """The epoch's shard order: a seeded shuffle, the same in every process."""
+    order = list(shards)
+    random.Random(f"shards:{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def iter_samples(
+    shards: Sequence[str], slot: int, slots: int, counter: SkipCounter
+) -> Iterator[Sample]:
+    """This slot's samples: whole shards (round-robin) when there are at least as many shards as
+    slots, else every `slots`-th sample of all shards. No sample goes to two slots."""
+    by_shard = len(shards) >= slots
+    mine = shards[slot::slots] if by_shard else shards
+    index = 0
+    for shard in mine:
+        for key, parts in iter_tar(shard, counter):
+            take = by_shard or index % slots == slot
+            index += 1  # counted before parsing, so every slot numbers samples alike
+            if take and (sample := parse_sample(shard, key, parts, counter)) is not None:
+                yield sample
+
+
+def iter_draws(
+    shards: Sequence[str],
+    categories: Mapping[str, tuple[int, float]],
+    *,
+    mode: str = "ed1",
+    seed: int = 0,
+    epoch: int = 0,
+    slot: int = 0,
+    slots: int = 1,
+    val_fraction: float = 0.0,
+    counter: SkipCounter | None = None,
+) -> Iterator[tuple[Sample, int]]:
+    """(sample, copies) for each training sample this slot reads in `epoch` (copies > 0), in
+    shard order, without decoding images: the draw plan, cheap enough to count 100k draws."""
+    counter = SkipCounter() if counter is None else counter
+    plans = plan_epoch(categories, mode, seed, epoch)
+    for sample in iter_samples(shard_order(shards, seed, epoch), slot, slots, counter):
+        if is_val_key(sample.key, val_fraction):
+            continue
+        plan = plans.get(sample.category)
+        if plan is None:
+            counter.skip("unknown_category", sample.where, f"{sample.category!r} not in manifest")
+            continue
+        try:
+            copies = draws_for_sample(
+                sample.category, sample.meta["category_index"], plan, seed, epoch
+            )
+        except IndexError as exc:
+            counter.skip("bad_json", sample.where, str(exc))
+            continue
+        if copies > 0:
+            yield sample, copies
+
+
+def shuffle_copies(
+    draws: Iterator[tuple[Sample, int]], buffer_size: int, rng: random.Random
+) -> Iterator[Sample]:
+    """Each sample `copies` times, mixed by a seeded shuffle buffer of `buffer_size` entries."""
+    buffer: list[Sample] = []
+    for sample, copies in draws:
+        sample.pending = copies
+        for _ in range(copies):
+            if len(buffer) < max(buffer_size, 1):
+                buffer.append(sample)
+                continue
+            i = rng.randrange(len(buffer))
+            buffer[i], out = sample, buffer[i]
+            yield out
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+# ---------------------------------------------------------------------------------------------
+# One copy -> one training example; examples -> one-bucket batches
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    """One rendered copy: bucket, pixels, caption, transformed metadata."""
+
+    key: str
+    bucket: tuple[int, int]
+    pixels: torch.Tensor
+    caption: str
+    meta: dict[str, Any]
+
+
+def render(
+    sample: Sample,
+    image: Any,
+    buckets: Sequence[tuple[int, int]],
+    caption: CaptionConfig,
+    rng: random.Random,
+    *,
+    crop: str = "ed1",
+    flip_p: float = 0.0,
+    dropout: bool = True,
+) -> Example:
+    """Crop `image` to its nearest bucket, maybe flip, move the face boxes, build the caption."""
+    size = image.size
+    bucket = nearest_bucket(size, buckets)
+    plan = plan_crop(size, bucket, crop, rng)
+    flip = flip_p > 0 and rng.random() < flip_p
+    pixels = to_tensor(apply_crop(image, bucket, plan, flip))
+    meta = transform_meta(sample.meta, size, plan, flip)
+    meta["flipped"] = flip
+    text = build_caption(meta, caption, rng, dropout=dropout)
+    return Example(sample.key, bucket, pixels, text, meta)
+
+
+def make_batch(examples: Sequence[Example], tokenizer: Any = None) -> dict[str, Any]:
+    """Stack one bucket's examples into the batch dict the LightningModule consumes."""
+    captions = [e.caption for e in examples]
+    batch: dict[str, Any] = {
+        "pixel_values": torch.stack([e.pixels for e in examples]),
+        "captions": captions,
+        "keys": [e.key for e in examples],
+        "meta": [e.meta for e in examples],
+    }
+    if tokenizer is not None:
+        batch["input_ids"] = tokenize(tokenizer, captions)
+    return batch
+
+
+def tokenize(tokenizer: Any, captions: Sequence[str]) -> torch.Tensor:
+    """Token ids padded/truncated to the tokenizer's max length (77 for CLIP)."""
+    length = getattr(tokenizer, "model_max_length", 77)
+    out = tokenizer(
+        list(captions),
+        padding="max_length",
+        max_length=length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return out.input_ids
+
+
+def bucket_batches(
+    examples: Iterator[Example], batch_size: int, *, keep_remainders: bool = False
+) -> Iterator[list[Example]]:
+    """Group examples by bucket; yield a batch when a bucket is full. Leftovers are dropped
+    (training, as ED1) or yielded at the end in bucket order (validation)."""
+    pending: dict[tuple[int, int], list[Example]] = {}
+    for example in examples:
+        group = pending.setdefault(example.bucket, [])
+        group.append(example)
+        if len(group) == batch_size:
+            yield group
+            pending[example.bucket] = []
+    if keep_remainders:
+        for bucket in sorted(pending):
+            if pending[bucket]:
+                yield pending[bucket]
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------
+
+
+def _caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> CaptionConfig:
+    if caption is None:
+        return CaptionConfig()
+    if isinstance(caption, CaptionConfig):
+        return caption
+    return CaptionConfig(**{k: v for k, v in dict(caption).items() if not k.startswith("_")})
+
+
+class TrainStream(IterableDataset):
+    """Training batches (dicts, one aspect bucket each), deterministic given (seed, epoch, rank,
+    worker). Use with `DataLoader(stream, batch_size=None)`. The epoch lives in shared memory,
+    so `set_epoch` in the main process reaches persistent workers too."""
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        manifest: Mapping[str, Any],
+        *,
+        resolution: int,
+        batch_size: int,
+        multiply_mode: str = "ed1",
+        crop: str = "ed1",
+        flip_p: float = 0.0,
+        shuffle_buffer: int = 1000,
+        val_fraction: float = 0.02,
+        seed: int = 0,
+        caption: CaptionConfig | Mapping[str, Any] | None = None,
+        tokenizer: Any = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: use at least 1")
+        self.shards = list(shards)
+        self.categories = manifest_categories(dict(manifest))
+        self.buckets = bucket_table(resolution)
+        self.batch_size, self.multiply_mode, self.crop = batch_size, multiply_mode, crop
+        self.flip_p, self.shuffle_buffer, self.val_fraction = flip_p, shuffle_buffer, val_fraction
+        self.seed, self.caption, self.tokenizer = seed, _caption_config(caption), tokenizer
+        self.rank, self.world_size = rank, world_size
+        self.resume: tuple[int, int] | None = None  # (epoch, batches already consumed)
+        self.skipped = SkipCounter()
+        self._epoch: Any = _shared_int()
+
+    # -- epoch bookkeeping (main process) --------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return self._epoch if isinstance(self._epoch, int) else int(self._epoch.value)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next iteration streams."""
+        if isinstance(self._epoch, int):
+            self._epoch = int(epoch)
+        else:
+            self._epoch.value = int(epoch)
+
+    def epoch_size(self, epoch: int | None = None) -> int:
+        """Planned draws in the epoch, all ranks together (held-out keys included)."""
+        epoch = self.epoch if epoch is None else epoch
+        return epoch_size(plan_epoch(self.categories, self.multiply_mode, self.seed, epoch))
+
+    def approx_batches(self, epoch: int | None = None) -> int:
+        """Approximate batches per epoch over all ranks (bucket remainders make it smaller)."""
+        return int(self.epoch_size(epoch) * (1 - self.val_fraction)) // self.batch_size
+
+    def __getstate__(self) -> dict[str, Any]:
+        from multiprocessing.context import get_spawning_popen
+
+        state = self.__dict__.copy()
+        if get_spawning_popen() is None and not isinstance(self._epoch, int):
+            state["_epoch"] = self.epoch  # plain copy outside worker start-up (e.g. deepcopy)
+        return state
+
+    # -- iteration (each worker) -----------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        epoch = self.epoch
+        slot, slots = worker_slot(self.rank, self.world_size)
+        counter = self.skipped = SkipCounter()
+        rng = random.Random(f"stream:{self.seed}:{epoch}:{slot}")
+        draws = iter_draws(
+            self.shards,
+            self.categories,
+            mode=self.multiply_mode,
+            seed=self.seed,
+            epoch=epoch,
+            slot=slot,
+            slots=slots,
+            val_fraction=self.val_fraction,
+            counter=counter,
+        )
+        examples = self._render_all(shuffle_copies(draws, self.shuffle_buffer, rng), rng, counter)
+        to_skip = self._batches_to_skip(epoch)
+        for i, group in enumerate(bucket_batches(examples, self.batch_size)):
+            if i < to_skip:
+                continue
+            batch = make_batch(group, self.tokenizer)
+            batch["skipped"] = dict(counter)
+            batch["slot"] = slot
+            yield batch
+
+    def _render_all(
+        self, copies: Iterator[Sample], rng: random.Random, counter: SkipCounter
+    ) -> Iterator[Example]:
+        for sample in copies:
+            image = decode(sample, counter) if sample.data else None
+            sample.pending -= 1
+            if image is not None:
+                yield render(
+                    sample,
+                    image,
+                    self.buckets,
+                    self.caption,
+                    rng,
+                    crop=self.crop,
+                    flip_p=self.flip_p,
+                )
+            if sample.pending <= 0 or image is None:
+                sample.release()  # a bad image is counted once, its other copies pass silently
+
+    def _batches_to_skip(self, epoch: int) -> int:
+        """Batches this worker already produced before a resume (DataLoader round-robin)."""
+        if self.resume is None or self.resume[0] != epoch:
+            return 0
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        consumed = self.resume[1]
+        return consumed // n_workers + (1 if worker < consumed % n_workers else 0)
+
+
+def _shared_int() -> Any:
+    """An int in shared memory that DataLoader workers inherit."""
+    from multiprocessing import RawValue
+
+    return RawValue("q", 0)
+
+
+class ValidationDataset(IterableDataset):
+    """Held-out samples only, in shard order: center crop, no flip, no caption dropout, captions
+    seeded by key. Batches group one bucket; remainders are kept. Deterministic."""
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        *,
+        resolution: int,
+        batch_size: int,
+        val_fraction: float = 0.02,
+        caption: CaptionConfig | Mapping[str, Any] | None = None,
+        tokenizer: Any = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.shards, self.buckets = list(shards), bucket_table(resolution)
+        self.batch_size, self.val_fraction = batch_size, val_fraction
+        self.caption, self.tokenizer = _caption_config(caption), tokenizer
+        self.rank, self.world_size = rank, world_size
+        self.skipped = SkipCounter()
+
+    def iter_examples(self) -> Iterator[Example]:
+        """This slot's rendered held-out examples, in order."""
+        slot, slots = worker_slot(self.rank, self.world_size)
+        counter = self.skipped = SkipCounter()
+        for sample in iter_samples(self.shards, slot, slots, counter):
+            if not is_val_key(sample.key, self.val_fraction):
+                continue
+            image = decode(sample, counter)
+            if image is None:
+                continue
+            rng = random.Random(f"val:{sample.key}")
+            yield render(
+                sample, image, self.buckets, self.caption, rng, crop="center", dropout=False
+            )
+            sample.release()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        groups = bucket_batches(self.iter_examples(), self.batch_size, keep_remainders=True)
+        for group in groups:
+            yield make_batch(group, self.tokenizer)
