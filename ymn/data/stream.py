@@ -211,7 +211,8 @@ def bucket_batches(
 # ---------------------------------------------------------------------------------------------
 
 
-def _caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> CaptionConfig:
+def caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> CaptionConfig:
+    """A CaptionConfig from one, a mapping (Hydra keys like `_target_` ignored), or None."""
     if caption is None:
         return CaptionConfig()
     if isinstance(caption, CaptionConfig):
@@ -250,7 +251,7 @@ class TrainStream(IterableDataset):
         self.buckets = bucket_table(resolution)
         self.batch_size, self.multiply_mode, self.crop = batch_size, multiply_mode, crop
         self.flip_p, self.shuffle_buffer, self.val_fraction = flip_p, shuffle_buffer, val_fraction
-        self.seed, self.caption, self.tokenizer = seed, _caption_config(caption), tokenizer
+        self.seed, self.caption, self.tokenizer = seed, caption_config(caption), tokenizer
         self.rank, self.world_size = rank, world_size
         self.resume: tuple[int, int] | None = None  # (epoch, batches already consumed)
         self.skipped = SkipCounter()
@@ -367,7 +368,7 @@ class ValidationDataset(IterableDataset):
         super().__init__()
         self.shards, self.buckets = list(shards), bucket_table(resolution)
         self.batch_size, self.val_fraction = batch_size, val_fraction
-        self.caption, self.tokenizer = _caption_config(caption), tokenizer
+        self.caption, self.tokenizer = caption_config(caption), tokenizer
         self.rank, self.world_size = rank, world_size
         self.skipped = SkipCounter()
 

@@ -1,0 +1,217 @@
+"""`YmnDataModule`: packed shards → the weighted bucketed training stream and the val set.
+
+Built from the Hydra group `data` (see conf/data/*.yaml). `prepare_data()` can build the demo's
+synthetic shards (ymn-synth + ymn-pack) when they do not exist yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from ymn.data.captions import CaptionConfig
+from ymn.data.decode import MANIFEST, resolve_shards
+from ymn.data.stream import TrainStream, ValidationDataset, caption_config
+
+log = logging.getLogger(__name__)
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader that tells its `TrainStream` which epoch each new iteration is."""
+
+    def __init__(self, dataset: TrainStream, epoch_fn: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self.epoch_fn = epoch_fn
+
+    def __iter__(self) -> Iterator:
+        self.dataset.set_epoch(self.epoch_fn())
+        return super().__iter__()
+
+
+def _plain(value: Any) -> Any:
+    """A DictConfig/ListConfig as plain containers (Hydra passes those for nested maps)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        return value
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+class YmnDataModule(LightningDataModule):
+    """Weighted, bucketed, captioned batches from webdataset shards made by `ymn-pack`."""
+
+    def __init__(
+        self,
+        shards: str,
+        resolution: int,
+        batch_size: int,
+        num_workers: int = 0,
+        multiply_mode: str = "ed1",
+        crop: str = "ed1",
+        flip_p: float = 0.0,
+        shuffle_buffer: int = 1000,
+        val_fraction: float = 0.02,
+        seed: int = 0,
+        caption: CaptionConfig | Mapping[str, Any] | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        val_batch_size: int | None = None,
+        manifest: str | None = None,
+        prepare: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.shards, self.manifest_file = str(shards), manifest
+        self.resolution, self.batch_size, self.num_workers = resolution, batch_size, num_workers
+        self.multiply_mode, self.crop, self.flip_p = multiply_mode, crop, flip_p
+        self.shuffle_buffer, self.val_fraction, self.seed = shuffle_buffer, val_fraction, seed
+        self.caption = caption_config(_plain(caption))
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.val_batch_size = val_batch_size or batch_size
+        self.prepare = _plain(prepare)
+        self.tokenizer: Any = None
+        self.manifest: dict[str, Any] | None = None
+        self.train_stream: TrainStream | None = None
+        self.val_set: ValidationDataset | None = None
+        self._epoch, self._resume = 0, None
+        self.skipped: dict[int, dict[str, int]] = {}  # slot -> that worker's latest counts
+
+    # -- set-up ------------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        """Where the manifest is (beside the shards unless `manifest` was given)."""
+        if self.manifest_file:
+            return Path(self.manifest_file)
+        base = Path(self.shards)
+        return (
+            base / MANIFEST if not any(c in self.shards for c in "{*?[") else base.parent / MANIFEST
+        )
+
+    def set_tokenizer(self, tokenizer: Any) -> None:
+        """Use the model's tokenizer: batches then carry `input_ids` (B, 77)."""
+        self.tokenizer = tokenizer
+        for dataset in (self.train_stream, self.val_set):
+            if dataset is not None:
+                dataset.tokenizer = tokenizer
+
+    def prepare_data(self) -> None:
+        """With `prepare`, build synthetic shards (ymn-synth + ymn-pack) if they are missing."""
+        if not self.prepare or self.manifest_path.is_file():
+            return
+        from ymn.data.balance import weights_from_category_tree
+        from ymn.data.pack import pack_folder
+        from ymn.data.synthetic import generate_dataset
+
+        root = Path(self.prepare.get("root") or Path(self.shards).parent / "images")
+        synth = dict(self.prepare.get("synth") or {})
+        if synth and not (root / "synth_info.json").is_file():
+            log.info("generating %s synthetic images in %s", synth.get("n"), root)
+            generate_dataset(root, **synth)
+        if not root.is_dir():
+            return  # nothing to pack: setup() names the missing shards and the fix
+        tree = self.prepare.get("tree") or {}
+        rows = weights_from_category_tree(tree, root) if tree else None
+        pack = dict(self.prepare.get("pack") or {})
+        log.info("packing %s into %s", root, self.shards)
+        pack_folder(root, Path(self.shards), weights=rows, **pack)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve the shards (failing with a hint when none exist) and build the datasets."""
+        if self.train_stream is not None:
+            return
+        shards, self.manifest = resolve_shards(self.shards, self.manifest_file)
+        self.train_stream = TrainStream(
+            shards,
+            self.manifest,
+            resolution=self.resolution,
+            batch_size=self.batch_size,
+            multiply_mode=self.multiply_mode,
+            crop=self.crop,
+            flip_p=self.flip_p,
+            shuffle_buffer=self.shuffle_buffer,
+            val_fraction=self.val_fraction,
+            seed=self.seed,
+            caption=self.caption,
+            tokenizer=self.tokenizer,
+        )
+        self.val_set = ValidationDataset(
+            shards,
+            resolution=self.resolution,
+            batch_size=self.val_batch_size,
+            val_fraction=self.val_fraction,
+            caption=self.caption,
+            tokenizer=self.tokenizer,
+        )
+        stream = self.train_stream
+        log.info(
+            "data: %d shards, %d images in %d categories; epoch 0 = %d draws (~%d batches of %d)",
+            len(shards),
+            self.manifest.get("total_images", 0),
+            len(stream.categories),
+            stream.epoch_size(0),
+            stream.approx_batches(0),
+            self.batch_size,
+        )
+        if self.manifest.get("skipped"):
+            log.warning("%d images were skipped at pack time", len(self.manifest["skipped"]))
+
+    # -- loaders ---------------------------------------------------------------------------
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers and self.num_workers > 0,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        """Batches come from the stream itself (`batch_size=None`)."""
+        self.setup("fit")
+        self.train_stream.resume = self._resume
+        return EpochDataLoader(self.train_stream, self._current_epoch, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        """Held-out keys, center crop, no dropout, fixed order; one bucket per batch."""
+        self.setup("validate")
+        return DataLoader(self.val_set, batch_size=None, **self._loader_kwargs())
+
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        self._epoch = int(trainer.current_epoch) if trainer is not None else self._epoch
+        return self._epoch
+
+    # -- monitoring and resume -------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Collect the per-worker skip counters that ride along with each training batch."""
+        if isinstance(batch, dict) and "skipped" in batch:
+            self.skipped[int(batch.pop("slot", 0))] = dict(batch.pop("skipped"))
+        return batch
+
+    @property
+    def skipped_total(self) -> dict[str, int]:
+        """Skipped inputs by reason over all workers so far (log as `data/skipped`)."""
+        total: dict[str, int] = {}
+        for counts in self.skipped.values():
+            for reason, n in counts.items():
+                total[reason] = total.get(reason, 0) + n
+        return total
+
+    def state_dict(self) -> dict[str, Any]:
+        """(epoch, batches consumed in it) so a resume can skip ahead deterministically."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            return {"epoch": int(trainer.current_epoch), "batches_consumed": int(done)}
+        return {"epoch": self._epoch, "batches_consumed": 0}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Resume: the next iteration of `epoch` skips the batches already consumed."""
+        self._epoch = int(state_dict.get("epoch", 0))
+        self._resume = (self._epoch, int(state_dict.get("batches_consumed", 0)))
+        if self.train_stream is not None:
+            self.train_stream.resume = self._resume
