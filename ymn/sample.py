@@ -1,0 +1,297 @@
+"""`ymn-sample`: txt2img and inpainting from an exported model or a ymn run directory.
+
+ymn-sample runs/phase2 --prompt "2people, aoi, hinata, mountain" --n 4 --seed 1
+ymn-sample model.safetensors --prompt-file prompts.json --steps 30 --cfg 7 --size 512x768
+ymn-sample runs/phase2 --prompt "aoi, face" --init-image bad.png --mask face_mask.png
+
+Writes `{i:03d}_seed{seed}.png`, `grid.png` and `samples.json` (what made each image) into
+--out. Masks follow A1111/diffusers: white is repainted, black is kept. A plain (4-channel) UNet
+inpaints by latent blending in diffusers' inpaint pipeline; a 9-channel inpainting UNet natively.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+from PIL import Image
+from tqdm import tqdm
+
+from ymn.model.components import Components
+from ymn.model.export import components_pipeline, load_any
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to make."""
+
+    prompt: str
+    negative: str = ""
+    seed: int = 0
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    cfg: float = 7.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts (pure functions)
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_size(text: str | list | tuple) -> tuple[int, int]:
+    """'512x768' or [512, 768] → (width, height), both positive multiples of 8."""
+    if isinstance(text, str):
+        parts = text.lower().replace("*", "x").split("x")
+    else:
+        parts = list(text)
+    if len(parts) != 2:
+        raise ValueError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 512x768.")
+    width, height = (int(p) for p in parts)
+    if width <= 0 or height <= 0 or width % 8 or height % 8:
+        raise ValueError(f"size {text!r}: width and height must be positive multiples of 8.")
+    return width, height
+
+
+def read_prompt_file(path: Path) -> list[dict]:
+    """Prompt specs from a file: one prompt per line, or JSON (a list, or EveryDream2's object).
+
+    JSON items are strings or objects with prompt, negative (or negative_prompt), seed, size
+    ("WxH" or [w, h]), cfg (a number, or a list: one image per value). EveryDream2's
+    `{"samples": [...], "seed": ..., "cfgs": [...]}` gives defaults for its samples.
+    """
+    text = Path(path).read_text()
+    if Path(path).suffix != ".json":
+        lines = (line.strip() for line in text.splitlines())
+        return [{"prompt": line} for line in lines if line and not line.startswith("#")]
+    data = json.loads(text)
+    defaults: dict = {}
+    if isinstance(data, dict):
+        defaults = {k: v for k, v in data.items() if k in ("seed", "cfg", "cfgs", "size")}
+        data = data.get("samples", [])
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of prompts or an object with 'samples'.")
+    specs = []
+    for i, item in enumerate(data):
+        spec = {"prompt": item} if isinstance(item, str) else dict(item)
+        if not spec.get("prompt"):
+            raise ValueError(f"{path}: entry {i} has no 'prompt'.")
+        specs.append({**defaults, **spec})
+    return specs
+
+
+def jobs_from_spec(spec: dict, base: Job, n: int) -> list[Job]:
+    """The n jobs of one prompt spec: seeds seed..seed+n-1, one set per cfg value."""
+    seed = spec.get("seed", base.seed)
+    seed = base.seed if seed is None or int(seed) < 0 else int(seed)  # ED2: -1 = unset
+    width, height = parse_size(spec["size"]) if spec.get("size") else (base.width, base.height)
+    cfgs = spec.get("cfg", spec.get("cfgs", base.cfg))
+    cfgs = cfgs if isinstance(cfgs, list) else [cfgs]
+    negative = spec.get("negative", spec.get("negative_prompt", base.negative)) or ""
+    job = replace(base, prompt=spec["prompt"], negative=negative, width=width, height=height)
+    return [replace(job, seed=seed + k, cfg=float(cfg)) for cfg in cfgs for k in range(n)]
+
+
+def build_jobs(specs: list[dict], base: Job, n: int) -> list[Job]:
+    """All jobs, in prompt order."""
+    return [job for spec in specs for job in jobs_from_spec(spec, base, n)]
+
+
+def image_name(index: int, job: Job) -> str:
+    return f"{index:03d}_seed{job.seed}.png"
+
+
+def make_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:
+    """Images in a near-square grid; cells as large as the largest image, top-left aligned."""
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    cell_w = max(im.width for im in images)
+    cell_h = max(im.height for im in images)
+    grid = Image.new("RGB", (cols * cell_w, rows * cell_h), "black")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % cols) * cell_w, (i // cols) * cell_h))
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------
+
+
+def txt2img_pipeline(components: Components, device: str, dtype: torch.dtype):
+    """StableDiffusionPipeline over the components with a DDIM sampler (as in training logs)."""
+    pipe = components_pipeline(components)
+    pipe.scheduler = DDIMScheduler.from_config(components.scheduler.config)
+    # float32 is what the modules already hold; passing it anyway makes diffusers warn.
+    pipe = pipe.to(device=device, dtype=None if dtype == torch.float32 else dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def inpaint_pipeline(pipe: StableDiffusionPipeline) -> StableDiffusionInpaintPipeline:
+    """The inpainting pipeline over the same modules (no copies)."""
+    inpaint = StableDiffusionInpaintPipeline(**pipe.components)
+    inpaint.set_progress_bar_config(disable=True)
+    return inpaint
+
+
+def load_init_pair(init_image: Path, mask: Path) -> tuple[Image.Image, Image.Image]:
+    """Init image (RGB) and mask (L); both must exist and have the same size."""
+    for path in (init_image, mask):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such image.")
+    image = Image.open(init_image).convert("RGB")
+    mask_image = Image.open(mask).convert("L")
+    if image.size != mask_image.size:
+        raise ValueError(f"{init_image} is {image.size} but mask {mask} is {mask_image.size}.")
+    return image, mask_image
+
+
+@torch.no_grad()
+def generate(
+    pipe: StableDiffusionPipeline | StableDiffusionInpaintPipeline,
+    job: Job,
+    steps: int,
+    init: tuple[Image.Image, Image.Image] | None = None,
+    strength: float = 1.0,
+    keep_unmasked: bool = False,
+) -> Image.Image:
+    """One image; with `init` = (image, mask), inpaint the mask's white area."""
+    generator = torch.Generator(device="cpu").manual_seed(job.seed)
+    kwargs = dict(
+        prompt=job.prompt,
+        negative_prompt=job.negative or None,
+        width=job.width,
+        height=job.height,
+        num_inference_steps=steps,
+        guidance_scale=job.cfg,
+        generator=generator,
+    )
+    if init is None:
+        return pipe(**kwargs).images[0]
+    image, mask = (im.resize((job.width, job.height), Image.LANCZOS) for im in init)
+    out = pipe(**kwargs, image=image, mask_image=mask, strength=strength).images[0]
+    return paste_unmasked(out, image, mask) if keep_unmasked else out
+
+
+def paste_unmasked(out: Image.Image, image: Image.Image, mask: Image.Image) -> Image.Image:
+    """The original pixels where the mask is black, blended by grey levels (as A1111 does)."""
+    return Image.composite(out, image, mask)
+
+
+def pick_device(device: str | None) -> tuple[str, torch.dtype]:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def sample_images(
+    model: str | Path,
+    jobs: list[Job],
+    out_dir: Path,
+    steps: int = 30,
+    init: tuple[Image.Image, Image.Image] | None = None,
+    strength: float = 1.0,
+    keep_unmasked: bool = False,
+    device: str | None = None,
+    allow_pickle: bool = False,
+) -> list[Path]:
+    """Load `model`, make every job's image, write PNGs, grid.png and samples.json into out_dir."""
+    if not Path(model).expanduser().exists():
+        raise FileNotFoundError(
+            f"model {model}: no such file or folder. Give a diffusers folder, an SD 1.x "
+            ".safetensors single file, or a ymn run directory."
+        )
+    device, dtype = pick_device(device)
+    components = load_any(model, allow_pickle=allow_pickle)
+    scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
+    native = components.unet.config.sample_size * scale
+    jobs = [replace(j, width=j.width or native, height=j.height or native) for j in jobs]
+    pipe = txt2img_pipeline(components, device, dtype)
+    if init is not None:
+        pipe = inpaint_pipeline(pipe)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, images, records = [], [], []
+    for i, job in enumerate(tqdm(jobs, desc="sampling", unit="img")):
+        image = generate(pipe, job, steps, init, strength, keep_unmasked)
+        path = out_dir / image_name(i, job)
+        image.save(path)
+        paths.append(path)
+        images.append(image)
+        records.append({"file": path.name, **asdict(job), "steps": steps})
+    make_grid(images).save(out_dir / "grid.png")
+    meta = {"model": str(model), "inpaint": init is not None, "strength": strength}
+    (out_dir / "samples.json").write_text(json.dumps({**meta, "images": records}, indent=2))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ymn-sample", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="diffusers folder, SD 1.x .safetensors, or ymn run directory")
+    p.add_argument("--prompt", action="append", default=[], help="repeatable")
+    p.add_argument("--prompt-file", type=Path, help="one prompt per line, or JSON (see docs)")
+    p.add_argument("--negative", default="", help="negative prompt (default for all prompts)")
+    p.add_argument("--n", type=int, default=1, help="images per prompt (seeds seed..seed+n-1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale")
+    p.add_argument("--size", help="WxH (default: the init image's, else the model's)")
+    p.add_argument("--out", type=Path, help="output folder (default outputs/samples/<time>)")
+    p.add_argument("--init-image", type=Path, help="inpainting: the image to repair")
+    p.add_argument("--mask", type=Path, help="inpainting: white = repaint, black = keep")
+    p.add_argument("--strength", type=float, default=1.0, help="inpainting noise strength")
+    p.add_argument("--keep-unmasked", action="store_true", help="paste back unmasked pixels")
+    p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--allow-pickle", action="store_true", help="accept a .ckpt model")
+    args = p.parse_args(argv)
+    if not args.prompt and not args.prompt_file:
+        p.error("give --prompt TEXT or --prompt-file FILE")
+    if (args.init_image is None) != (args.mask is None):
+        p.error("inpainting needs both --init-image and --mask")
+    return args
+
+
+def default_size(args: argparse.Namespace, init: tuple[Image.Image, Image.Image] | None):
+    if args.size:
+        return parse_size(args.size)
+    if init is not None:
+        return init[0].width // 8 * 8, init[0].height // 8 * 8
+    return None, None  # the model's native size, known once it is loaded
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """`ymn-sample MODEL --prompt ...`: writes the images and prints where."""
+    args = parse_args(argv)
+    try:
+        init = load_init_pair(args.init_image, args.mask) if args.init_image else None
+        specs = [{"prompt": p} for p in args.prompt]
+        specs += read_prompt_file(args.prompt_file) if args.prompt_file else []
+        width, height = default_size(args, init)
+        base = Job("", args.negative, args.seed, width, height, args.cfg)
+        jobs = build_jobs(specs, base, args.n)
+        out = args.out or Path("outputs/samples") / time.strftime("%Y%m%d-%H%M%S")
+        paths = sample_images(
+            args.model,
+            jobs,
+            out,
+            args.steps,
+            init,
+            args.strength,
+            args.keep_unmasked,
+            args.device,
+            args.allow_pickle,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"ymn-sample: {error}") from error
+    print(f"Wrote {len(paths)} images, grid.png and samples.json to {out}")
+    return paths
