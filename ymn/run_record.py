@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from lightning import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -36,10 +37,22 @@ def installed_packages() -> list[str]:
 
 
 def record_run(run_dir: Path, cfg: DictConfig, manifest: Path | None = None) -> None:
-    """Write config_resolved.yaml, git.json, requirements.txt and data_manifest.json."""
+    """Write config_resolved.yaml, git.json, requirements.txt (and data_manifest.json if given)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / "git.json").write_text(json.dumps(git_state(), indent=2) + "\n")
     (run_dir / "requirements.txt").write_text("\n".join(installed_packages()) + "\n")
     if manifest is not None and manifest.is_file():
         shutil.copyfile(manifest, run_dir / "data_manifest.json")
+
+
+class RecordDataManifest(Callback):
+    """Copies the data manifest into the run dir once `prepare_data` has made it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        manifest = getattr(trainer.datamodule, "manifest_path", None)
+        if trainer.is_global_zero and manifest is not None and Path(manifest).is_file():
+            shutil.copyfile(manifest, self.run_dir / "data_manifest.json")

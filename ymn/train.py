@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ymn.run_record import record_run
+from ymn.run_record import RecordDataManifest, record_run
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -69,11 +69,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.model)
     if hasattr(datamodule, "set_tokenizer"):
         datamodule.set_tokenizer(module.tokenizer)
-    callbacks = build_callbacks(cfg)
+    callbacks = [*build_callbacks(cfg), RecordDataManifest(run_dir)]
     loggers = build_loggers(cfg, run_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    record_run(run_dir, cfg, manifest=getattr(datamodule, "manifest_path", None))
+    record_run(run_dir, cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     if cfg.get("export") and trainer.is_global_zero:

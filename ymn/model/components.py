@@ -121,7 +121,12 @@ def build_tiny(seed: int = 0) -> Components:
 
 def load_diffusers_folder(folder: Path) -> Components:
     """Load a diffusers-format SD folder (safetensors only) with no network access."""
-    kwargs = {"local_files_only": True, "use_safetensors": True, "torch_dtype": torch.float32}
+    kwargs = {
+        "local_files_only": True,
+        "use_safetensors": True,
+        "torch_dtype": torch.float32,
+        "low_cpu_mem_usage": False,
+    }
     tokenizer_dir = folder / "tokenizer"
     has_tokenizer = (tokenizer_dir / "tokenizer.json").is_file() or (
         tokenizer_dir / "vocab.json"

@@ -41,8 +41,12 @@ class DiffusionModule(LightningModule):
         ema_decay: float | None = None,
         channels_last: bool = False,
         val_seed: int = 1234,
+        pretrained: str | None = None,
+        allow_pickle: bool = False,
     ) -> None:
         super().__init__()
+        # `pretrained`/`allow_pickle` already shaped `components`; kept to record where it started.
+        self.pretrained = pretrained
         self.vae = components.vae.requires_grad_(False).eval()
         self.text_encoder = components.text_encoder.requires_grad_(train_text_encoder)
         self.unet = components.unet
@@ -132,6 +136,12 @@ class DiffusionModule(LightningModule):
             "Control tokens as the tokenizer splits them:\n%s", describe_tokens(self.tokenizer)
         )
 
+    def on_train_start(self) -> None:
+        # from_pretrained leaves modules in eval mode and Lightning keeps per-module modes.
+        self.unet.train()
+        self.text_encoder.train(self.train_text_encoder)
+        self.vae.eval()
+
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._batch_started_at = time.perf_counter()
 
@@ -156,6 +166,13 @@ class DiffusionModule(LightningModule):
             seconds = time.perf_counter() - self._batch_started_at
             n = len(batch["captions"]) if "captions" in batch else batch["latents"].shape[0]
             self.log("perf/images_per_sec", n / max(seconds, 1e-9), batch_size=n)
+        self.log_skipped_inputs()
+
+    def log_skipped_inputs(self) -> None:
+        """`data/skipped`: inputs the data pipeline skipped so far (corrupt images, bad JSON...)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "skipped_total"):
+            self.log("data/skipped", float(sum(datamodule.skipped_total().values())))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """val/loss with noise and timesteps fixed per batch index: runs compare like for like."""
