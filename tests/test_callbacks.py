@@ -1,0 +1,140 @@
+"""SampleImages and ProbeCallback inside a 2-step Lightning fit on the tiny model (CPU)."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from ymn.callbacks.probes import ProbeCallback
+from ymn.callbacks.samples import SampleImages, due, image_grid
+from ymn.model.components import build_tiny
+from ymn.model.module import DiffusionModule
+
+SIZE = 64
+
+
+class CornerDetector:
+    """Always finds one face, in the top-left cell."""
+
+    def detect(self, image):
+        return [(0.02, 0.02, 0.1, 0.1)]
+
+
+def heldout_batch(seed: int, n: int = 4) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    metas = []
+    for i in range(n):
+        k = 1 + (seed + i) % 3
+        boxes = [[0.1 + 0.3 * j, 0.4, 0.2 + 0.3 * j, 0.5] for j in range(k)]
+        metas.append({"n_people": k, "facepos": boxes, "characters": ["AkaneRed"] * k})
+    return {
+        "pixel_values": torch.rand(n, 3, SIZE, SIZE, generator=g) * 2 - 1,
+        "captions": ["x"] * n,
+        "meta": metas,
+    }
+
+
+class TinyData(L.LightningDataModule):
+    def train_dataloader(self):
+        batches = [
+            {"pixel_values": torch.zeros(2, 3, SIZE, SIZE), "captions": ["1person", " "]}
+        ] * 4
+        return DataLoader(batches, batch_size=None)
+
+    def val_dataloader(self):
+        return DataLoader([heldout_batch(0), heldout_batch(1), heldout_batch(2)], batch_size=None)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """Fit 2 steps with both callbacks and a CSV logger; return (run dir, callbacks)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    module = DiffusionModule(build_tiny(0), optimizer=functools.partial(torch.optim.AdamW, lr=1e-5))
+    samples = SampleImages(
+        every_n_steps=1,
+        prompts=["2people, fhml fvmd fhmr fvmd"],
+        seeds=[0, 3],
+        size=[SIZE, SIZE],
+        steps=2,
+    )
+    probes = ProbeCallback(
+        every_n_steps=2,
+        detector=CornerDetector(),
+        counts=[1, 2],
+        layouts=["row"],
+        seeds=[0],
+        heldout_batches=2,
+        size=[SIZE, SIZE],
+        steps=2,
+        timesteps=[500],
+        folds=2,
+        n_permutations=50,
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=CSVLogger(run_dir, name="csv", version=""),
+        callbacks=[samples, probes],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=run_dir,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=TinyData())
+    return run_dir, trainer
+
+
+def test_sample_grids_written_per_step(fitted) -> None:
+    run_dir, _ = fitted
+    names = sorted(p.name for p in (run_dir / "samples").glob("*.png"))
+    assert names == ["step_000000.png", "step_000001.png", "step_000002.png"]  # start, 1, 2=end
+    from PIL import Image
+
+    assert Image.open(run_dir / "samples" / "step_000002.png").size == (SIZE, 2 * SIZE)
+    lines = (run_dir / "samples" / "step_000000.txt").read_text().splitlines()
+    assert lines == ["0\t0\t2people, fhml fvmd fhmr fvmd", "1\t3\t2people, fhml fvmd fhmr fvmd"]
+
+
+def test_probe_reports_and_logged_metrics(fitted) -> None:
+    run_dir, trainer = fitted
+    reports = sorted((run_dir / "probes").glob("step_*.json"))
+    assert [p.name for p in reports] == ["step_000000.json", "step_000002.json"]
+    assert (run_dir / "probes" / "confusion_step_000002.png").stat().st_size > 0
+    report = json.loads(reports[-1].read_text())
+    assert report["step"] == 2
+    assert [r["detected_count"] for r in report["records"]] == [1, 1]
+    metrics = report["metrics"]
+    assert metrics["probe/count/exact_acc"] == 0.5  # requested 1 and 2, detected 1 and 1
+    assert metrics["probe/count/signed_bias"] == -0.5
+    assert metrics["probe/grid/cell_acc"] == 0.0  # targets are in the middle row
+    assert 0.0 <= metrics["probe/attn/tf/grid_mass_in_target"] <= 1.0
+    assert "probe/attn/sample/count_entropy" in metrics
+    assert "probe/linear/count_acc/mid/t500" in metrics
+    assert len(report["heldout_attention"]) == 8
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = [r for r in rows if r.get("probe/count/exact_acc")]
+    assert sorted(int(r["step"]) for r in logged) == [0, 2]
+    assert float(trainer.callback_metrics["probe/count/exact_acc"]) == 0.5
+
+
+def test_schedule_and_grid_helpers() -> None:
+    assert [s for s in range(7) if due(s, 3)] == [3, 6]
+    assert not any(due(s, 0) for s in range(5))
+    from PIL import Image
+
+    grid = image_grid([Image.new("RGB", (4, 6))] * 5, columns=2)
+    assert grid.size == (8, 18)
+
+
+def test_unknown_probe_setting_is_named() -> None:
+    with pytest.raises(TypeError, match="unknown probe setting"):
+        ProbeCallback(detector=CornerDetector(), not_a_setting=1)

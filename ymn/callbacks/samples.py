@@ -1,0 +1,165 @@
+"""SampleImages: a grid of samples at the start (the pretrained baseline), every N steps and at
+the end, saved as `<run dir>/samples/step_XXXXXX.png` and logged to wandb when present.
+
+The module owns how to sample (`log_images`); this callback only decides when, and never lets
+a failure to log stop training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from PIL import Image
+
+from ymn.probes.prompts import build_probe_prompts, load_prompt_file
+
+log = logging.getLogger(__name__)
+
+
+def plain(value: Any) -> Any:
+    """OmegaConf containers → Python lists/dicts (callbacks may be built by Hydra)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover
+        return value
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def image_grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
+    """Paste images on a white grid (cells as large as the largest image), row-major."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    cell_w = max(im.width for im in images)
+    cell_h = max(im.height for im in images)
+    grid = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    for i, image in enumerate(images):
+        grid.paste(image.convert("RGB"), ((i % columns) * cell_w, (i // columns) * cell_h))
+    return grid
+
+
+def due(step: int, every_n_steps: int) -> bool:
+    """True on positive multiples of every_n_steps (0 or less: never)."""
+    return every_n_steps > 0 and step > 0 and step % every_n_steps == 0
+
+
+def wandb_loggers(trainer: L.Trainer) -> list[Any]:
+    """The trainer's WandbLoggers (none if wandb is not installed or not configured)."""
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:  # pragma: no cover
+        return []
+    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+class SampleImages(L.Callback):
+    """Sample fixed prompts at fixed seeds on a schedule; one PNG grid per step.
+
+    prompts: a list of prompts (each sampled at every seed); prompt_file: a text/JSON prompt
+    file (its own seeds/sizes/cfg win); neither: one probe prompt per count 1–5 written with
+    `caption` (the run's caption config). size: (w, h), None = the model's native size.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        prompts: Sequence[str] | None = None,
+        prompt_file: str | None = None,
+        seeds: Sequence[int] = (0, 1),
+        size: Sequence[int] | None = None,
+        steps: int = 20,
+        guidance_scale: float = 5.0,
+        at_start: bool = True,
+        at_end: bool = True,
+        out_dir: str | None = None,
+        caption: Any = None,
+        negative_prompt: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.every_n_steps = int(every_n_steps)
+        self.at_start = at_start
+        self.at_end = at_end
+        self.out_dir = out_dir
+        self.steps = int(steps)
+        self.guidance_scale = float(guidance_scale)
+        size = plain(size)
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.entries = self._entries(plain(prompts), prompt_file, plain(seeds), caption)
+        for entry in self.entries:
+            entry["negative"] = entry.get("negative") or negative_prompt
+        self._done: set[int] = set()
+
+    @staticmethod
+    def _entries(
+        prompts: Sequence[str] | None, prompt_file: str | None, seeds: Sequence[int], caption: Any
+    ) -> list[dict[str, Any]]:
+        if prompt_file:
+            entries = load_prompt_file(prompt_file)
+            for i, entry in enumerate(entries):  # ED2's seed -1 (random): fixed here instead
+                entry["seed"] = entry["seed"] if entry["seed"] is not None else seeds[0] + i
+            return entries
+        if prompts is None:
+            records = build_probe_prompts(
+                plain(caption), counts=(1, 2, 3, 4, 5), layouts=("row",), seeds=seeds
+            )
+            prompts = list(dict.fromkeys(r["prompt"] for r in records))
+        return [{"prompt": p, "seed": int(s)} for s in seeds for p in prompts]
+
+    # -- schedule ----------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_start:
+            self.sample(trainer, pl_module, trainer.global_step)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        if due(trainer.global_step, self.every_n_steps):
+            self.sample(trainer, pl_module, trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_end:
+            self.sample(trainer, pl_module, trainer.global_step)
+
+    # -- work --------------------------------------------------------------------------------
+    def run_dir(self, trainer: L.Trainer) -> Path:
+        return Path(self.out_dir or trainer.default_root_dir)
+
+    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> Path | None:
+        """Sample every entry, save the grid, log it; once per step, on global rank 0 only."""
+        if step in self._done or not trainer.is_global_zero or not self.entries:
+            return None
+        self._done.add(step)
+        images = []
+        for entry in self.entries:
+            images += pl_module.log_images(
+                [entry["prompt"]],
+                [entry["seed"]],
+                size=tuple(entry["size"]) if entry.get("size") else self.size,
+                steps=self.steps,
+                guidance_scale=entry.get("cfg") or self.guidance_scale,
+                negative_prompts=[entry["negative"]] if entry.get("negative") else None,
+            )
+        path = self.run_dir(trainer) / "samples" / f"step_{step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        columns = len({e["prompt"] for e in self.entries})
+        image_grid(images, columns=min(columns, 8)).save(path)
+        lines = [f"{i}\t{e['seed']}\t{e['prompt']}" for i, e in enumerate(self.entries)]
+        path.with_suffix(".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self._log(trainer, images, step)
+        return path
+
+    def _log(self, trainer: L.Trainer, images: list[Image.Image], step: int) -> None:
+        captions = [f"{e['prompt']} (seed {e['seed']})" for e in self.entries]
+        for logger in wandb_loggers(trainer):
+            try:
+                logger.log_image(key="samples", images=images, caption=captions, step=step)
+            except Exception as error:  # logging must never stop training
+                log.warning("Could not log samples at step %d to wandb: %s", step, error)
