@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ymn.callbacks.carry_optimizer import CarryOptimizerState, previous_phase_checkpoint
 from ymn.run_record import RecordDataManifest, record_run
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if hasattr(datamodule, "set_tokenizer"):
         datamodule.set_tokenizer(module.tokenizer)
     callbacks = [*build_callbacks(cfg), RecordDataManifest(run_dir)]
+    if cfg.get("carry_optimizer") and cfg.get("init_from"):
+        callbacks.append(CarryOptimizerState(previous_phase_checkpoint(cfg.init_from)))
     loggers = build_loggers(cfg, run_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

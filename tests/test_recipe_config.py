@@ -1,0 +1,79 @@
+"""`ymn-train experiment=phase1_640|phase2_704 --cfg job` prints exactly the recipe's values."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+
+def printed_config(*overrides: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "ymn.train", *overrides, "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return yaml.safe_load(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def phase1() -> dict:
+    return printed_config("experiment=phase1_640")
+
+
+@pytest.fixture(scope="module")
+def phase2() -> dict:
+    return printed_config("experiment=phase2_704", "init_from=/runs/phase1")
+
+
+def recipe_values(cfg: dict) -> dict:
+    model, data, trainer = cfg["model"], cfg["data"], cfg["trainer"]
+    return {
+        "batch": data["batch_size"],
+        "optimizer": model["optimizer"]["_target_"],
+        "lr": model["optimizer"]["lr"],
+        "weight_decay": model["optimizer"]["weight_decay"],
+        "lr_scheduler": model["lr_scheduler"],
+        "train_text_encoder": model["train_text_encoder"],
+        "gradient_checkpointing": model["gradient_checkpointing"],
+        "ema": model["ema_decay"],
+        "caption_dropout": cfg["caption"]["dropout"],
+        "crop": data["crop"],
+        "multiply_mode": data["multiply_mode"],
+        "precision": trainer["precision"],
+        "model": model["components"]["name"],
+    }
+
+
+COMMON = {
+    "batch": 8,
+    "optimizer": "torch.optim.AdamW",
+    "lr": 1e-6,
+    "weight_decay": 0.01,
+    "lr_scheduler": None,
+    "train_text_encoder": True,
+    "gradient_checkpointing": True,
+    "ema": None,
+    "caption_dropout": 0.15,
+    "crop": "ed1",
+    "multiply_mode": "ed1",
+    "precision": "32-true",
+    "model": "sd15",
+}
+
+
+def test_phase1_holds_the_recipe(phase1):
+    assert recipe_values(phase1) == COMMON
+    assert phase1["data"]["resolution"] == 640
+    assert phase1["trainer"]["max_steps"] == 18000
+    assert phase1["init_from"] is None
+
+
+def test_phase2_starts_from_phase1_weights_at_704(phase1, phase2):
+    assert recipe_values(phase2) == COMMON
+    assert phase2["data"]["resolution"] == 704
+    assert phase2["trainer"]["max_steps"] == 22000
+    assert phase2["init_from"] == "/runs/phase1"
+    assert phase2["carry_optimizer"] is False
+    assert phase2["caption"] != phase1["caption"]  # phase 2 modified the captions
