@@ -77,3 +77,7 @@ def test_phase2_starts_from_phase1_weights_at_704(phase1, phase2):
     assert phase2["init_from"] == "/runs/phase1"
     assert phase2["carry_optimizer"] is False
     assert phase2["caption"] != phase1["caption"]  # phase 2 modified the captions
+
+
+def test_experiment_values_win_over_root_defaults(phase1):
+    assert phase1["name"] == "phase1_640"
