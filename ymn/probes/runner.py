@@ -101,6 +101,22 @@ def _count_label(n_people: Any) -> int | None:
 # ----------------------------------------------------------------------------- samples
 
 
+def detection_record(
+    probe: Mapping[str, Any], boxes: Sequence[Sequence[float]], grid: int
+) -> dict[str, Any]:
+    """The JSON record of one probe image: its prompt record, the detections, the matches."""
+    boxes = [[float(v) for v in box] for box in boxes]
+    targets = [tuple(c) for c in probe.get("cells", [])]
+    matches = match_cells(targets, [grid_cell(b, grid) for b in boxes])
+    keys = ("prompt", "count", "label", "layout", "seed", "cells")
+    return {
+        **{k: probe[k] for k in keys if k in probe},
+        "detected_boxes": boxes,
+        "detected_count": len(boxes),
+        "matches": [[list(t), list(f) if f else None] for t, f in matches],
+    }
+
+
 def sample_probe(
     module: Any,
     prompts: Sequence[Mapping[str, Any]],
@@ -128,21 +144,7 @@ def sample_probe(
                 steps=cfg.steps,
                 guidance_scale=cfg.guidance_scale,
             )[0]
-            boxes = [list(map(float, b)) for b in detector.detect(image)]
-            found = [grid_cell(b, grid) for b in boxes]
-            record = {
-                **{
-                    k: probe[k]
-                    for k in ("prompt", "count", "label", "layout", "seed", "cells")
-                    if k in probe
-                },
-                "detected_boxes": boxes,
-                "detected_count": len(boxes),
-                "matches": [
-                    [list(t), list(f) if f else None]
-                    for t, f in match_cells([tuple(c) for c in probe.get("cells", [])], found)
-                ],
-            }
+            record = detection_record(probe, detector.detect(image), grid)
             if store is not None:
                 cond = {name: m[-1:] for name, m in store.maps().items()}  # CFG: [uncond, cond]
                 maps = grid_token_maps(cond, latent_hw, grid)[0].cpu().numpy()
