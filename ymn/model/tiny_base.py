@@ -1,0 +1,376 @@
+"""Train the tiny pretrained base shipped in `ymn/assets/tiny-base` (`make tiny-base`).
+
+A random VAE turns every sample into noise, so ymn ships a small *pretrained* SD-shaped set
+that it trains itself, deterministically (seeded, data generated in memory from the seed):
+
+1. stage 1: the VAE as an autoencoder (L1 + L1 on image gradients + a tiny KL) on random
+   crops, then `scaling_factor` = 1 / std of its latents (SD 1.x's 0.18215 plays this role);
+2. stage 2: text encoder + UNet on the frozen VAE's cached latents, epsilon prediction on SD's
+   scaled-linear DDPM schedule, with caption dropout so classifier-free guidance works;
+3. save as a float16 diffusers folder without `tokenizer/` (rebuilt offline from openai-clip).
+
+    python -m ymn.model.tiny_base --out ymn/assets/tiny-base --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from ymn.data.captions import CaptionConfig, build_caption
+from ymn.data.synthetic import KIND_MIX, render_scene, sample_scene_spec
+from ymn.model.components import (
+    TINY_BASE_DIR,
+    TINY_RESOLUTION,
+    Components,
+    sd_scheduler,
+    tiny_text_encoder,
+    tiny_unet,
+    tiny_vae,
+)
+from ymn.model.export import save_diffusers
+from ymn.model.module import DiffusionModule
+from ymn.model.tokenizer import load_clip_tokenizer, tokenize
+
+ENCODE_BATCH = 64
+
+
+@dataclass
+class TinyBaseConfig:
+    """Settings of one tiny-base training run (the CLI flags)."""
+
+    out: Path = TINY_BASE_DIR
+    seed: int = 0
+    data: str = "synthetic"  # "synthetic" (multi-character scenes) or "procedural" (shapes)
+    images: int = 1536
+    vae_steps: int = 700
+    vae_batch: int = 8
+    vae_crop: int = 64  # train the (fully convolutional) VAE on crops: 4x cheaper per image
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 1500
+    batch: int = 16
+    unet_lr: float = 1e-3
+    caption_dropout: float = 0.1
+    threads: int = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: scenes drawn in memory, deterministic per (seed, index)
+# ---------------------------------------------------------------------------------------------
+
+
+def synthetic_scene(seed: int, index: int, size: int) -> tuple[Image.Image, dict]:
+    """One multi-character scene of `ymn.data.synthetic`, drawn as `ymn-synth` draws it."""
+    rng = np.random.default_rng([seed, index])
+    kinds = list(KIND_MIX)
+    kind = kinds[int(rng.choice(len(kinds), p=list(KIND_MIX.values())))]
+    return render_scene(sample_scene_spec(rng, kind, size), size)
+
+
+def procedural_scene(seed: int, index: int, size: int) -> tuple[Image.Image, dict]:
+    """Coloured discs ("faces") over rectangles ("bodies") on a vertical gradient."""
+    rng = np.random.default_rng([seed, index, 1])
+    top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    ramp = np.linspace(0.0, 1.0, size)[:, None, None]
+    pixels = (top * (1 - ramp) + bottom * ramp).repeat(size, axis=1).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    n = int(rng.integers(1, 5))
+    boxes = []
+    for _ in range(n):
+        d = rng.uniform(0.12, 0.3) * size
+        cx, cy = rng.uniform(d, size - d), rng.uniform(d, size * 0.7)
+        body = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.rectangle([cx - d * 0.6, cy + d * 0.4, cx + d * 0.6, size], fill=body)
+        draw.ellipse([cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2], fill=(250, 220, 190))
+        boxes.append([v / size for v in (cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2)])
+    meta = {"n_people": n, "characters": [], "facepos": boxes, "tags": ["gradient", "disc"]}
+    return image, meta
+
+
+def make_scenes(data: str, n: int, seed: int, size: int) -> tuple[torch.Tensor, list[dict]]:
+    """n scenes as a uint8 tensor (n, 3, size, size) and their metadata."""
+    draw = {"synthetic": synthetic_scene, "procedural": procedural_scene}.get(data)
+    if draw is None:
+        raise ValueError(f"--data {data!r}: expected 'synthetic' or 'procedural'")
+    images, metas = [], []
+    for index in tqdm(range(n), desc=f"draw {data} scenes", unit="img"):
+        image, meta = draw(seed, index, size)
+        images.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()))
+        metas.append(meta)
+    return torch.stack(images).permute(0, 3, 1, 2).contiguous(), metas
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] → float [-1, 1], as SD's VAE expects."""
+    return images.float() / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: the VAE
+# ---------------------------------------------------------------------------------------------
+
+
+def warmup_cosine(step: int, total: int, warmup: int = 50, floor: float = 0.1) -> float:
+    """LR multiplier: linear warmup, then cosine decay to `floor`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def gradient_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between horizontal and vertical finite differences: keeps edges sharp."""
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    return F.l1_loss(dx(recon), dx(target)) + F.l1_loss(dy(recon), dy(target))
+
+
+def vae_loss(
+    vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, generator: torch.Generator
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction (L1 + gradient L1) + kl_weight * KL of one batch in [-1, 1]."""
+    posterior = vae.encode(x).latent_dist
+    recon = vae.decode(posterior.sample(generator)).sample
+    l1 = F.l1_loss(recon, x)
+    grad = gradient_l1(recon, x)
+    kl = posterior.kl().mean()
+    loss = l1 + grad + kl_weight * kl
+    return loss, {"l1": l1.item(), "grad": grad.item(), "kl": kl.item()}
+
+
+def random_crops(
+    images: torch.Tensor, batch: int, crop: int, generator: torch.Generator
+) -> torch.Tensor:
+    """A batch of random images, each randomly cropped to crop x crop (0: the full image)."""
+    idx = torch.randint(0, images.shape[0], (batch,), generator=generator)
+    picked = images[idx]
+    size = images.shape[-1]
+    if crop <= 0 or crop >= size:
+        return to_pixels(picked)
+    offsets = torch.randint(0, size - crop + 1, (batch, 2), generator=generator).tolist()
+    crops = [
+        img[:, y : y + crop, x : x + crop] for img, (y, x) in zip(picked, offsets, strict=True)
+    ]
+    return to_pixels(torch.stack(crops))
+
+
+def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: TinyBaseConfig) -> dict[str, float]:
+    """Stage 1: fit the VAE as an autoencoder; returns the mean losses of the last 50 steps."""
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(warmup_cosine, total=cfg.vae_steps)
+    )
+    vae.train()
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(cfg.vae_steps), desc="stage 1: VAE", unit="step")
+    for _ in bar:
+        x = random_crops(images, cfg.vae_batch, cfg.vae_crop, generator)
+        loss, stats = vae_loss(vae, x, cfg.kl_weight, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        history.append({"loss": loss.item(), **stats})
+        bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{stats['l1']:.4f}")
+    vae.eval().requires_grad_(False)
+    return mean_of_last(history)
+
+
+def mean_of_last(history: list[dict[str, float]], n: int = 50) -> dict[str, float]:
+    """Mean of each logged value over the last n steps (empty history → {})."""
+    tail = history[-n:]
+    return {k: float(np.mean([h[k] for h in tail])) for k in tail[0]} if tail else {}
+
+
+@torch.no_grad()
+def encode_all(vae: AutoencoderKL, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image (unscaled), in batches."""
+    means, stds = [], []
+    for start in tqdm(range(0, images.shape[0], ENCODE_BATCH), desc="cache latents", unit="batch"):
+        dist = vae.encode(to_pixels(images[start : start + ENCODE_BATCH])).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def latent_scaling_factor(latents: torch.Tensor) -> float:
+    """1 / std of unscaled latents, so scaled latents have unit variance (SD: 0.18215)."""
+    return float(1.0 / latents.float().std())
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: text encoder + UNet on the frozen VAE's latents
+# ---------------------------------------------------------------------------------------------
+
+
+def train_unet(
+    module: DiffusionModule,
+    latents: tuple[torch.Tensor, torch.Tensor],
+    metas: list[dict],
+    cfg: TinyBaseConfig,
+) -> dict[str, float]:
+    """Stage 2: epsilon-prediction training; returns the mean loss of the last 50 steps."""
+    generator = torch.Generator().manual_seed(cfg.seed + 2)
+    caption_rng = random.Random(cfg.seed + 3)
+    caption_cfg = CaptionConfig(dropout=cfg.caption_dropout)
+    mean, std = latents
+    scale = module.latent_scale
+    params = module.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(warmup_cosine, total=cfg.unet_steps)
+    )
+    module.unet.train()
+    module.text_encoder.train()
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(cfg.unet_steps), desc="stage 2: text encoder + UNet", unit="step")
+    for _ in bar:
+        idx = torch.randint(0, mean.shape[0], (cfg.batch,), generator=generator)
+        eps = torch.randn(mean[idx].shape, generator=generator)
+        z = (mean[idx] + std[idx] * eps) * scale
+        captions = [build_caption(metas[i], caption_cfg, caption_rng) for i in idx.tolist()]
+        noise = torch.randn(z.shape, generator=generator)
+        timesteps = torch.randint(
+            0, module.noise_scheduler.config.num_train_timesteps, (cfg.batch,), generator=generator
+        )
+        input_ids = tokenize(module.tokenizer, captions)
+        loss = module.diffusion_loss(z, input_ids, noise, timesteps).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        history.append({"loss": loss.item()})
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    module.unet.eval()
+    module.text_encoder.eval()
+    return mean_of_last(history)
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration
+# ---------------------------------------------------------------------------------------------
+
+
+def noise_scheduler() -> DDPMScheduler:
+    """SD 1.x's DDPM schedule (`sd_scheduler`, minus a DDIM-only key diffusers 0.42 rejects)."""
+    try:
+        return sd_scheduler()
+    except TypeError:
+        return DDPMScheduler(
+            num_train_timesteps=1000,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            steps_offset=1,
+            prediction_type="epsilon",
+        )
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (+ "-dirty" if this script has local edits), or "unknown"."""
+    here = Path(__file__).resolve()
+    try:
+        run = partial(subprocess.run, cwd=here.parent, capture_output=True, text=True, check=True)
+        head = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--", str(here)]).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def save_base(components: Components, out: Path, info: dict) -> Path:
+    """float16 diffusers folder without tokenizer/, plus train_info.json."""
+    out = Path(out)
+    if out.exists():
+        for sub in ("vae", "text_encoder", "unet", "scheduler", "tokenizer"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    save_diffusers(components, out, dtype=torch.float16)
+    shutil.rmtree(out / "tokenizer", ignore_errors=True)  # rebuilt offline from openai-clip
+    (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def train_tiny_base(cfg: TinyBaseConfig) -> dict:
+    """Both stages, then save; returns the run summary written to train_info.json."""
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    components = Components(
+        vae=tiny_vae(),
+        text_encoder=tiny_text_encoder(),
+        tokenizer=load_clip_tokenizer(),
+        unet=tiny_unet(),
+        scheduler=noise_scheduler(),
+    )
+    images, metas = make_scenes(cfg.data, cfg.images, cfg.seed, TINY_RESOLUTION)
+    vae_losses = train_vae(components.vae, images, cfg)
+    latents = encode_all(components.vae, images)
+    scaling = latent_scaling_factor(latents[0])
+    components.vae.register_to_config(scaling_factor=scaling)
+    module = DiffusionModule(components, optimizer=torch.optim.AdamW)
+    unet_losses = train_unet(module, latents, metas, cfg)
+    info = {
+        "command": "python -m ymn.model.tiny_base " + " ".join(cli_args(cfg)),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "git_commit": git_commit(),
+        "vae_final_losses": vae_losses,
+        "scaling_factor": scaling,
+        "unet_final_loss": unet_losses.get("loss"),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "torch": torch.__version__,
+    }
+    save_base(components, cfg.out, info)
+    return info
+
+
+def cli_args(cfg: TinyBaseConfig) -> list[str]:
+    """The flags that reproduce cfg."""
+    return [f"--{k.replace('_', '-')}={v}" for k, v in asdict(cfg).items()]
+
+
+def parse_args(argv: list[str] | None) -> TinyBaseConfig:
+    """CLI flags → TinyBaseConfig (defaults: the shipped base)."""
+    defaults = TinyBaseConfig()
+    parser = argparse.ArgumentParser(prog="ymn-tiny-base", description=__doc__.splitlines()[0])
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        kind = Path if isinstance(value, Path) else type(value)
+        parser.add_argument(flag, type=kind, default=value, help=f"default: {value}")
+    return TinyBaseConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: train the tiny base and write it to --out (default: the shipped asset)."""
+    cfg = parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # >1 thread on shared cores is slower than 1 here
+    try:
+        info = train_tiny_base(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
