@@ -172,7 +172,7 @@ class DiffusionModule(LightningModule):
         """`data/skipped`: inputs the data pipeline skipped so far (corrupt images, bad JSON...)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "skipped_total"):
-            self.log("data/skipped", float(sum(datamodule.skipped_total().values())))
+            self.log("data/skipped", float(sum(datamodule.skipped_total.values())))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """val/loss with noise and timesteps fixed per batch index: runs compare like for like."""
