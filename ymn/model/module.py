@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,15 @@ from ymn.model.tokenizer import describe_tokens, tokenize
 log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class AuxiliaryLoss(Protocol):
+    """An extra training loss (e.g. a remedy): attached once, evaluated after each UNet forward."""
+
+    def attach(self, module: DiffusionModule) -> None: ...
+
+    def __call__(self, batch: dict[str, Any]) -> torch.Tensor: ...
+
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
@@ -43,6 +52,7 @@ class DiffusionModule(LightningModule):
         val_seed: int = 1234,
         pretrained: str | None = None,
         allow_pickle: bool = False,
+        losses: Mapping[str, AuxiliaryLoss] | None = None,
     ) -> None:
         super().__init__()
         # `pretrained`/`allow_pickle` already shaped `components`; kept to record where it started.
@@ -66,6 +76,9 @@ class DiffusionModule(LightningModule):
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         self._batch_started_at: float | None = None
+        self.aux_losses = dict(losses or {})
+        for aux in self.aux_losses.values():
+            aux.attach(self)
 
     # -----------------------------------------------------------------------------------------
     # Loss
@@ -156,6 +169,10 @@ class DiffusionModule(LightningModule):
         )
         loss = self.diffusion_loss(latents, self.batch_input_ids(batch), noise, timesteps).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
+        for name, aux in self.aux_losses.items():
+            value = aux(batch)
+            self.log(f"train/{name}", value, batch_size=latents.shape[0])
+            loss = loss + value
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=latents.shape[0])
         return loss
 
