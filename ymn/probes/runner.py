@@ -49,7 +49,9 @@ class ProbeConfig:
     model's native size. timesteps: noise levels of the teacher-forced pass. attention_layers:
     substrings of attn2 processor names (None = all). feature_layers: name → UNet submodule for
     the linear probe. linear_condition: "empty" probes the image alone (the caption would leak
-    the labels), "caption" probes what the UNet sees in training.
+    the labels), "caption" probes what the UNet sees in training. noise_prior: start each
+    sample from count-aware noise (`ymn.remedies.noise_prior`, issue 8) with bumps of
+    noise_prior_amplitude at the prompt's cells; same steps, so equal compute.
     """
 
     caption: CaptionConfig = field(default_factory=CaptionConfig)
@@ -68,6 +70,8 @@ class ProbeConfig:
     n_permutations: int = 1000
     seed: int = 0
     save_images: bool = False
+    noise_prior: bool = False
+    noise_prior_amplitude: float = 1.5
 
     def __post_init__(self) -> None:
         self.caption = caption_config(self.caption)
@@ -117,6 +121,26 @@ def detection_record(
     }
 
 
+def initial_latents(module: Any, probe: Mapping[str, Any], cfg: ProbeConfig) -> torch.Tensor | None:
+    """The count-aware starting latents of a probe image (None: the sampler's own noise)."""
+    count = probe.get("count")
+    if not cfg.noise_prior or not isinstance(count, int) or count < 1:
+        return None
+    from ymn.remedies.noise_prior import count_noise_prior
+
+    shape = (1, module.unet.config.in_channels, *_latent_hw(module, cfg.size))
+    generator = torch.Generator().manual_seed(int(probe["seed"]))
+    latents = count_noise_prior(
+        count,
+        shape,
+        generator,
+        layout=probe.get("cells"),
+        grid=grid_size(cfg.caption),
+        amplitude=cfg.noise_prior_amplitude,
+    )
+    return latents.to(module.device, dtype=module.unet.dtype)
+
+
 def sample_probe(
     module: Any,
     prompts: Sequence[Mapping[str, Any]],
@@ -137,12 +161,15 @@ def sample_probe(
         for i, probe in enumerate(tqdm(prompts, desc="probe samples", leave=False)):
             if store is not None:
                 store.reset()
+            latents = initial_latents(module, probe, cfg)
+            extra = {} if latents is None else {"latents": latents}
             image = module.log_images(
                 [probe["prompt"]],
                 [probe["seed"]],
                 size=cfg.size,
                 steps=cfg.steps,
                 guidance_scale=cfg.guidance_scale,
+                **extra,
             )[0]
             record = detection_record(probe, detector.detect(image), grid)
             if store is not None:

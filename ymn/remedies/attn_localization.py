@@ -1,0 +1,368 @@
+"""Cross-attention localization loss (FastComposer-style), an auxiliary training loss.
+
+For each character-name token and each face-grid token pair of a training caption (all their
+BPE pieces), the loss penalises the cross-attention mass that falls outside the region the token
+names: the character's face box (optionally enlarged) or the face's grid cell. Face boxes come
+from the batch metadata, which already follows each sample's crop and flip.
+
+Only the selected attn2 layers get a processor that materialises softmax(QKᵀ), and only during
+training forwards (grad enabled, UNet in train mode); every other call, and every other layer,
+goes through the layer's original processor (the fast SDPA kernel by default).
+
+Config (`loss.attn_localization`, see conf/loss/attn_localization.yaml): weight (λ), layers
+(substrings of attn2 processor names; null = the two finest levels at most 32x32, e.g. 32 and
+16 for SD 1.5 at 512 px, 16 and 8 for the tiny model at 128 px), enlarge, mode, grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ymn.data.captions import GRID_TOKENS, UNKNOWN_CHARACTERS, grid_cell
+from ymn.probes.attention import cross_attention_layers, layer_shape, token_indices
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+MODES = ("mass_outside", "balanced")
+
+
+@dataclass(frozen=True)
+class TokenRegion:
+    """Token positions of one sample's caption and the box [l, t, r, b] (fractions) they name."""
+
+    sample: int
+    positions: tuple[int, ...]
+    box: Box
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def enlarge_box(box: Sequence[float], enlarge: float) -> Box:
+    """Scale a box about its centre by (1 + enlarge) per side length, clipped to [0, 1]."""
+    left, top, right, bottom = (float(v) for v in box)
+    dx, dy = (right - left) * enlarge / 2, (bottom - top) * enlarge / 2
+    return (max(0.0, left - dx), max(0.0, top - dy), min(1.0, right + dx), min(1.0, bottom + dy))
+
+
+def cell_box(cell: tuple[int, int], grid: int) -> Box:
+    """The box of grid cell (col, row)."""
+    col, row = cell
+    return (col / grid, row / grid, (col + 1) / grid, (row + 1) / grid)
+
+
+def _overlap(length: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
+    """Per position of a `length`-cell axis: the covered fraction of it by [lo, hi]."""
+    edges = torch.arange(length + 1, device=device, dtype=torch.float32) / length
+    covered = edges[1:].clamp(max=hi) - edges[:-1].clamp(min=lo)
+    return (covered.clamp(min=0) * length).clamp(max=1)
+
+
+def region_mask(box: Sequence[float], height: int, width: int, device: Any = "cpu") -> torch.Tensor:
+    """[height, width] soft mask: the share of each attention position's area inside box."""
+    left, top, right, bottom = (float(v) for v in box)
+    rows = _overlap(height, top, bottom, torch.device(device))
+    cols = _overlap(width, left, right, torch.device(device))
+    return rows[:, None] * cols[None, :]
+
+
+def localization_terms(
+    maps: torch.Tensor, masks: torch.Tensor, mode: str = "mass_outside"
+) -> torch.Tensor:
+    """Per region, how much a token's attention map [N, h, w] leaks out of its mask [N, h, w].
+
+    mass_outside: share of the map's mass outside the mask, in [0, 1]; 0 when it sits entirely
+    inside. balanced (FastComposer): mean attention outside minus mean attention inside, lowest
+    when it sits inside; also rewards attending the region more strongly.
+    """
+    if mode not in MODES:
+        raise ValueError(f"loss.attn_localization.mode must be one of {MODES}, got {mode!r}")
+    maps = maps.float()
+    inside = (maps * masks).flatten(1).sum(dim=1)
+    outside = (maps * (1 - masks)).flatten(1).sum(dim=1)
+    if mode == "mass_outside":
+        return outside / (inside + outside).clamp(min=1e-8)
+    area_in = masks.flatten(1).sum(dim=1).clamp(min=1e-8)
+    area_out = (1 - masks).flatten(1).sum(dim=1).clamp(min=1e-8)
+    return outside / area_out - inside / area_in
+
+
+def _pair_phrases(meta: Mapping[str, Any], grid: str) -> list[tuple[str, tuple[int, int]]]:
+    """(grid phrase "{h} {v}", cell) of each face, in face order (as the caption writes them)."""
+    horizontal, vertical = GRID_TOKENS[grid]
+    out = []
+    for box in meta.get("facepos") or []:
+        col, row = grid_cell(box, len(horizontal))
+        out.append((f"{horizontal[col]} {vertical[row]}", (col, row)))
+    return out
+
+
+def sample_regions(
+    tokenizer: Any,
+    index: int,
+    caption: str,
+    meta: Mapping[str, Any],
+    *,
+    grid: str = "asp5",
+    enlarge: float = 0.0,
+    characters: bool = True,
+    grid_tokens: bool = True,
+) -> list[TokenRegion]:
+    """The token regions of one sample: character names → face boxes, grid pairs → cells.
+
+    Characters are matched to faces by index (metadata lists one character per face); a name
+    on several faces names the bounding box of their boxes. A caption without a name or pair
+    (dropped, or cut at 77 tokens) simply has no region for it.
+    """
+    boxes = [tuple(float(v) for v in b) for b in meta.get("facepos") or []]
+    regions: list[TokenRegion] = []
+    names = list(meta.get("characters") or [])
+    if characters and names and len(names) == len(boxes):
+        for name in sorted(set(names) - set(UNKNOWN_CHARACTERS)):
+            positions = token_indices(tokenizer, caption, name.replace("_", " "))
+            if not positions:
+                continue
+            own = [b for n, b in zip(names, boxes, strict=True) if n == name]
+            union = _union([enlarge_box(b, enlarge) for b in own])
+            regions.append(TokenRegion(index, tuple(positions), union))
+    if grid_tokens and boxes:
+        size = len(GRID_TOKENS[grid][0])
+        for phrase, cell in dict(_pair_phrases(meta, grid)).items():
+            positions = token_indices(tokenizer, caption, phrase)
+            if positions:
+                regions.append(TokenRegion(index, tuple(positions), cell_box(cell, size)))
+    return regions
+
+
+def _union(boxes: Sequence[Box]) -> Box:
+    """The bounding box of several boxes (a name on several faces)."""
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def layer_terms(
+    probs: torch.Tensor,
+    regions: Sequence[TokenRegion],
+    latent_hw: tuple[int, int],
+    mode: str = "mass_outside",
+) -> torch.Tensor:
+    """Leak per region for one layer's head-averaged probabilities [B, Q, T] → [len(regions)]."""
+    height, width = layer_shape(probs.shape[1], latent_hw)
+    maps, masks = [], []
+    for region in regions:
+        token_map = probs[region.sample][:, list(region.positions)].sum(dim=-1)
+        maps.append(token_map.view(height, width))
+        masks.append(region_mask(region.box, height, width, probs.device))
+    return localization_terms(torch.stack(maps), torch.stack(masks), mode)
+
+
+# ----------------------------------------------------------------------------- UNet layers
+
+
+def layer_side(name: str, sample_size: int, n_levels: int) -> int:
+    """The attention map side of an attn2 layer from its block name (ceil halving per level)."""
+    match = re.match(r"(down_blocks|up_blocks)\.(\d+)\.", name)
+    if match is None:
+        level = n_levels - 1  # mid_block
+    elif match.group(1) == "down_blocks":
+        level = int(match.group(2))
+    else:
+        level = n_levels - 1 - int(match.group(2))
+    side = sample_size
+    for _ in range(level):
+        side = (side + 1) // 2
+    return side
+
+
+def default_layers(unet: Any, max_side: int = 32, levels: int = 2) -> list[str]:
+    """attn2 processor names of the `levels` finest map sizes no larger than max_side."""
+    names = cross_attention_layers(unet)
+    n_levels = len(unet.config.block_out_channels)
+    sides = {n: layer_side(n, int(unet.config.sample_size), n_levels) for n in names}
+    kept = sorted({s for s in sides.values() if s <= max_side}, reverse=True)[:levels]
+    if not kept:
+        raise ValueError(f"no cross-attention layer has maps of side <= {max_side}: {sides}")
+    return [n for n in names if sides[n] in kept]
+
+
+class LocalizingAttnProcessor:
+    """attn2 processor that keeps the head-averaged softmax(QKᵀ) of training forwards.
+
+    Outside training (no grad, or the layer in eval mode) it delegates to `fallback`, the
+    layer's previous processor, so sampling and validation keep the fast kernel.
+    """
+
+    def __init__(self, fallback: Any, store: dict[str, torch.Tensor], name: str) -> None:
+        self.fallback = fallback
+        self.store = store
+        self.name = name
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is None or not (attn.training and torch.is_grad_enabled()):
+            if temb is not None:
+                kwargs["temb"] = temb
+            return self.fallback(
+                attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs
+            )
+        return self.explicit(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+    def explicit(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        context: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        temb: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """diffusers' classic attention, keeping the probabilities (with their graph)."""
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channels, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = context.shape
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        key = attn.head_to_batch_dim(attn.to_k(context))
+        value = attn.head_to_batch_dim(attn.to_v(context))
+        probs = attn.get_attention_scores(query, key, attention_mask)
+        self.store[self.name] = probs.view(-1, attn.heads, *probs.shape[1:]).mean(dim=1)
+        out = attn.batch_to_head_dim(torch.bmm(probs, value))
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(batch, channels, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def _attention_module(unet: Any, processor_name: str) -> Any:
+    return unet.get_submodule(processor_name.removesuffix(".processor"))
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+class AttnLocalizationLoss:
+    """λ · mean leak of every (token, region) pair over the selected layers; see module doc."""
+
+    def __init__(
+        self,
+        weight: float = 0.01,
+        layers: Sequence[str] | None = None,
+        enlarge: float = 0.0,
+        mode: str = "mass_outside",
+        grid: str = "asp5",
+        characters: bool = True,
+        grid_tokens: bool = True,
+        max_side: int = 32,
+        levels: int = 2,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"loss.attn_localization.mode must be one of {MODES}, got {mode!r}")
+        if grid not in GRID_TOKENS:
+            raise ValueError(f"loss.attn_localization.grid must be one of {sorted(GRID_TOKENS)}")
+        self.weight = float(weight)
+        self.layers = list(layers) if layers else None
+        self.enlarge = float(enlarge)
+        self.mode = mode
+        self.grid = grid
+        self.characters = characters
+        self.grid_tokens = grid_tokens
+        self.max_side = max_side
+        self.levels = levels
+        self.store: dict[str, torch.Tensor] = {}
+        self.processors: dict[str, LocalizingAttnProcessor] = {}
+        self.module: Any = None
+
+    def attach(self, module: Any) -> None:
+        """Install the localizing processors on the selected attn2 layers of module.unet."""
+        self.module = module
+        unet = module.unet
+        names = (
+            cross_attention_layers(unet, self.layers)
+            if self.layers
+            else default_layers(unet, self.max_side, self.levels)
+        )
+        self.processors = {
+            name: LocalizingAttnProcessor(_attention_module(unet, name).processor, self.store, name)
+            for name in names
+        }
+        self.install()
+        # Something may later replace every processor (the fast-path callback at setup): put
+        # ours back, on top of the new ones, before each UNet forward.
+        unet.register_forward_pre_hook(lambda *_: self.install())
+        log.info("attn_localization on %d layers: %s", len(names), names)
+
+    def install(self) -> None:
+        """(Re)install the processors whose layer no longer uses them."""
+        for name, processor in self.processors.items():
+            layer = _attention_module(self.module.unet, name)
+            if layer.processor is not processor:
+                if not isinstance(layer.processor, LocalizingAttnProcessor):
+                    processor.fallback = layer.processor
+                layer.set_processor(processor)
+
+    def regions(self, batch: Mapping[str, Any]) -> list[TokenRegion]:
+        """The (token, region) pairs of a batch, from its captions and metadata."""
+        metas = batch.get("meta") or []
+        captions = batch.get("captions") or []
+        tokenizer = self.module.tokenizer
+        out: list[TokenRegion] = []
+        for i, (caption, meta) in enumerate(zip(captions, metas, strict=False)):
+            out += sample_regions(
+                tokenizer,
+                i,
+                caption,
+                meta,
+                grid=self.grid,
+                enlarge=self.enlarge,
+                characters=self.characters,
+                grid_tokens=self.grid_tokens,
+            )
+        return out
+
+    def latent_hw(self, batch: Mapping[str, Any]) -> tuple[int, int]:
+        if "latents" in batch:
+            return int(batch["latents"].shape[-2]), int(batch["latents"].shape[-1])
+        factor = 2 ** (len(self.module.vae.config.block_out_channels) - 1)
+        height, width = batch["pixel_values"].shape[-2:]
+        return int(height) // factor, int(width) // factor
+
+    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+        """λ · mean leak over regions and layers of the last training forward (0 if none)."""
+        maps = dict(self.store)
+        self.store.clear()
+        regions = self.regions(batch)
+        device = self.module.device
+        if not regions or not maps:
+            return torch.zeros((), device=device)
+        latent_hw = self.latent_hw(batch)
+        terms = [layer_terms(p, regions, latent_hw, self.mode) for p in maps.values()]
+        return self.weight * torch.cat(terms).mean()
