@@ -91,7 +91,7 @@ def add_control_tokens(
         return []
     sources = {t: _init_ids(tokenizer, t, init) for t in new}
     tokenizer.add_tokens([AddedToken(t, single_word=True, normalized=True) for t in new])
-    components.text_encoder.resize_token_embeddings(len(tokenizer))
+    components.text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     weight = _embedding(components).weight
     with torch.no_grad():
         for token, ids in sources.items():
