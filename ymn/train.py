@@ -19,6 +19,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ymn.callbacks.carry_optimizer import CarryOptimizerState, previous_phase_checkpoint
+from ymn.reliability.checkpointing import AtomicCheckpointIO, ResumeState
+from ymn.reliability.faults import loss_guard_from_config
+from ymn.reliability.logging_guard import guard_logger
+from ymn.reliability.resume import resolve_ckpt_path
+from ymn.reliability.rng import RngState
 from ymn.run_record import RecordDataManifest, record_run
 
 log = logging.getLogger(__name__)
@@ -48,12 +53,15 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
         except Exception as error:  # wandb down or misconfigured must not stop training
             log.warning("Logger %r failed to start (%s); training goes on without it.", name, error)
     config = OmegaConf.to_container(cfg, resolve=True)
+    started = []
     for logger in loggers:
         try:
             logger.log_hyperparams(config)
-        except Exception as error:
-            log.warning("Logger %s could not record the config: %s", type(logger).__name__, error)
-    return loggers
+        except Exception as error:  # e.g. wandb.init failing lazily here: drop that logger
+            log.warning("Logger %s failed to start (%s); dropped.", type(logger).__name__, error)
+            continue
+        started.append(guard_logger(logger))
+    return started
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -63,6 +71,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit once; returns the final logged metrics (for sweeps)."""
     run_dir = Path(cfg.paths.run_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir, cfg.get("allow_pickle_ckpt"))
     L.seed_everything(cfg.seed, workers=True)
     apply_init_from(cfg)
 
@@ -70,14 +79,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.model)
     if hasattr(datamodule, "set_tokenizer"):
         datamodule.set_tokenizer(module.tokenizer)
-    callbacks = [*build_callbacks(cfg), RecordDataManifest(run_dir)]
+    module.loss_guard = loss_guard_from_config(cfg.get("faults"))
+    callbacks = [*build_callbacks(cfg), RecordDataManifest(run_dir), RngState(), ResumeState()]
     if cfg.get("carry_optimizer") and cfg.get("init_from"):
         callbacks.append(CarryOptimizerState(previous_phase_checkpoint(cfg.init_from)))
     loggers = build_loggers(cfg, run_dir)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+    )
 
     record_run(run_dir, cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if ckpt_path:
+        log.info("Resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     if cfg.get("export") and trainer.is_global_zero:
         from ymn.model.export import export_run

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ymn.model.components import Components
 from ymn.model.tokenizer import describe_tokens, tokenize
+from ymn.reliability.rng import step_rng
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class AuxiliaryLoss(Protocol):
     def attach(self, module: DiffusionModule) -> None: ...
 
     def __call__(self, batch: dict[str, Any]) -> torch.Tensor: ...
+
 
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
@@ -76,6 +78,10 @@ class DiffusionModule(LightningModule):
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         self._batch_started_at: float | None = None
+        # Reliability (set by ymn.train): the seed of per-step training randomness, and the
+        # NaN/inf loss guard (ymn.reliability.faults.LossGuard).
+        self.train_seed = int(torch.initial_seed())
+        self.loss_guard: Any = None
         self.aux_losses = dict(losses or {})
         for aux in self.aux_losses.values():
             aux.attach(self)
@@ -158,7 +164,17 @@ class DiffusionModule(LightningModule):
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._batch_started_at = time.perf_counter()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        """Noise, timesteps, VAE samples and dropout are seeded by (seed, epoch, batch): a resumed
+        run draws exactly what the uninterrupted run drew. None (no update) for a skipped step."""
+        with step_rng(self.device, self.train_seed, self.current_epoch, batch_idx):
+            loss = self._training_loss(batch)
+        if self.loss_guard is not None:
+            loss = self.loss_guard.check(self, loss, batch)
+            self.log("train/nan_skipped", float(self.loss_guard.skipped))
+        return loss
+
+    def _training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         latents = self.batch_latents(batch)
         noise = self.sample_noise(latents)
         timesteps = torch.randint(
@@ -177,7 +193,7 @@ class DiffusionModule(LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        if self.ema is not None:
+        if self.ema is not None and outputs is not None:  # None: a skipped (non-finite) step
             self.ema.step(self.unet.parameters())
         if self._batch_started_at is not None:
             seconds = time.perf_counter() - self._batch_started_at
@@ -193,7 +209,8 @@ class DiffusionModule(LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """val/loss with noise and timesteps fixed per batch index: runs compare like for like."""
-        latents = self.batch_latents(batch)
+        with step_rng(self.device, self.val_seed, "val", batch_idx):  # the VAE posterior sample
+            latents = self.batch_latents(batch)
         generator = torch.Generator(device=latents.device).manual_seed(self.val_seed + batch_idx)
         noise = self.sample_noise(latents, generator)
         timesteps = torch.randint(
@@ -226,10 +243,17 @@ class DiffusionModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
+        checkpoint["ymn"] = {"train_seed": self.train_seed}
+        if self.loss_guard is not None:
+            checkpoint["ymn"]["loss_guard"] = self.loss_guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.ema is not None and "ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["ema"])
+        saved = checkpoint.get("ymn", {})
+        self.train_seed = int(saved.get("train_seed", self.train_seed))
+        if self.loss_guard is not None and "loss_guard" in saved:
+            self.loss_guard.load_state_dict(saved["loss_guard"])
 
     # -----------------------------------------------------------------------------------------
     # Sampling (callbacks and probes call these; they decide when)

@@ -1,0 +1,1 @@
+"""Reliability: atomic checkpoints, exact resume, fault handling and config validation."""
