@@ -25,7 +25,7 @@ from ymn.analysis.wandb_files import fetch_online_runs, load_offline_run, offlin
 
 log = logging.getLogger(__name__)
 STEP_FILE = re.compile(r"step_(\d+)\.(png|json)$")
-RUN_MARKERS = ("config_resolved.yaml", "csv", "probes", "samples")
+RUN_MARKERS = ("config_resolved.yaml", "csv", "probes", "samples", "wandb")
 NOT_RUNS = {"wandb", "export", "checkpoints", ".git", ".hydra", "csv", "probes", "samples"}
 # The probe families of DESIGN §4 by metric prefix (the runner writes face-grid as probe/grid/).
 PROBE_FAMILIES = {
