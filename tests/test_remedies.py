@@ -337,3 +337,21 @@ def test_probe_initial_latents_option(tiny):
     torch.testing.assert_close(
         latents, initial_latents(module, probe, ProbeConfig(noise_prior=True))
     )
+
+
+def test_probe_capture_wraps_the_localizing_processors():
+    from ymn.probes.attention import capture_cross_attention
+
+    components = build_tiny(5)
+    loss = AttnLocalizationLoss()
+    loss.attach(fake_module(components))
+    x, t, ctx = unet_inputs()
+    with torch.no_grad(), capture_cross_attention(components.unet) as store:
+        components.unet.eval()(x, t, ctx)
+    assert len(store.maps()) == len(cross_attention_layers_of(components.unet))
+    procs = components.unet.attn_processors
+    assert all(procs[n] is p for n, p in loss.processors.items())
+
+
+def cross_attention_layers_of(unet) -> list[str]:
+    return [k for k in unet.attn_processors if ".attn2." in k]

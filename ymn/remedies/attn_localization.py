@@ -262,6 +262,17 @@ class LocalizingAttnProcessor:
         return out / attn.rescale_output_factor
 
 
+def _wraps(processor: Any, target: Any, depth: int = 8) -> bool:
+    """Whether `target` is `processor` or sits in its chain of wrapped processors."""
+    for _ in range(depth):
+        if processor is None:
+            return False
+        if processor is target:
+            return True
+        processor = getattr(processor, "original", None) or getattr(processor, "fallback", None)
+    return False
+
+
 def _attention_module(unet: Any, processor_name: str) -> Any:
     return unet.get_submodule(processor_name.removesuffix(".processor"))
 
@@ -321,12 +332,12 @@ class AttnLocalizationLoss:
         log.info("attn_localization on %d layers: %s", len(names), names)
 
     def install(self) -> None:
-        """(Re)install the processors whose layer no longer uses them."""
+        """(Re)install the processors a later swap removed; wrappers around ours (the probes'
+        attention recorders) are left in place."""
         for name, processor in self.processors.items():
             layer = _attention_module(self.module.unet, name)
-            if layer.processor is not processor:
-                if not isinstance(layer.processor, LocalizingAttnProcessor):
-                    processor.fallback = layer.processor
+            if not _wraps(layer.processor, processor):
+                processor.fallback = layer.processor
                 layer.set_processor(processor)
 
     def regions(self, batch: Mapping[str, Any]) -> list[TokenRegion]:
