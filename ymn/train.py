@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ymn.callbacks.carry_optimizer import CarryOptimizerState, previous_phase_checkpoint
 from ymn.reliability.checkpointing import AtomicCheckpointIO, ResumeState
+from ymn.reliability.config_schema import validate_config
 from ymn.reliability.faults import loss_guard_from_config
 from ymn.reliability.logging_guard import guard_logger
 from ymn.reliability.resume import resolve_ckpt_path
@@ -70,6 +71,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit once; returns the final logged metrics (for sweeps)."""
+    validate_config(cfg)  # unknown keys / wrong types fail here, before any work
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir, cfg.get("allow_pickle_ckpt"))
     L.seed_everything(cfg.seed, workers=True)
