@@ -1,0 +1,236 @@
+"""Faults during training never kill a run that could go on: NaN/inf losses (skip or stop),
+corrupt inputs and a vanishing shard inside the training shards, and failing loggers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **extra}
+
+
+def train_cmd(tmp: Path, model: Path, run: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ymn.train",
+        "experiment=smoke",
+        "~callbacks.samples",
+        "~callbacks.probes",
+        "logger=csv",
+        "export=false",
+        "data.resolution=64",
+        "data.batch_size=2",
+        "data.prepare.synth.size=64",
+        "data.prepare.synth.n=40",
+        f"paths.data_dir={tmp / 'data'}",
+        f"model.pretrained={model}",
+        f"hydra.run.dir={run}",
+        *extra,
+    ]
+
+
+def run(args: list[str], ok: bool = True, **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        args, cwd=ROOT, env=kw.pop("env", env()), capture_output=True, text=True, timeout=300
+    )
+    if ok:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from ymn.model.components import build_tiny
+    from ymn.model.export import save_diffusers
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    save_diffusers(build_tiny(0), path)
+    return path
+
+
+def metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def last_value(rows: list[dict[str, str]], key: str) -> float:
+    values = [float(r[key]) for r in rows if r.get(key)]
+    assert values, f"{key} never logged"
+    return values[-1]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerical faults
+# ---------------------------------------------------------------------------------------------
+
+
+def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_model):
+    run_dir = tmp_path / "run"
+    run(
+        train_cmd(
+            tmp_path,
+            tiny_model,
+            run_dir,
+            "trainer.max_steps=4",
+            "callbacks.checkpoint.every_n_train_steps=1",
+            "callbacks.checkpoint.keep_last=10",
+            "faults.inject_nan_at_step=2",
+        )
+    )
+    ckpt = run_dir / "checkpoints"
+    before, after, later = (weights(ckpt / f"step{s:07d}.ckpt") for s in (2, 3, 4))
+    unet = [k for k in before if k.startswith("unet.")]
+    assert all(torch.equal(before[k], after[k]) for k in unet), "the NaN step changed weights"
+    assert not all(torch.equal(after[k], later[k]) for k in unet), "training stopped updating"
+    assert all(torch.isfinite(later[k]).all() for k in later)
+    assert last_value(metrics(run_dir), "train/nan_skipped") == 1.0
+
+
+def test_nan_loss_stop_saves_and_names_step_and_keys(tmp_path, tiny_model):
+    run_dir = tmp_path / "run"
+    done = run(
+        train_cmd(
+            tmp_path,
+            tiny_model,
+            run_dir,
+            "trainer.max_steps=4",
+            "faults.nan=stop",
+            "faults.inject_nan_at_step=1",
+        ),
+        ok=False,
+    )
+    assert done.returncode != 0
+    assert "NonFiniteLossError" in done.stderr and "at step 1 (batch keys: [" in done.stderr
+    saved = run_dir / "checkpoints" / "nonfinite-step0000001.ckpt"
+    state = torch.load(saved, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Data faults inside the training shards
+# ---------------------------------------------------------------------------------------------
+
+
+def corrupt_shard(path: Path) -> list[str]:
+    """Rewrite a shard with one undecodable JPEG and one broken JSON; returns their keys."""
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    keys = sorted({m.name.split(".", 1)[0] for m, _ in members})
+    bad_image, bad_json = keys[0], keys[1]
+    with tarfile.open(path, "w") as out:
+        for member, data in members:
+            if member.name.startswith(bad_image + ".") and member.name.endswith((".jpg", ".png")):
+                data = b"\xff\xd8\xff\xe0 not really a jpeg"
+            if member.name == f"{bad_json}.json":
+                data = b'{"category": "broken'
+            member.size = len(data)
+            out.addfile(member, io.BytesIO(data))
+    return [bad_image, bad_json]
+
+
+def test_corrupt_inputs_and_vanishing_shard_are_skipped_and_counted(tmp_path, tiny_model):
+    from ymn.data.pack import pack_folder
+    from ymn.data.synthetic import generate_dataset
+
+    images, shards = tmp_path / "images", tmp_path / "shards"
+    generate_dataset(images, n=40, seed=0, size=64)
+    pack_folder(images, shards, shard_size=10, multiply_from="none")
+    tars = sorted(shards.glob("*.tar"))
+    assert len(tars) == 4
+    corrupt_shard(tars[0])
+    data = tars[1].read_bytes()
+    tars[1].write_bytes(data[: len(data) // 2 + 77])  # a truncated tar
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_cmd(
+            tmp_path,
+            tiny_model,
+            run_dir,
+            f"data.shards={shards}",
+            "data.prepare=null",
+            "data.shuffle_buffer=4",
+            "trainer.max_steps=40",
+            "trainer.val_check_interval=20",
+            "callbacks.checkpoint.every_n_train_steps=2",
+            "callbacks.checkpoint.keep_last=1",
+        ),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoints" / "step0000002.ckpt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-4000:]
+        time.sleep(0.05)
+    tars[3].unlink()  # a shard disappears mid-run
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-4000:]
+    for reason in ("bad_image", "bad_json", "truncated_shard", "missing_shard"):
+        assert f"({reason})" in output, f"{reason} not reported"
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 40  # the run went on to the end
+    assert last_value(metrics(run_dir), "data/skipped") >= 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging faults
+# ---------------------------------------------------------------------------------------------
+
+BROKEN_LOGGERS = """
+from lightning.pytorch.loggers import Logger
+
+
+def wandb_down(**kwargs):
+    raise ConnectionError("wandb is down")
+
+
+class FailsOnWrite(Logger):
+    name = "broken"
+    version = "0"
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        raise OSError("disk quota exceeded")
+"""
+
+
+def test_failing_loggers_never_stop_training(tmp_path, tiny_model):
+    (tmp_path / "broken_loggers.py").write_text(BROKEN_LOGGERS)
+    run_dir = tmp_path / "run"
+    done = run(
+        train_cmd(
+            tmp_path,
+            tiny_model,
+            run_dir,
+            "trainer.max_steps=3",
+            "+logger.wandb._target_=broken_loggers.wandb_down",
+            "+logger.broken._target_=broken_loggers.FailsOnWrite",
+        ),
+        env=env(PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"),
+    )
+    log = done.stdout + done.stderr
+    assert "wandb is down" in log and "disk quota exceeded" in log
+    rows = metrics(run_dir)
+    assert last_value(rows, "step") == 2 and last_value(rows, "train/loss") > 0
