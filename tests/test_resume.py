@@ -127,3 +127,116 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model, workers)
     assert_same_tensors(
         uninterrupted["optimizer_states"], final["optimizer_states"], "optimizer_states"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes, signals, safe loading
+# ---------------------------------------------------------------------------------------------
+
+DIE_DURING_SAVE = """
+import os, signal, sys, torch
+from pathlib import Path
+import ymn.reliability.checkpointing as c
+
+path = Path(sys.argv[1])
+c.atomic_torch_save({"step": 1, "w": torch.ones(4)}, path)
+
+def half_then_die(obj, handle):
+    handle.write(b"PK\\x03\\x04 half a checkpoint")
+    handle.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+c.torch.save = half_then_die
+c.atomic_torch_save({"step": 2, "w": torch.zeros(4)}, path)
+"""
+
+
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
+    from ymn.reliability.checkpointing import remove_stale_temps
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    done = subprocess.run(
+        [sys.executable, "-c", DIE_DURING_SAVE, str(path)], cwd=ROOT, env=env(), timeout=120
+    )
+    assert done.returncode == -signal.SIGKILL
+    state = load(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(4))
+    stale = remove_stale_temps(path.parent)
+    assert len(stale) == 1 and not stale[0].exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model):
+    run_b = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_args(
+            tmp_path,
+            tiny_model,
+            run_b,
+            "trainer.max_steps=500",
+            "trainer.val_check_interval=1000",
+            "callbacks.checkpoint.every_n_train_steps=3",
+        ),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(run_b / "checkpoints" / "step0000003.ckpt", proc)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    state = load(run_b / "checkpoints" / "last.ckpt")
+    assert 3 <= state["global_step"] < 500
+    assert f"Stopped at step {state['global_step']}; resume with ckpt_path=" in output
+
+
+def test_ckpt_path_resolution_and_pickle_opt_in(tmp_path):
+    from ymn.reliability.resume import UnsafeCheckpointError, resolve_ckpt_path
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    assert resolve_ckpt_path("last", run_dir) is None  # nothing yet: start fresh
+    folder = run_dir / "checkpoints"
+    folder.mkdir()
+    for step in (2, 10):
+        torch.save({"global_step": step}, folder / f"step{step:07d}.ckpt")
+    assert resolve_ckpt_path("last", run_dir) == str(folder / "step0000010.ckpt")
+    (folder / "last.ckpt").symlink_to("step0000002.ckpt")
+    assert resolve_ckpt_path("last", run_dir) == str(folder / "last.ckpt")
+    assert resolve_ckpt_path(str(run_dir), tmp_path / "other") == str(folder / "last.ckpt")
+    own = folder / "step0000002.ckpt"
+    assert resolve_ckpt_path(str(own), tmp_path / "other") == str(own)
+
+    foreign = tmp_path / "downloaded.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(UnsafeCheckpointError, match="allow_pickle_ckpt=true"):
+        resolve_ckpt_path(str(foreign), run_dir)
+    assert resolve_ckpt_path(str(foreign), run_dir, allow_pickle=True) == str(foreign)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        resolve_ckpt_path(str(tmp_path / "missing.ckpt"), run_dir)
+
+
+def test_pickle_model_file_is_refused_without_opt_in(tmp_path):
+    from ymn.model.components import resolve_model_path
+
+    pickle_file = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}}, pickle_file)
+    with pytest.raises(ValueError, match="pickle checkpoint.*allow_pickle=true"):
+        resolve_model_path(pickle_file)
+    assert resolve_model_path(pickle_file, allow_pickle=True) == pickle_file
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    """Our checkpoint contents (RNG states included) need no pickle beyond weights_only."""
+    from ymn.reliability.checkpointing import atomic_torch_save
+    from ymn.reliability.rng import capture_rng, restore_rng
+
+    path = tmp_path / "rng.ckpt"
+    atomic_torch_save({"rng": capture_rng()}, path)
+    expected = (torch.rand(3), float(torch.randn(())))
+    restore_rng(load(path)["rng"])
+    assert torch.equal(torch.rand(3), expected[0]) and float(torch.randn(())) == expected[1]
