@@ -1,0 +1,1 @@
+"""Experiments and benchmarks (not part of the installed package)."""
