@@ -12,8 +12,8 @@ run are collected into RESULTS.json and RESULTS.md (mean ± 95% t-interval over 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-import math
 import os
 import subprocess
 import sys
@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO))
+from experiments.ablations.collect import read_run, t_interval  # noqa: E402
+
 YMN_TRAIN = str(Path(sys.executable).with_name("ymn-train"))
 
 # One config key per remedy (the experiment files conf/experiment/remedy_*.yaml set the same).
@@ -101,24 +103,13 @@ def run_arm(arm: str, seeds: Sequence[int], steps: int, out: Path, data_dir: Pat
 # ----------------------------------------------------------------------------- collecting
 
 
-def last_probe_metrics(run_dir: Path) -> dict[str, float]:
-    """The flat metrics of the run's last probe pass (probes/step_XXXXXX.json)."""
-    reports = sorted((run_dir / "probes").glob("step_*.json"))
-    if not reports:
-        return {}
-    metrics = json.loads(reports[-1].read_text()).get("metrics", {})
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
 def last_logged(run_dir: Path, key: str) -> float | None:
     """The last logged value of `key` in the run's CSV log (csv/metrics.csv)."""
-    import csv
-
     path = run_dir / "csv" / "metrics.csv"
     if not path.is_file():
         return None
     value = None
-    with open(path) as f:
+    with open(path, newline="") as f:
         for row in csv.DictReader(f):
             if row.get(key):
                 value = float(row[key])
@@ -126,28 +117,25 @@ def last_logged(run_dir: Path, key: str) -> float | None:
 
 
 def collect_run(run_dir: Path) -> dict[str, float | None]:
-    """The study's metrics of one finished run (None where the run did not produce one)."""
-    probe = last_probe_metrics(run_dir)
+    """The study's metrics of one finished run (the ablation collector's `read_run`, plus the
+    last logged localization loss); None where the run did not produce one."""
+    metrics = read_run(run_dir).metrics
     out: dict[str, float | None] = {}
     for name, key in METRICS.items():
         if key in CSV_METRICS:
-            out[name] = last_logged(run_dir, key)
+            out[name] = metrics.get(key, last_logged(run_dir, key))
         elif key.endswith("/"):
-            values = [v for k, v in probe.items() if k.startswith(key)]
+            values = [v for k, v in metrics.items() if k.startswith(key)]
             out[name] = float(np.mean(values)) if values else None
         else:
-            out[name] = probe.get(key)
+            out[name] = metrics.get(key)
     return out
 
 
 def mean_ci(values: Sequence[float | None]) -> dict[str, float | int | None]:
-    """Mean and half-width of the 95% t-interval over the finite values (None below 2)."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return {"mean": None, "ci95": None, "n": 0}
-    n = len(finite)
-    ci = float(stats.t.ppf(0.975, n - 1) * np.std(finite, ddof=1) / math.sqrt(n)) if n > 1 else None
-    return {"mean": float(np.mean(finite)), "ci95": ci, "n": n}
+    """Mean and half-width of the 95% t-interval (the ablation collector's `t_interval`)."""
+    entry = t_interval([v for v in values if v is not None])
+    return {"mean": entry["mean"], "ci95": entry["ci95"], "n": entry["n"]}
 
 
 def collect(out: Path, arms: Sequence[str]) -> dict[str, Any]:
