@@ -57,13 +57,13 @@ class TinyBaseConfig:
     out: Path = TINY_BASE_DIR
     seed: int = 0
     data: str = "synthetic"  # "synthetic" (multi-character scenes) or "procedural" (shapes)
-    images: int = 1536
-    vae_steps: int = 700
+    images: int = 1024
+    vae_steps: int = 400
     vae_batch: int = 8
     vae_crop: int = 64  # train the (fully convolutional) VAE on crops: 4x cheaper per image
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 1500
+    unet_steps: int = 700
     batch: int = 16
     unet_lr: float = 1e-3
     caption_dropout: float = 0.1

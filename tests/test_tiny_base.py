@@ -1,0 +1,121 @@
+"""The pretrained tiny base shipped in ymn/assets/tiny-base, and the script that trains it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ymn.model.components import TINY_BASE_DIR, load_components, tiny_vae
+from ymn.model.tiny_base import (
+    latent_scaling_factor,
+    main,
+    make_scenes,
+    to_pixels,
+    warmup_cosine,
+)
+
+MAX_ASSET_BYTES = 20 * 1024 * 1024
+WEIGHT_FILES = (
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_components("tiny")
+
+
+@pytest.fixture(scope="module")
+def scenes() -> torch.Tensor:
+    """Synthetic scenes the base never saw (a seed other than the training seed 0)."""
+    images, _ = make_scenes("synthetic", 8, seed=12345, size=128)
+    return to_pixels(images)
+
+
+def test_shipped_asset_is_a_small_diffusers_folder_without_tokenizer():
+    assert (TINY_BASE_DIR / "model_index.json").is_file()
+    for name in WEIGHT_FILES:
+        assert (TINY_BASE_DIR / name).is_file(), name
+    total = sum(p.stat().st_size for p in TINY_BASE_DIR.rglob("*") if p.is_file())
+    assert total <= MAX_ASSET_BYTES
+    assert not (TINY_BASE_DIR / "tokenizer").exists()
+    assert not list(TINY_BASE_DIR.rglob("*.bin")), "weights must be safetensors only"
+
+
+def test_shipped_base_loads_as_float32(shipped):
+    for module in (shipped.vae, shipped.text_encoder, shipped.unet):
+        dtypes = {p.dtype for p in module.parameters()}
+        assert dtypes == {torch.float32}
+    assert len(shipped.tokenizer) == 49408
+    assert shipped.unet.config.sample_size * 8 == 128
+
+
+@torch.no_grad()
+def _reconstruction_mse(vae, pixels: torch.Tensor) -> float:
+    recon = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+    return float(torch.mean((recon.clamp(-1, 1) - pixels) ** 2))
+
+
+def test_pretrained_vae_at_least_halves_the_reconstruction_error_of_random_init(shipped, scenes):
+    torch.manual_seed(0)
+    random_vae = tiny_vae().eval()
+    trained = _reconstruction_mse(shipped.vae.eval(), scenes)
+    untrained = _reconstruction_mse(random_vae, scenes)
+    assert trained < 0.5 * untrained, (trained, untrained)
+
+
+@torch.no_grad()
+def test_scaled_latents_have_roughly_unit_std(shipped, scenes):
+    latents = shipped.vae.encode(scenes).latent_dist.mean * shipped.vae.config.scaling_factor
+    assert 0.5 <= float(latents.std()) <= 2.0
+
+
+def test_latent_scaling_factor_normalises_std():
+    latents = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 7.0
+    assert float((latents * latent_scaling_factor(latents)).std()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_warmup_cosine_rises_then_decays_to_floor():
+    values = [warmup_cosine(step, total=100, warmup=10, floor=0.1) for step in range(100)]
+    assert values[0] < values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))
+    assert warmup_cosine(100, total=100, warmup=10, floor=0.1) == pytest.approx(0.1)
+
+
+def test_procedural_and_synthetic_scenes_are_deterministic():
+    for data in ("procedural", "synthetic"):
+        a, meta_a = make_scenes(data, 3, seed=7, size=128)
+        b, meta_b = make_scenes(data, 3, seed=7, size=128)
+        c, _ = make_scenes(data, 3, seed=8, size=128)
+        assert a.shape == (3, 3, 128, 128) and a.dtype == torch.uint8
+        assert torch.equal(a, b) and meta_a == meta_b
+        assert not torch.equal(a, c)
+
+
+def _train(out: Path) -> Path:
+    flags = ["--images", "8", "--vae-steps", "2", "--unet-steps", "2", "--batch", "2"]
+    assert main([*flags, "--vae-batch", "2", "--seed", "3", "--out", str(out)]) == 0
+    return out
+
+
+def test_training_script_writes_a_loadable_deterministic_folder(tmp_path):
+    first, second = _train(tmp_path / "a"), _train(tmp_path / "b")
+    components = load_components("tiny", pretrained=str(first))
+    assert components.vae.config.scaling_factor > 0
+    assert not (first / "tokenizer").exists()
+    for name in WEIGHT_FILES:
+        a, b = load_file(first / name), load_file(second / name)
+        assert a.keys() == b.keys()
+        assert all(a[k].dtype == torch.float16 for k in a)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    scaling = [
+        load_components("tiny", pretrained=str(p)).vae.config.scaling_factor
+        for p in (first, second)
+    ]
+    assert np.isclose(*scaling)
