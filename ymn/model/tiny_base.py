@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -271,22 +271,6 @@ def train_unet(
 # ---------------------------------------------------------------------------------------------
 
 
-def noise_scheduler() -> DDPMScheduler:
-    """SD 1.x's DDPM schedule (`sd_scheduler`, minus a DDIM-only key diffusers 0.42 rejects)."""
-    try:
-        return sd_scheduler()
-    except TypeError:
-        return DDPMScheduler(
-            num_train_timesteps=1000,
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            steps_offset=1,
-            prediction_type="epsilon",
-        )
-
-
 def git_commit() -> str:
     """The repository's HEAD commit (+ "-dirty" if this script has local edits), or "unknown"."""
     here = Path(__file__).resolve()
@@ -320,7 +304,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
         text_encoder=tiny_text_encoder(),
         tokenizer=load_clip_tokenizer(),
         unet=tiny_unet(),
-        scheduler=noise_scheduler(),
+        scheduler=sd_scheduler(),
     )
     images, metas = make_scenes(cfg.data, cfg.images, cfg.seed, TINY_RESOLUTION)
     vae_losses = train_vae(components.vae, images, cfg)
