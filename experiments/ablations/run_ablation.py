@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collect", type=Path, nargs="+", help="only tabulate these sweep dirs")
     parser.add_argument("--out", type=Path, default=HERE, help="where NAME.md/.json go")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.full_command:
         print(full_command(args.name))
         return 0
