@@ -41,7 +41,7 @@ def make_run(folder: Path, train_steps: int, probe_steps: list[int], shift: floa
     (folder / "probes").mkdir(parents=True)
     (folder / "samples").mkdir()
     for s in probe_steps:
-        metrics = {"probe/count/mae": -1.0, "probe/grid/cell_acc": shift + s / 10}
+        metrics = {"probe/count/mae": -1.0, "probe/facegrid/cell_acc": shift + s / 10}
         report = {"step": s, "metrics": metrics | {"probe/count/slope": None}}
         (folder / "probes" / f"step_{s:06d}.json").write_text(json.dumps(report))
         Image.new("RGB", (40, 30), "red").save(folder / "probes" / f"confusion_step_{s:06d}.png")
@@ -78,7 +78,7 @@ def test_load_run_merges_csv_and_probe_json(root: Path) -> None:
     assert analysis.metric_series(run, "val/loss")[0].tolist() == [5]
     # the CSV wins where both have a point; the JSON adds what the CSV lacks; None is skipped
     assert analysis.metric_series(run, "probe/count/mae")[1].tolist() == [0.0, 3.0, 6.0]
-    assert analysis.metric_series(run, "probe/grid/cell_acc")[0].tolist() == [0, 3, 6]
+    assert analysis.metric_series(run, "probe/facegrid/cell_acc")[0].tolist() == [0, 3, 6]
     assert "probe/count/slope" not in run.metrics
     assert [s for s, _ in analysis.sample_grids(run)] == [0, 3, 6]
     assert sorted(run.confusions) == [0, 3, 6]
@@ -93,7 +93,7 @@ def test_metric_series_names_run_and_key(root: Path) -> None:
 def test_queries_over_runs(root: Path) -> None:
     runs = analysis.load_runs(root)
     assert [r.label for r in runs] == ["phase1", "phase2"]
-    assert analysis.family_keys(runs, "facegrid") == ["probe/grid/cell_acc"]
+    assert analysis.family_keys(runs, "facegrid") == ["probe/facegrid/cell_acc"]
     assert analysis.family_keys(runs, "count") == ["probe/count/mae"]
     assert analysis.metric_keys(runs, "val/") == ["val/loss"]
     table = analysis.last_values(runs, ["val/loss", "probe/count/mae", "nope"])

@@ -112,6 +112,6 @@ def test_image_record_on_constructed_maps(tiny) -> None:
     assert record["count_entropy"] == pytest.approx(1.0)
     wrong = image_attention_record(maps, tok, prompt, 2, [(3, 3)], CaptionConfig())
     assert wrong["faces"] == []  # its phrase is not in the prompt
-    metrics = summarize_attention([record], "probe/attn/tf")
-    assert metrics["probe/attn/tf/grid_argmax_acc"] == 1.0
-    assert metrics["probe/attn/tf/grid_mass_in_target"] > 0.9
+    metrics = summarize_attention([record], "probe/attn")
+    assert metrics["probe/attn/grid_argmax_acc"] == 1.0
+    assert metrics["probe/attn/grid_mass_in_target"] > 0.9

@@ -114,8 +114,8 @@ def test_probe_reports_and_logged_metrics(fitted) -> None:
     metrics = report["metrics"]
     assert metrics["probe/count/exact_acc"] == 0.5  # requested 1 and 2, detected 1 and 1
     assert metrics["probe/count/signed_bias"] == -0.5
-    assert metrics["probe/grid/cell_acc"] == 0.0  # targets are in the middle row
-    assert 0.0 <= metrics["probe/attn/tf/grid_mass_in_target"] <= 1.0
+    assert metrics["probe/facegrid/cell_acc"] == 0.0  # targets are in the middle row
+    assert 0.0 <= metrics["probe/attn/grid_mass_in_target"] <= 1.0
     assert "probe/attn/sample/count_entropy" in metrics
     assert "probe/linear/count_acc/mid/t500" in metrics
     assert len(report["heldout_attention"]) == 8

@@ -110,7 +110,7 @@ def test_analysis_reads_both_phases(runs_root):
         steps, values = analysis.metric_series(run, "train/loss")
         assert steps.tolist() == [0, 1] and (values > 0).all()
         assert len(analysis.metric_series(run, "val/loss")[0]) == 1  # one check, at step 2
-        for key in ("probe/count/exact_acc", "probe/grid/cell_acc", "probe/attn/tf/count_entropy"):
+        for key in ("probe/count/exact_acc", "probe/facegrid/cell_acc", "probe/attn/count_entropy"):
             assert analysis.metric_series(run, key)[0].tolist() == [0, 2], (run.label, key)
         assert analysis.family_keys([run], "linear"), run.label
         assert [step for step, _ in analysis.sample_grids(run)] == [0, 2]

@@ -39,7 +39,7 @@ ARMS: dict[str, list[str]] = {
         "model.components._target_=ymn.remedies.control_tokens.load_with_control_tokens",
         "+model.components.control_tokens=true",
     ],
-    "noise_prior": ["probes.noise_prior=true", "+callbacks.probes.noise_prior=true"],
+    "noise_prior": ["probes.noise_prior=true"],
 }
 BASE = [
     "experiment=smoke",
@@ -52,8 +52,8 @@ BASE = [
 ]
 METRICS = {
     "count_exact_acc": "probe/count/exact_acc",
-    "grid_cell_acc": "probe/grid/cell_acc",
-    "attn_mass_in_target_tf": "probe/attn/tf/grid_mass_in_target",
+    "grid_cell_acc": "probe/facegrid/cell_acc",
+    "attn_mass_in_target_tf": "probe/attn/grid_mass_in_target",
     "attn_mass_in_target_samples": "probe/attn/sample/grid_mass_in_target",
     "linear_count_acc": "probe/linear/count_acc/",  # mean over feature layers and timesteps
     "val_loss": "val/loss",

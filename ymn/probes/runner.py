@@ -193,7 +193,7 @@ def sample_probe(
 def sample_metrics(
     records: Sequence[dict[str, Any]], cfg: ProbeConfig
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Flat probe/count/*, probe/grid/*, probe/attn/sample/* metrics and the full count dict."""
+    """Flat probe/count/*, probe/facegrid/*, probe/attn/sample/* metrics and the full count dict."""
     requested = [r["count"] for r in records]
     detected = [min(r["detected_count"], MANY) for r in records]  # 6 = "6 or more"
     counts = count_metrics(requested, detected, n_permutations=cfg.n_permutations, seed=cfg.seed)
@@ -206,7 +206,7 @@ def sample_metrics(
             [r["detected_boxes"] for r in with_cells],
             grid_size(cfg.caption),
         )
-        flat |= {f"probe/grid/{k}": float(v) for k, v in grid.items()}
+        flat |= {f"probe/facegrid/{k}": float(v) for k, v in grid.items()}
     attention = [r["attention"] for r in records if "attention" in r]
     flat |= summarize_attention(attention, "probe/attn/sample")
     return flat, counts
@@ -296,8 +296,8 @@ def _latent_hw_of(latents: torch.Tensor) -> tuple[int, int]:
 
 
 def heldout_metrics(heldout: dict[str, Any], cfg: ProbeConfig) -> dict[str, float]:
-    """probe/attn/tf/* and probe/linear/* from a `heldout_pass` result."""
-    metrics = summarize_attention(heldout["records"], "probe/attn/tf")
+    """probe/attn/* and probe/linear/* from a `heldout_pass` result."""
+    metrics = summarize_attention(heldout["records"], "probe/attn")
     if cfg.linear and heldout["counts"]:
         features = {
             key: {kind: np.concatenate(parts) for kind, parts in entry.items()}
