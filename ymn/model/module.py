@@ -50,7 +50,6 @@ class DiffusionModule(LightningModule):
         snr_gamma: float | None = None,
         noise_offset: float = 0.0,
         ema_decay: float | None = None,
-        channels_last: bool = False,
         val_seed: int = 1234,
         pretrained: str | None = None,
         allow_pickle: bool = False,
@@ -75,8 +74,6 @@ class DiffusionModule(LightningModule):
             self.unet.enable_gradient_checkpointing()
             if train_text_encoder:
                 self.text_encoder.gradient_checkpointing_enable()
-        if channels_last:
-            self.unet.to(memory_format=torch.channels_last)
         self._batch_started_at: float | None = None
         # Reliability (set by ymn.train): the seed of per-step training randomness, and the
         # NaN/inf loss guard (ymn.reliability.faults.LossGuard).
