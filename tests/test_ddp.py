@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from lightning import Callback, LightningModule, Trainer
 
@@ -58,7 +57,6 @@ def test_ddp_composes() -> None:
     assert cfg.trainer.devices == 2
 
 
-@pytest.mark.slow
 def test_two_cpu_ranks_train_and_draw_disjoint_keys(tmp_path: Path) -> None:
     run_dir, keys_dir = tmp_path / "run", tmp_path / "keys"
     env = {

@@ -21,7 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "compare_phases.ipynb"
 FIGURES = ["loss", "probe_count", "probe_facegrid", "probe_attn", "probe_linear", "samples"]
 FIGURES += ["confusions"]
-pytestmark = pytest.mark.slow
 
 
 def base_model(folder: Path) -> list[str]:

@@ -90,7 +90,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model, workers):
     steps = 6
     common = (
