@@ -144,7 +144,7 @@ class RunCheckpoint(ModelCheckpoint):
         if better:
             self.best_val_score = current
             self.best_val_path = str(Path(self.dirpath) / "best.ckpt")
-            trainer.save_checkpoint(self.best_val_path)
+            trainer.save_checkpoint(self.best_val_path, weights_only=False)
             log.info(
                 "best %s=%.5f at step %d -> %s",
                 self.best_monitor,

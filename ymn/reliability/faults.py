@@ -86,7 +86,7 @@ def save_fault_checkpoint(module: Any, step: int) -> Path | None:
         return None
     folder = Path(trainer.default_root_dir) / "checkpoints"
     path = folder / f"nonfinite-step{step:07d}.ckpt"
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)
     return path
 
 
