@@ -13,7 +13,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from ymn.callbacks.probes import ProbeCallback
-from ymn.callbacks.samples import SampleImages, due, image_grid
+from ymn.callbacks.samples import SampleImages, image_grid
+from ymn.callbacks.schedule import due
 from ymn.model.components import build_tiny
 from ymn.model.module import DiffusionModule
 

@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from ymn.callbacks.samples import due, plain, wandb_loggers
+from ymn.callbacks.schedule import StepScheduledCallback, plain, wandb_loggers
 from ymn.probes.prompts import build_probe_prompts
 from ymn.probes.runner import ProbeConfig, probe_paths, run_probe_pass
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 HELDOUT_KEYS = ("pixel_values", "latents", "meta", "captions")
 
 
-class ProbeCallback(L.Callback):
+class ProbeCallback(StepScheduledCallback):
     """Count, face-grid, attention and linear probes on a schedule.
 
     detector: "synthetic", "animeface", "package.module:Class", or a detector object.
@@ -51,11 +51,7 @@ class ProbeCallback(L.Callback):
         caption: Any = None,
         **settings: Any,
     ) -> None:
-        super().__init__()
-        self.every_n_steps = int(every_n_steps)
-        self.at_start = at_start
-        self.at_end = at_end
-        self.out_dir = out_dir
+        super().__init__(every_n_steps, at_start, at_end, out_dir)
         self.n_heldout = int(heldout_batches)
         try:
             self.cfg = ProbeConfig(
@@ -75,22 +71,6 @@ class ProbeCallback(L.Callback):
         self._detector_kwargs = plain(detector_kwargs) or {}
         self._detector: Any = None
         self._heldout: list[dict[str, Any]] | None = None
-        self._done: set[int] = set()
-
-    # -- schedule ----------------------------------------------------------------------------
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_start:
-            self.probe(trainer, pl_module, trainer.global_step)
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
-    ) -> None:
-        if due(trainer.global_step, self.every_n_steps):
-            self.probe(trainer, pl_module, trainer.global_step)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_end:
-            self.probe(trainer, pl_module, trainer.global_step)
 
     # -- inputs ------------------------------------------------------------------------------
     @property
@@ -120,16 +100,15 @@ class ProbeCallback(L.Callback):
         return self._heldout
 
     # -- work --------------------------------------------------------------------------------
-    def run_dir(self, trainer: L.Trainer) -> Path:
-        return Path(self.out_dir or trainer.default_root_dir)
-
     def probe(
         self, trainer: L.Trainer, pl_module: L.LightningModule, step: int
     ) -> dict[str, float] | None:
         """One probe pass at `step` (once per step, on global rank 0); logs and returns metrics."""
-        if step in self._done or not trainer.is_global_zero:
-            return None
-        self._done.add(step)
+        return self.run_once(trainer, pl_module, step)
+
+    def run(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, step: int
+    ) -> dict[str, float] | None:
         metrics = run_probe_pass(
             pl_module,
             step=step,

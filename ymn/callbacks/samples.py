@@ -16,20 +16,10 @@ from typing import Any
 import lightning as L
 from PIL import Image
 
+from ymn.callbacks.schedule import StepScheduledCallback, plain, wandb_loggers
 from ymn.probes.prompts import build_probe_prompts, load_prompt_file
 
 log = logging.getLogger(__name__)
-
-
-def plain(value: Any) -> Any:
-    """OmegaConf containers → Python lists/dicts (callbacks may be built by Hydra)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover
-        return value
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def image_grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
@@ -46,21 +36,7 @@ def image_grid(images: Sequence[Image.Image], columns: int | None = None) -> Ima
     return grid
 
 
-def due(step: int, every_n_steps: int) -> bool:
-    """True on positive multiples of every_n_steps (0 or less: never)."""
-    return every_n_steps > 0 and step > 0 and step % every_n_steps == 0
-
-
-def wandb_loggers(trainer: L.Trainer) -> list[Any]:
-    """The trainer's WandbLoggers (none if wandb is not installed or not configured)."""
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover
-        return []
-    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-
-
-class SampleImages(L.Callback):
+class SampleImages(StepScheduledCallback):
     """Sample fixed prompts at fixed seeds on a schedule; one PNG grid per step.
 
     prompts: a list of prompts (each sampled at every seed); prompt_file: a text/JSON prompt
@@ -83,11 +59,7 @@ class SampleImages(L.Callback):
         caption: Any = None,
         negative_prompt: str | None = None,
     ) -> None:
-        super().__init__()
-        self.every_n_steps = int(every_n_steps)
-        self.at_start = at_start
-        self.at_end = at_end
-        self.out_dir = out_dir
+        super().__init__(every_n_steps, at_start, at_end, out_dir)
         self.steps = int(steps)
         self.guidance_scale = float(guidance_scale)
         size = plain(size)
@@ -95,7 +67,6 @@ class SampleImages(L.Callback):
         self.entries = self._entries(plain(prompts), prompt_file, plain(seeds), caption)
         for entry in self.entries:
             entry["negative"] = entry.get("negative") or negative_prompt
-        self._done: set[int] = set()
 
     @staticmethod
     def _entries(
@@ -113,30 +84,14 @@ class SampleImages(L.Callback):
             prompts = list(dict.fromkeys(r["prompt"] for r in records))
         return [{"prompt": p, "seed": int(s)} for s in seeds for p in prompts]
 
-    # -- schedule ----------------------------------------------------------------------------
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_start:
-            self.sample(trainer, pl_module, trainer.global_step)
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
-    ) -> None:
-        if due(trainer.global_step, self.every_n_steps):
-            self.sample(trainer, pl_module, trainer.global_step)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_end:
-            self.sample(trainer, pl_module, trainer.global_step)
-
     # -- work --------------------------------------------------------------------------------
-    def run_dir(self, trainer: L.Trainer) -> Path:
-        return Path(self.out_dir or trainer.default_root_dir)
-
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> Path | None:
         """Sample every entry, save the grid, log it; once per step, on global rank 0 only."""
-        if step in self._done or not trainer.is_global_zero or not self.entries:
+        return self.run_once(trainer, pl_module, step)
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> Path | None:
+        if not self.entries:
             return None
-        self._done.add(step)
         images = []
         for entry in self.entries:
             images += pl_module.log_images(
