@@ -1,3 +1,3 @@
-"""ymn: fine-tune Stable Diffusion on weighted multi-character data and probe counting and face placement."""
+"""ymn: fine-tune SD on weighted multi-character data; probe counting and face placement."""
 
 __version__ = "0.1.0"

@@ -23,8 +23,8 @@ from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, StableDiffu
 from PIL import Image
 from tqdm import tqdm
 
-from ymn.model.components import Components
-from ymn.model.export import components_pipeline, load_any
+from ymn.model.components import Components, components_pipeline
+from ymn.model.export import load_any
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    SchedulerMixin,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ymn.model.tokenizer import MODEL_MAX_LENGTH, load_clip_tokenizer
@@ -111,6 +117,22 @@ def build_tiny(seed: int = 0) -> Components:
         tokenizer=load_clip_tokenizer(),
         unet=tiny_unet(),
         scheduler=sd_scheduler(),
+    )
+
+
+def components_pipeline(
+    components: Components, scheduler: SchedulerMixin | None = None
+) -> StableDiffusionPipeline:
+    """A pipeline over the given modules (no copies), without a safety checker."""
+    return StableDiffusionPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=scheduler or components.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 

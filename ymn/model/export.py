@@ -14,12 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
 from diffusers.training_utils import EMAModel
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ymn.model.components import Components, load_components
+from ymn.model.components import Components, components_pipeline, load_components
 from ymn.model.single_file import export_single_file
 from ymn.model.tokenizer import save_tokenizer
 
@@ -27,20 +26,6 @@ log = logging.getLogger(__name__)
 
 SINGLE_FILE_NAME = "model.safetensors"
 LIGHTNING_PREFIXES = ("vae", "text_encoder", "unet")
-
-
-def components_pipeline(components: Components) -> StableDiffusionPipeline:
-    """A pipeline over the given modules (no copies), without a safety checker."""
-    return StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=components.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
 
 
 def save_diffusers(components: Components, folder: Path, dtype: torch.dtype | None = None) -> Path:

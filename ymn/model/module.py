@@ -17,7 +17,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from lightning import LightningModule
 from PIL import Image
 
-from ymn.model.components import Components
+from ymn.model.components import Components, components_pipeline
 from ymn.model.tokenizer import describe_tokens, tokenize
 from ymn.reliability.rng import step_rng
 
@@ -267,18 +267,8 @@ class DiffusionModule(LightningModule):
 
     def make_pipeline(self) -> StableDiffusionPipeline:
         """An inference pipeline over the live modules (no copies), with a DDIM sampler."""
-        pipe = StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=DDIMScheduler.from_config(
-                self.noise_scheduler.config, set_alpha_to_one=False
-            ),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        sampler = DDIMScheduler.from_config(self.noise_scheduler.config, set_alpha_to_one=False)
+        pipe = components_pipeline(self.components(), scheduler=sampler)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
