@@ -61,8 +61,11 @@ class Sample:
     def image(self) -> Image.Image:
         """The RGB image (decoded on first use)."""
         if self._image is None:
-            with Image.open(io.BytesIO(self.data)) as im:
-                self._image = im.convert("RGB")
+            with io.BytesIO(self.data) as buffer:
+                image = Image.open(buffer)
+                image.load()  # decoded while the buffer is open; the pixels outlive it
+            # convert() copies even when the mode already is RGB: convert only when needed
+            self._image = image if image.mode == "RGB" else image.convert("RGB")
         return self._image
 
     def release(self) -> None:
@@ -220,6 +223,12 @@ def is_val_key(key: str, val_fraction: float) -> bool:
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float tensor in [-1, 1], shape (3, H, W)."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    """RGB PIL image -> float tensor in [-1, 1], shape (3, H, W) (a view of an (H, W, 3) array).
+
+    One pass from PIL's bytes to float32 (no intermediate uint8 copy); other modes are converted
+    to RGB first. The values are exact: integers 0..255 in float32, then / 127.5 - 1.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    array = np.asarray(image, dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).div_(127.5).sub_(1.0)
