@@ -17,10 +17,14 @@ from typing import Any
 import numpy as np
 
 from ymn.data.captions import GRID_TOKENS, CaptionConfig, build_caption, grid_cell
+from ymn.data.synthetic import CHARACTERS
 
 MANY = 6  # the requested count recorded for `manypeople` (ASP: >= 6)
 LAYOUTS = ("row", "upper", "lower", "column", "diagonal", "scatter")
 PROMPT_FILE_KEYS = {"prompt", "negative", "seed", "size", "cfg"}
+# `characters: auto`: the synthetic roster's first five (the leads), one per face in turn, so
+# the default probe set also measures identity (ymn.probes.identity) on the default data
+AUTO_CHARACTERS = tuple(list(CHARACTERS)[:5])
 ALIASES = {"negative_prompt": "negative", "scale": "cfg", "guidance_scale": "cfg"}
 
 
@@ -85,22 +89,40 @@ def _probe_caption_config(caption: CaptionConfig, grid_tokens: bool) -> CaptionC
     )
 
 
+def probe_characters(characters: Sequence[str] | str | None) -> list[str]:
+    """The names given to the probe faces in turn: a list as is, "auto" → AUTO_CHARACTERS,
+    None (or an empty list) → no names."""
+    if characters is None:
+        return []
+    if isinstance(characters, str):
+        if characters != "auto":
+            raise ValueError(
+                f"probes.characters must be a list of names, 'auto' or null; got {characters!r}"
+            )
+        return list(AUTO_CHARACTERS)
+    return [str(name) for name in characters]
+
+
 def build_probe_prompts(
     caption: CaptionConfig | Mapping[str, Any] | None = None,
     counts: Sequence[int | str] = (1, 2, 3, 4, 5, "many"),
     layouts: Sequence[str] = ("row", "scatter"),
     seeds: Sequence[int] = (0, 1),
-    characters: Sequence[str] | None = None,
+    characters: Sequence[str] | str | None = None,
     general: str | None = None,
     grid_tokens: bool = True,
     face_size: float = 0.12,
 ) -> list[dict[str, Any]]:
-    """Records {prompt, count, cells, seed, layout, label} for every count × layout × seed.
+    """Records {prompt, count, cells, characters, seed, layout, label} for every count × layout
+    × seed.
 
     count: the requested number (`many` is recorded as 6); cells: the target (col, row) of each
-    face on the caption config's grid; characters: names given to the faces in turn (none by
-    default); general: e.g. "aniscreen", added as ASP would.
+    face on the caption config's grid, left to right; characters: the name asked of each face,
+    in the same order as cells (names given to the faces in turn from `characters`: a list,
+    "auto" for the synthetic roster's leads, or None for anonymous faces: an empty list);
+    general: e.g. "aniscreen", added as ASP would.
     """
+    characters = probe_characters(characters)
     cfg = _probe_caption_config(caption_config(caption), grid_tokens)
     size = grid_size(cfg)
     records = []
@@ -127,6 +149,7 @@ def build_probe_prompts(
                         "count": n,
                         "label": str(count),
                         "cells": [[int(c[0]), int(c[1])] for c in cells],
+                        "characters": list(names),
                         "seed": int(seed),
                         "layout": layout,
                     }
