@@ -135,16 +135,19 @@ def match_faces(
     target_cells: Sequence[Sequence[int]], found_boxes: Sequence[Box], grid: int = 5
 ) -> list[tuple[int, int]]:
     """(target index, detection index) pairs: Hungarian on Chebyshev cell distance (the face-
-    grid probe's matching), ties broken by the distance of box centres to cell centres."""
+    grid probe's matching), ties broken by the distance of box centres to cell centres, then by
+    keeping the left-to-right order (two faces asked of one cell, as `many` in a row asks)."""
     if not len(target_cells) or not len(found_boxes):
         return []
-    cost = np.zeros((len(target_cells), len(found_boxes)))
+    n, m = len(target_cells), len(found_boxes)
+    cost = np.zeros((n, m))
     for i, target in enumerate(target_cells):
         tx, ty = (target[0] + 0.5) / grid, (target[1] + 0.5) / grid
         for j, box in enumerate(found_boxes):
             fx, fy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
             cell = grid_cell(box, grid)
             cost[i, j] = chebyshev(tuple(target), cell) + 1e-3 * np.hypot(tx - fx, ty - fy)
+            cost[i, j] += 1e-6 * abs(i / n - j / m)
     rows, cols = linear_sum_assignment(cost)
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
 
@@ -222,3 +225,39 @@ def identity_metrics(
         "by_count": {n: _rate(t[1], t[0]) for n, t in sorted(tallies.items()) if t[0]},
         "bleed_by_count": {n: _rate(t[2], t[0]) for n, t in sorted(tallies.items()) if t[0]},
     }
+
+
+def measures_identity(detector: Any, probe: Mapping[str, Any]) -> bool:
+    """Whether a probe image gets identities: its prompt names a roster character and faces
+    come from the synthetic detector (the classifier reads the synthetic drawing's colours)."""
+    from ymn.probes.detectors import SyntheticFaceDetector
+
+    names = probe.get("characters") or []
+    return isinstance(detector, SyntheticFaceDetector) and any(n in CHARACTERS for n in names)
+
+
+def identity_flat_metrics(
+    records: Sequence[Mapping[str, Any]], grid: int = 5, prefix: str = "probe/identity"
+) -> dict[str, float]:
+    """Flat {prefix}/char_acc, bleed_rate, unknown_rate, order_chance, n_matched and per
+    requested-face count {prefix}/char_acc/n{k}, {prefix}/bleed_rate/n{k} over the probe
+    records that carry "identities" (empty when none does)."""
+    scored = [r for r in records if "identities" in r]
+    if not scored:
+        return {}
+    result = identity_metrics(
+        [r.get("characters") or [] for r in scored],
+        [r["detected_boxes"] for r in scored],
+        target_cells_per_image=[r["cells"] for r in scored]
+        if all("cells" in r for r in scored)
+        else None,
+        identified_per_image=[r["identities"] for r in scored],
+        grid=grid,
+    )
+    flat = {
+        f"{prefix}/{key}": float(result[key])
+        for key in ("char_acc", "bleed_rate", "unknown_rate", "order_chance", "n_matched")
+    }
+    flat |= {f"{prefix}/char_acc/n{k}": float(v) for k, v in result["by_count"].items()}
+    flat |= {f"{prefix}/bleed_rate/n{k}": float(v) for k, v in result["bleed_by_count"].items()}
+    return flat

@@ -32,6 +32,7 @@ from ymn.probes.attention import (
 )
 from ymn.probes.count import count_metrics, write_confusion_png
 from ymn.probes.facegrid import facegrid_metrics, match_cells
+from ymn.probes.identity import identify_character, identity_flat_metrics, measures_identity
 from ymn.probes.linear import (
     DEFAULT_FEATURE_LAYERS,
     capture_features,
@@ -112,7 +113,7 @@ def detection_record(
     boxes = [[float(v) for v in box] for box in boxes]
     targets = [tuple(c) for c in probe.get("cells", [])]
     matches = match_cells(targets, [grid_cell(b, grid) for b in boxes])
-    keys = ("prompt", "count", "label", "layout", "seed", "cells")
+    keys = ("prompt", "count", "label", "layout", "seed", "cells", "characters")
     return {
         **{k: probe[k] for k in keys if k in probe},
         "detected_boxes": boxes,
@@ -172,6 +173,9 @@ def sample_probe(
                 **extra,
             )[0]
             record = detection_record(probe, detector.detect(image), grid)
+            if measures_identity(detector, probe):
+                boxes = record["detected_boxes"]
+                record["identities"] = [identify_character(image, box) for box in boxes]
             if store is not None:
                 cond = {name: m[-1:] for name, m in store.maps().items()}  # CFG: [uncond, cond]
                 maps = grid_token_maps(cond, latent_hw, grid)[0].cpu().numpy()
@@ -193,7 +197,8 @@ def sample_probe(
 def sample_metrics(
     records: Sequence[dict[str, Any]], cfg: ProbeConfig
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Flat probe/count/*, probe/facegrid/*, probe/attn/sample/* metrics and the full count dict."""
+    """Flat probe/count/*, probe/facegrid/*, probe/identity/*, probe/attn/sample/* metrics and the
+    full count dict."""
     requested = [r["count"] for r in records]
     detected = [min(r["detected_count"], MANY) for r in records]  # 6 = "6 or more"
     counts = count_metrics(requested, detected, n_permutations=cfg.n_permutations, seed=cfg.seed)
@@ -207,6 +212,7 @@ def sample_metrics(
             grid_size(cfg.caption),
         )
         flat |= {f"probe/facegrid/{k}": float(v) for k, v in grid.items()}
+    flat |= identity_flat_metrics(records, grid_size(cfg.caption))
     attention = [r["attention"] for r in records if "attention" in r]
     flat |= summarize_attention(attention, "probe/attn/sample")
     return flat, counts
