@@ -29,6 +29,11 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("mean detected, asked {k}", "probe/count/mean_detected/*"),
     ("detected − requested (mean)", "probe/count/signed_bias"),
     ("requested-vs-detected corr", "probe/count/corr"),
+    ("character accuracy (identity)", "probe/identity/char_acc"),
+    ("character accuracy, asked {k}", "probe/identity/char_acc/*"),
+    ("character bleed rate", "probe/identity/bleed_rate"),
+    ("character bleed rate, asked {k}", "probe/identity/bleed_rate/*"),
+    ("character accuracy of a shuffled cast", "probe/identity/order_chance"),
     ("face-grid cell accuracy", "probe/facegrid/cell_acc"),
     ("grid chance", "probe/facegrid/chance"),
     ("attention mass in target (teacher-forced)", "probe/attn/grid_mass_in_target"),
@@ -128,7 +133,10 @@ def find_runs(sweep_dirs: Iterable[Path]) -> list[Path]:
 
 
 def _row_label(label: str, key: str, pattern: str) -> str:
-    return label.format(k=key[len(pattern) - 1 :]) if pattern.endswith("/*") else label
+    if not pattern.endswith("/*"):
+        return label
+    k = key[len(pattern) - 1 :]
+    return label.format(k=k[1:] if re.fullmatch(r"n\d+", k) else k)  # identity keys: n3 -> 3
 
 
 def _natural(text: str) -> list[Any]:
