@@ -142,6 +142,13 @@ def test_missing_faces_and_unroster_names_are_not_scored() -> None:
     assert result["n_matched"] == 2  # AkaneRed, and SoraBlue paired with the first detection
     assert result["char_acc"] == 0.5
     assert result["bleed_rate"] == 0.5
+    with pytest.raises(ValueError, match="probe image 0: 2 requested names but 1 target"):
+        identity_metrics(
+            [["AkaneRed", "SoraBlue"]],
+            [[]],
+            target_cells_per_image=[[[0, 0]]],
+            identified_per_image=[[]],
+        )
     empty = identity_metrics([["Hinata"]], [[]], identified_per_image=[[]])
     assert math.isnan(empty["char_acc"]) and empty["by_count"] == {}
 

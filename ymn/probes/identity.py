@@ -201,6 +201,11 @@ def identity_metrics(
     ):
         identities = identified_per_image[i]
         if target_cells_per_image is not None:
+            if len(target_cells_per_image[i]) != len(names):
+                raise ValueError(
+                    f"probe image {i}: {len(names)} requested names but "
+                    f"{len(target_cells_per_image[i])} target cells; name every face or none"
+                )
             pairs = match_faces(target_cells_per_image[i], boxes, grid)
         else:
             pairs = _ordered_pairs(len(names), len(boxes))
