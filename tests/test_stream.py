@@ -9,15 +9,35 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import webdataset as wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
 from ymn.data.captions import CaptionConfig, face_grid_tokens
-from ymn.data.decode import ShardSetupError, SkipCounter, is_val_key, resolve_shards
+from ymn.data.decode import (
+    Sample,
+    ShardSetupError,
+    SkipCounter,
+    is_val_key,
+    resolve_shards,
+    to_tensor,
+)
 from ymn.data.pack import pack_folder
-from ymn.data.stream import TrainStream, ValidationDataset, iter_draws
+from ymn.data.stream import (
+    TrainStream,
+    ValidationDataset,
+    WordTokenCache,
+    _word_cache,
+    cacheable_caption,
+    iter_draws,
+    tokenize,
+)
+from ymn.model.tokenizer import load_clip_tokenizer
 
 SIZES = [(64, 64), (64, 40), (40, 64), (80, 40)]
 RED = (255, 0, 0)
@@ -243,3 +263,79 @@ def test_pattern_matching_nothing_names_it(tmp_path: Path) -> None:
     assert shards == [str(out / "shard-000000.tar")]
     shutil.rmtree(out)
     assert SkipCounter() == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast paths give exactly what the plain ones give
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_clip_tokenizer()
+
+
+def plain_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=77, truncation=True,
+                     return_tensors="pt").input_ids  # fmt: skip
+
+
+TAGS = ["1person", "3people", "AobaKokona", "fhmd fvmd", "brown_hair", "(smile:1.2)", "it's",
+        "x2", "long  hair", "UPPER", ",", "a.b-c", "<lora>", "20%", "'ll", "e\u00e9", "\ttab",
+        "<|endoftext|>", "\u3042\u3044", "ß"]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(TAGS) | st.text(max_size=8), max_size=40), min_size=1,
+                max_size=4))  # fmt: skip
+def test_tokenize_equals_the_tokenizer_call(clip, tag_lists: list[list[str]]) -> None:
+    captions = [", ".join(tags) for tags in tag_lists]
+    assert torch.equal(tokenize(clip, captions), plain_ids(clip, captions))
+
+
+def test_word_cache_is_used_for_clip_only(clip) -> None:
+    cache = _word_cache(clip)
+    assert isinstance(cache, WordTokenCache) and _word_cache(clip) is cache
+    long = ["tag " * 100, "AobaKokona, 1girl", " ", ""]
+    assert all(map(cacheable_caption, long))
+    assert torch.equal(cache.ids(long), plain_ids(clip, long))
+    assert cache.ids(long).shape == (4, 77) and {"tag", "AobaKokona,"} <= set(cache.words)
+    assert not cacheable_caption("caf\u00e9") and not cacheable_caption("a\tb")
+    assert not cacheable_caption("<|endoftext|>")
+    clip_twin = load_clip_tokenizer()
+    clip_twin.add_tokens(["fh ml"])  # a token with a space: words are no longer independent
+    assert _word_cache(clip_twin) is None
+    captions = ["fh ml, fh  ml", "1person"]
+    assert torch.equal(tokenize(clip_twin, captions), plain_ids(clip_twin, captions))
+
+
+def test_stream_input_ids_are_the_tokenizer_call(tmp_path: Path, clip) -> None:
+    out = packed(tmp_path, {"a": 6, "b": 5}, {"a": 2})
+    batches = list(stream(out, batch_size=2, tokenizer=clip))
+    assert batches
+    for batch in batches:
+        assert torch.equal(batch["input_ids"], plain_ids(clip, batch["captions"]))
+
+
+def reference_tensor(image: Image.Image) -> torch.Tensor:
+    """The earlier to_tensor: RGB conversion, uint8 copy, then float in torch."""
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "LA", "CMYK", "I;16"])
+def test_decode_and_to_tensor_match_the_reference(mode: str) -> None:
+    rgb = Image.effect_noise((23, 17), 80).convert("RGB")
+    rgb.putpixel((0, 0), (255, 0, 7))
+    image = rgb.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF" if mode in ("CMYK", "I;16") else "PNG")
+    sample = Sample("k", {}, buffer.getvalue(), "test:k")
+    decoded = sample.image()
+    with Image.open(io.BytesIO(buffer.getvalue())) as im:
+        expected = im.convert("RGB")
+    assert decoded.mode == "RGB" and decoded.tobytes() == expected.tobytes()
+    ours, ref = to_tensor(decoded), reference_tensor(expected)
+    assert ours.dtype == ref.dtype and ours.shape == (3, 17, 23)
+    assert torch.equal(ours, ref) and ours.stride() == ref.stride()
+    assert torch.equal(to_tensor(image), reference_tensor(image))
