@@ -35,6 +35,7 @@ from ymn.data.stream import (
     _word_cache,
     cacheable_caption,
     iter_draws,
+    keep_batch,
     tokenize,
 )
 from ymn.model.tokenizer import load_clip_tokenizer
@@ -315,6 +316,19 @@ def test_stream_input_ids_are_the_tokenizer_call(tmp_path: Path, clip) -> None:
     assert batches
     for batch in batches:
         assert torch.equal(batch["input_ids"], plain_ids(clip, batch["captions"]))
+
+
+def test_keep_batch_loader_equals_the_default_one(tmp_path: Path, clip) -> None:
+    out = packed(tmp_path, {"a": 6, "b": 5}, {"a": 2})
+    s = stream(out, batch_size=2, tokenizer=clip, flip_p=0.5)
+    plain = list(DataLoader(s, batch_size=None))
+    kept = list(DataLoader(s, batch_size=None, collate_fn=keep_batch))
+    assert plain and len(plain) == len(kept)
+    for a, b in zip(plain, kept, strict=True):
+        assert a.keys() == b.keys()
+        assert torch.equal(a["pixel_values"], b["pixel_values"])
+        assert torch.equal(a["input_ids"], b["input_ids"])
+        assert (a["captions"], a["keys"], a["meta"]) == (b["captions"], b["keys"], b["meta"])
 
 
 def reference_tensor(image: Image.Image) -> torch.Tensor:

@@ -219,7 +219,7 @@ def key_fraction(key: str) -> float:
 
 def is_val_key(key: str, val_fraction: float) -> bool:
     """True when `key` belongs to the held-out validation split."""
-    return key_fraction(key) < val_fraction
+    return val_fraction > 0 and key_fraction(key) < val_fraction
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -163,6 +163,13 @@ def render(
     return Example(sample.key, bucket, pixels, text, meta)
 
 
+def keep_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """`collate_fn` for `DataLoader(stream, batch_size=None)`: the batch is final already. The
+    default (`default_convert`) walks and rebuilds every list and dict of every batch, the
+    per-sample metadata included: about 3% of the stream's time, for an equal result."""
+    return batch
+
+
 @lru_cache(maxsize=4096)
 def _nearest_bucket(size: tuple[int, int], buckets: tuple[tuple[int, int], ...]) -> tuple[int, int]:
     """`nearest_bucket`, memoised: a pure function of the image size, computed once per size."""
@@ -330,7 +337,8 @@ def caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> Caption
 
 class TrainStream(IterableDataset):
     """Training batches (dicts, one aspect bucket each), deterministic given (seed, epoch, rank,
-    worker). Use with `DataLoader(stream, batch_size=None)`. The epoch lives in shared memory,
+    worker). Use with `DataLoader(stream, batch_size=None, collate_fn=keep_batch)` (plain
+    `batch_size=None` works too, only slower). The epoch lives in shared memory,
     so `set_epoch` in the main process reaches persistent workers too."""
 
     def __init__(
