@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -329,6 +330,33 @@ def test_keep_batch_loader_equals_the_default_one(tmp_path: Path, clip) -> None:
         assert torch.equal(a["pixel_values"], b["pixel_values"])
         assert torch.equal(a["input_ids"], b["input_ids"])
         assert (a["captions"], a["keys"], a["meta"]) == (b["captions"], b["keys"], b["meta"])
+
+
+def test_worker_input_ids_arrive_as_plain_equal_tensors(tmp_path: Path, clip) -> None:
+    out = packed(tmp_path, {"a": 6, "b": 5}, {"a": 2}, shard_size=3)
+    s = stream(out, batch_size=2, tokenizer=clip)
+    batches = list(DataLoader(s, batch_size=None, num_workers=2, collate_fn=keep_batch))
+    assert batches  # per-worker bucket remainders are dropped, so fewer than with 0 workers
+    for batch in batches:
+        ids = batch["input_ids"]
+        assert type(ids) is torch.Tensor and ids.dtype == torch.long and ids.shape[1] == 77
+        assert torch.equal(ids, plain_ids(clip, batch["captions"]))
+        assert type(ids[:, :3] + 1) is torch.Tensor
+
+
+def test_by_value_ids_pickle_as_bytes_and_come_back_plain() -> None:
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers the shared-memory reducers)
+
+    from ymn.data.stream import _ByValue
+
+    ids = torch.arange(2 * 77, dtype=torch.long).view(2, 77)
+    shared = ForkingPickler.dumps(ids.clone())
+    by_value = ForkingPickler.dumps(ids.as_subclass(_ByValue))
+    assert len(by_value) > ids.numel() * 8 > len(shared)  # bytes inline vs a segment handle
+    back = pickle.loads(by_value)
+    assert type(back) is torch.Tensor and back.dtype == ids.dtype and torch.equal(back, ids)
 
 
 def reference_tensor(image: Image.Image) -> torch.Tensor:
