@@ -29,17 +29,14 @@ from ymn.data.decode import (
     to_tensor,
 )
 from ymn.data.pack import pack_folder
-from ymn.data.stream import (
-    TrainStream,
-    ValidationDataset,
+from ymn.data.stream import TrainStream, ValidationDataset, iter_draws, keep_batch
+from ymn.model.tokenizer import (
     WordTokenCache,
     _word_cache,
     cacheable_caption,
-    iter_draws,
-    keep_batch,
+    load_clip_tokenizer,
     tokenize,
 )
-from ymn.model.tokenizer import load_clip_tokenizer
 
 SIZES = [(64, 64), (64, 40), (40, 64), (80, 40)]
 RED = (255, 0, 0)

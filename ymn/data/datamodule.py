@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from ymn.data.captions import CaptionConfig
 from ymn.data.decode import MANIFEST, resolve_shards
-from ymn.data.stream import TrainStream, ValidationDataset, caption_config
+from ymn.data.stream import TrainStream, ValidationDataset, caption_config, keep_batch
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ class YmnDataModule(LightningDataModule):
     # -- loaders ---------------------------------------------------------------------------
     def _loader_kwargs(self) -> dict[str, Any]:
         return {
+            "collate_fn": keep_batch,  # batches are already collated by the stream
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": self.persistent_workers and self.num_workers > 0,

@@ -10,7 +10,6 @@ group into one-bucket batches. State is per category only, never per image.
 from __future__ import annotations
 
 import random
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +31,7 @@ from ymn.data.decode import (
     to_tensor,
 )
 from ymn.data.multiply import draws_for_sample, epoch_size, plan_epoch
+from ymn.model.tokenizer import tokenize
 
 # ---------------------------------------------------------------------------------------------
 # Who reads what
@@ -209,115 +209,6 @@ class _ByValue(torch.Tensor):
 
 def _tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=dtype).view(shape)
-
-
-def tokenize(tokenizer: Any, captions: Sequence[str]) -> torch.Tensor:
-    """Token ids padded/truncated to the tokenizer's max length (77 for CLIP), (batch, length).
-
-    Exactly `tokenizer(captions, padding="max_length", truncation=True, ...).input_ids`; for a
-    CLIP tokenizer the ids are assembled from cached per-word ids (`WordTokenCache`), which
-    takes about a sixth of the time of the batch call. Other tokenizers get the batch call.
-    """
-    cache = _word_cache(tokenizer)
-    if cache is not None and all(map(cacheable_caption, captions)):
-        return cache.ids(captions)
-    return _tokenize_call(tokenizer, list(captions))
-
-
-def _tokenize_call(tokenizer: Any, captions: list[str]) -> torch.Tensor:
-    """The plain batch call. Only ids are asked for: the attention mask of fixed-length padding
-    is unused, and building it cost about a third of the call."""
-    out = tokenizer(
-        captions,
-        padding="max_length",
-        max_length=getattr(tokenizer, "model_max_length", 77),
-        truncation=True,
-        return_attention_mask=False,
-        return_tensors="pt",
-    )
-    return out.input_ids
-
-
-def cacheable_caption(caption: str) -> bool:
-    """Printable ASCII without special-token markup: the only whitespace is " ", NFC and
-    lowercasing act per character, so CLIP's tokens never span two space-separated words."""
-    return caption.isascii() and caption.isprintable() and "<|" not in caption
-
-
-_PROBES = ("", " ", "1person, AobaKokona, fhmd fvmd", "Two  words,(x) y'll 3rd  ", "tag " * 90)
-
-
-class WordTokenCache:
-    """CLIP token ids of captions from per-word ids: [bos] + ids of each space-separated word,
-    cut to `length - 1`, + [eos], padded with pad (what truncation="longest_first" and
-    padding="max_length" give for one sequence). Words missing from the cache are tokenized by
-    the tokenizer itself, one batch call per batch. Use `WordTokenCache.build` (None when the
-    tokenizer is not a plain CLIP one or does not reproduce its own ids on probe captions)."""
-
-    def __init__(self, tokenizer: Any, max_words: int = 50_000) -> None:
-        self.tokenizer, self.max_words = tokenizer, max_words
-        self.length = int(tokenizer.model_max_length)
-        self.bos, self.eos, self.pad = (
-            tokenizer.bos_token_id,
-            tokenizer.eos_token_id,
-            tokenizer.pad_token_id,
-        )
-        self.vocab_size = len(tokenizer)
-        self.words: dict[str, list[int]] = {}
-
-    @classmethod
-    def build(cls, tokenizer: Any) -> WordTokenCache | None:
-        """A cache for `tokenizer`, or None where the per-word assembly would not be exact."""
-        plain_clip = (
-            type(tokenizer).__name__.startswith("CLIPTokenizer")
-            and getattr(tokenizer, "backend_tokenizer", None) is not None
-            and getattr(tokenizer, "padding_side", "right") == "right"
-            and getattr(tokenizer, "truncation_side", "right") == "right"
-            and set(tokenizer.get_added_vocab()) <= set(tokenizer.all_special_tokens)
-        )
-        if not plain_clip or None in (tokenizer.bos_token_id, tokenizer.pad_token_id):
-            return None
-        cache = cls(tokenizer)
-        probes = list(_PROBES)
-        return cache if torch.equal(cache.ids(probes), _tokenize_call(tokenizer, probes)) else None
-
-    def ids(self, captions: Sequence[str]) -> torch.Tensor:
-        """(len(captions), length) int64 ids; every caption must pass `cacheable_caption`."""
-        split = [caption.split() for caption in captions]
-        self._learn({w for words in split for w in words if w not in self.words})
-        rows = []
-        for words in split:
-            row = [self.bos]
-            for word in words:
-                row += self.words[word]
-            del row[self.length - 1 :]
-            row.append(self.eos)
-            row += [self.pad] * (self.length - len(row))
-            rows.append(row)
-        return torch.tensor(rows, dtype=torch.long).view(len(rows), self.length)
-
-    def _learn(self, missing: set[str]) -> None:
-        if not missing:
-            return
-        if len(self.words) + len(missing) > self.max_words:
-            self.words.clear()  # a bound on memory for free text; tags repeat, so rarely hit
-        new = sorted(missing)
-        ids = self.tokenizer(new, add_special_tokens=False, return_attention_mask=False)
-        self.words.update(zip(new, ids["input_ids"], strict=True))
-
-
-_WORD_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _word_cache(tokenizer: Any) -> WordTokenCache | None:
-    """The tokenizer's WordTokenCache (built once per process; rebuilt when tokens are added)."""
-    try:
-        cache = _WORD_CACHES.get(tokenizer, False)
-    except TypeError:  # not weak-referenceable or unhashable: no cache
-        return None
-    if cache is False or (cache is not None and cache.vocab_size != len(tokenizer)):
-        cache = _WORD_CACHES[tokenizer] = WordTokenCache.build(tokenizer)
-    return cache
 
 
 def bucket_batches(
