@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,17 @@ def tiny_components():
     from ymn.model.components import build_tiny
 
     return build_tiny(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random tiny SD-shaped model saved as a diffusers folder (for subprocess runs)."""
+    from ymn.model.components import build_tiny
+    from ymn.model.export import save_diffusers
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    save_diffusers(build_tiny(0), path)
+    return path
 
 
 def make_batch(n: int = 2, size: int = 64, seed: int = 0) -> dict:

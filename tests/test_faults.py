@@ -12,7 +12,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,16 +49,6 @@ def run(args: list[str], ok: bool = True, **kw) -> subprocess.CompletedProcess:
     if ok:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from ymn.model.components import build_tiny
-    from ymn.model.export import save_diffusers
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_diffusers(build_tiny(0), path)
-    return path
 
 
 def metrics(run_dir: Path) -> list[dict[str, str]]:

@@ -51,16 +51,6 @@ def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from ymn.model.components import build_tiny
-    from ymn.model.export import save_diffusers
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    save_diffusers(build_tiny(0), path)
-    return path
-
-
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
