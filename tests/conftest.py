@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,35 @@ def tiny_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny"
     save_diffusers(build_tiny(0), path)
     return path
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """One torch thread per process (shared CI cores oversubscribe otherwise), wandb off."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **extra}
+
+
+def small_train_command(
+    tmp: Path, model: Path, run_dir: Path, *extra: str, synth_n: int = 40
+) -> list[str]:
+    """`ymn-train experiment=smoke` shrunk: 64 px, batch 2, no samples/probes, CSV logger."""
+    return [
+        sys.executable,
+        "-m",
+        "ymn.train",
+        "experiment=smoke",
+        "~callbacks.samples",
+        "~callbacks.probes",
+        "logger=csv",
+        "export=false",
+        "data.resolution=64",
+        "data.batch_size=2",
+        "data.prepare.synth.size=64",
+        f"data.prepare.synth.n={synth_n}",
+        f"paths.data_dir={tmp / 'data'}",
+        f"model.pretrained={model}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
 
 
 def make_batch(n: int = 2, size: int = 64, seed: int = 0) -> dict:

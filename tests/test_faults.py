@@ -7,44 +7,25 @@ import csv
 import io
 import os
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import torch
 
+from tests.conftest import small_train_command, subprocess_env
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", **extra}
-
-
-def train_cmd(tmp: Path, model: Path, run: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "ymn.train",
-        "experiment=smoke",
-        "~callbacks.samples",
-        "~callbacks.probes",
-        "logger=csv",
-        "export=false",
-        "data.resolution=64",
-        "data.batch_size=2",
-        "data.prepare.synth.size=64",
-        "data.prepare.synth.n=40",
-        f"paths.data_dir={tmp / 'data'}",
-        f"model.pretrained={model}",
-        f"hydra.run.dir={run}",
-        *extra,
-    ]
 
 
 def run(args: list[str], ok: bool = True, **kw) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        args, cwd=ROOT, env=kw.pop("env", env()), capture_output=True, text=True, timeout=300
+        args,
+        cwd=ROOT,
+        env=kw.pop("env", subprocess_env()),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if ok:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -74,7 +55,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_model):
     run_dir = tmp_path / "run"
     run(
-        train_cmd(
+        small_train_command(
             tmp_path,
             tiny_model,
             run_dir,
@@ -96,7 +77,7 @@ def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_model):
 def test_nan_loss_stop_saves_and_names_step_and_keys(tmp_path, tiny_model):
     run_dir = tmp_path / "run"
     done = run(
-        train_cmd(
+        small_train_command(
             tmp_path,
             tiny_model,
             run_dir,
@@ -149,7 +130,7 @@ def test_corrupt_inputs_and_vanishing_shard_are_skipped_and_counted(tmp_path, ti
     tars[1].write_bytes(data[: len(data) // 2 + 77])  # a truncated tar
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
-        train_cmd(
+        small_train_command(
             tmp_path,
             tiny_model,
             run_dir,
@@ -162,7 +143,7 @@ def test_corrupt_inputs_and_vanishing_shard_are_skipped_and_counted(tmp_path, ti
             "callbacks.checkpoint.keep_last=1",
         ),
         cwd=ROOT,
-        env=env(),
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -209,7 +190,7 @@ def test_failing_loggers_never_stop_training(tmp_path, tiny_model):
     (tmp_path / "broken_loggers.py").write_text(BROKEN_LOGGERS)
     run_dir = tmp_path / "run"
     done = run(
-        train_cmd(
+        small_train_command(
             tmp_path,
             tiny_model,
             run_dir,
@@ -217,7 +198,7 @@ def test_failing_loggers_never_stop_training(tmp_path, tiny_model):
             "+logger.wandb._target_=broken_loggers.wandb_down",
             "+logger.broken._target_=broken_loggers.FailsOnWrite",
         ),
-        env=env(PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"),
+        env=subprocess_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"),
     )
     log = done.stdout + done.stderr
     assert "wandb is down" in log and "disk quota exceeded" in log

@@ -9,43 +9,23 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import small_train_command, subprocess_env
+
+# 60 synthetic images: enough batches for a kill at an arbitrary step.
+train_args = partial(small_train_command, synth_n=60)
+
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = [sys.executable, "-m", "ymn.train"]
-
-
-def train_args(tmp: Path, model: Path, run: Path, *extra: str) -> list[str]:
-    """The smoke experiment, shrunk: 64 px, batch 2, no samples/probes, CSV logger."""
-    return [
-        *TRAIN,
-        "experiment=smoke",
-        "~callbacks.samples",
-        "~callbacks.probes",
-        "logger=csv",
-        "export=false",
-        "data.resolution=64",
-        "data.batch_size=2",
-        "data.prepare.synth.size=64",
-        "data.prepare.synth.n=60",
-        f"paths.data_dir={tmp / 'data'}",
-        f"model.pretrained={model}",
-        f"hydra.run.dir={run}",
-        *extra,
-    ]
-
-
-def env() -> dict[str, str]:
-    # One thread per process: the shared CI cores are oversubscribed otherwise.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        args, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout
+        args, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
@@ -96,7 +76,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model, workers)
     proc = subprocess.Popen(
         train_args(tmp_path, tiny_model, run_b, *common),
         cwd=ROOT,
-        env=env(),
+        env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -146,7 +126,10 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
 
     path = tmp_path / "checkpoints" / "last.ckpt"
     done = subprocess.run(
-        [sys.executable, "-c", DIE_DURING_SAVE, str(path)], cwd=ROOT, env=env(), timeout=120
+        [sys.executable, "-c", DIE_DURING_SAVE, str(path)],
+        cwd=ROOT,
+        env=subprocess_env(),
+        timeout=120,
     )
     assert done.returncode == -signal.SIGKILL
     state = load(path)
@@ -167,7 +150,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model):
             "callbacks.checkpoint.every_n_train_steps=3",
         ),
         cwd=ROOT,
-        env=env(),
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
