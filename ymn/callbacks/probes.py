@@ -17,7 +17,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from ymn.callbacks.schedule import StepScheduledCallback, plain, wandb_loggers
+from ymn.callbacks.schedule import StepScheduledCallback, wandb_loggers
+from ymn.config_values import plain
 from ymn.probes.prompts import build_probe_prompts
 from ymn.probes.runner import ProbeConfig, probe_paths, run_probe_pass
 

@@ -16,7 +16,8 @@ from typing import Any
 import lightning as L
 from PIL import Image
 
-from ymn.callbacks.schedule import StepScheduledCallback, plain, wandb_loggers
+from ymn.callbacks.schedule import StepScheduledCallback, wandb_loggers
+from ymn.config_values import plain
 from ymn.probes.prompts import build_probe_prompts, load_prompt_file
 
 log = logging.getLogger(__name__)

@@ -8,15 +8,6 @@ from typing import Any
 import lightning as L
 
 
-def plain(value: Any) -> Any:
-    """OmegaConf containers → Python lists/dicts (callbacks may be built by Hydra)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def due(step: int, every_n_steps: int) -> bool:
     """True on positive multiples of every_n_steps (0 or less: never)."""
     return every_n_steps > 0 and step > 0 and step % every_n_steps == 0

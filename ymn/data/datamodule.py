@@ -14,6 +14,7 @@ from typing import Any
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
+from ymn.config_values import plain
 from ymn.data.captions import CaptionConfig
 from ymn.data.decode import MANIFEST, resolve_shards
 from ymn.data.stream import TrainStream, ValidationDataset, caption_config, keep_batch
@@ -31,17 +32,6 @@ class EpochDataLoader(DataLoader):
     def __iter__(self) -> Iterator:
         self.dataset.set_epoch(self.epoch_fn())
         return super().__iter__()
-
-
-def _plain(value: Any) -> Any:
-    """A DictConfig/ListConfig as plain containers (Hydra passes those for nested maps)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra
-        return value
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 class YmnDataModule(LightningDataModule):
@@ -71,10 +61,10 @@ class YmnDataModule(LightningDataModule):
         self.resolution, self.batch_size, self.num_workers = resolution, batch_size, num_workers
         self.multiply_mode, self.crop, self.flip_p = multiply_mode, crop, flip_p
         self.shuffle_buffer, self.val_fraction, self.seed = shuffle_buffer, val_fraction, seed
-        self.caption = caption_config(_plain(caption))
+        self.caption = caption_config(plain(caption))
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.val_batch_size = val_batch_size or batch_size
-        self.prepare = _plain(prepare)
+        self.prepare = plain(prepare)
         self.tokenizer: Any = None
         self.manifest: dict[str, Any] | None = None
         self.train_stream: TrainStream | None = None
