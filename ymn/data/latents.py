@@ -22,12 +22,11 @@ import hashlib
 import json
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from multiprocessing import RawValue
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, get_worker_info
 
 from ymn.data.buckets import apply_crop, bucket_table, nearest_bucket, plan_crop, transform_meta
 from ymn.data.captions import build_caption
@@ -43,8 +42,9 @@ from ymn.data.decode import (
     resolve_shards,
     to_tensor,
 )
-from ymn.data.multiply import draws_for_sample, epoch_size, plan_epoch
+from ymn.data.multiply import draws_for_sample, plan_epoch
 from ymn.data.stream import (
+    EpochPlannedStream,
     Example,
     bucket_batches,
     caption_config,
@@ -286,7 +286,7 @@ def _iter_cached(
                 yield shard, i, sample
 
 
-class CachedLatentStream(IterableDataset):
+class CachedLatentStream(EpochPlannedStream):
     """`TrainStream`'s batches from a latent cache: `latents` (B, 4, h, w) instead of pixels,
     captions/meta/input_ids built per draw. Use with `DataLoader(stream, batch_size=None)`."""
 
@@ -310,24 +310,6 @@ class CachedLatentStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.resume: tuple[int, int] | None = None
         self.skipped = SkipCounter()
-        self._epoch = RawValue("q", 0)  # shared: set_epoch reaches persistent workers too
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch.value)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch the next iteration streams."""
-        self._epoch.value = int(epoch)
-
-    def epoch_size(self, epoch: int | None = None) -> int:
-        """Planned draws in the epoch, all ranks together."""
-        epoch = self.epoch if epoch is None else epoch
-        return epoch_size(plan_epoch(self.categories, self.multiply_mode, self.seed, epoch))
-
-    def approx_batches(self, epoch: int | None = None) -> int:
-        """Approximate batches per epoch over all ranks."""
-        return int(self.epoch_size(epoch) * (1 - self.val_fraction)) // self.batch_size
 
     def _draws(self, slot: int, slots: int) -> Iterator[tuple[Sample, int]]:
         names = shard_order(self.names, self.seed, self.epoch) if self.train else self.names

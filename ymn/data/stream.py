@@ -243,11 +243,48 @@ def caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> Caption
     return CaptionConfig(**{k: v for k, v in dict(caption).items() if not k.startswith("_")})
 
 
-class TrainStream(IterableDataset):
+class EpochPlannedStream(IterableDataset):
+    """Epoch bookkeeping shared by the pixel and latent streams. Subclasses set `categories`,
+    `multiply_mode`, `seed`, `val_fraction` and `batch_size`. The epoch lives in shared memory,
+    so `set_epoch` in the main process reaches persistent workers too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._epoch: Any = _shared_int()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch if isinstance(self._epoch, int) else int(self._epoch.value)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next iteration streams."""
+        if isinstance(self._epoch, int):
+            self._epoch = int(epoch)
+        else:
+            self._epoch.value = int(epoch)
+
+    def epoch_size(self, epoch: int | None = None) -> int:
+        """Planned draws in the epoch, all ranks together (held-out keys included)."""
+        epoch = self.epoch if epoch is None else epoch
+        return epoch_size(plan_epoch(self.categories, self.multiply_mode, self.seed, epoch))
+
+    def approx_batches(self, epoch: int | None = None) -> int:
+        """Approximate batches per epoch over all ranks (bucket remainders make it smaller)."""
+        return int(self.epoch_size(epoch) * (1 - self.val_fraction)) // self.batch_size
+
+    def __getstate__(self) -> dict[str, Any]:
+        from multiprocessing.context import get_spawning_popen
+
+        state = self.__dict__.copy()
+        if get_spawning_popen() is None and not isinstance(self._epoch, int):
+            state["_epoch"] = self.epoch  # plain copy outside worker start-up (e.g. deepcopy)
+        return state
+
+
+class TrainStream(EpochPlannedStream):
     """Training batches (dicts, one aspect bucket each), deterministic given (seed, epoch, rank,
     worker). Use with `DataLoader(stream, batch_size=None, collate_fn=keep_batch)` (plain
-    `batch_size=None` works too, only slower). The epoch lives in shared memory,
-    so `set_epoch` in the main process reaches persistent workers too."""
+    `batch_size=None` works too, only slower)."""
 
     def __init__(
         self,
@@ -279,36 +316,6 @@ class TrainStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.resume: tuple[int, int] | None = None  # (epoch, batches already consumed)
         self.skipped = SkipCounter()
-        self._epoch: Any = _shared_int()
-
-    # -- epoch bookkeeping (main process) --------------------------------------------------
-    @property
-    def epoch(self) -> int:
-        return self._epoch if isinstance(self._epoch, int) else int(self._epoch.value)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch the next iteration streams."""
-        if isinstance(self._epoch, int):
-            self._epoch = int(epoch)
-        else:
-            self._epoch.value = int(epoch)
-
-    def epoch_size(self, epoch: int | None = None) -> int:
-        """Planned draws in the epoch, all ranks together (held-out keys included)."""
-        epoch = self.epoch if epoch is None else epoch
-        return epoch_size(plan_epoch(self.categories, self.multiply_mode, self.seed, epoch))
-
-    def approx_batches(self, epoch: int | None = None) -> int:
-        """Approximate batches per epoch over all ranks (bucket remainders make it smaller)."""
-        return int(self.epoch_size(epoch) * (1 - self.val_fraction)) // self.batch_size
-
-    def __getstate__(self) -> dict[str, Any]:
-        from multiprocessing.context import get_spawning_popen
-
-        state = self.__dict__.copy()
-        if get_spawning_popen() is None and not isinstance(self._epoch, int):
-            state["_epoch"] = self.epoch  # plain copy outside worker start-up (e.g. deepcopy)
-        return state
 
     # -- iteration (each worker) -----------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
