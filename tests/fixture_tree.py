@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-FIXTURE_DIR = Path("/work/shared/fixtures/asp-yamanosusume-2022-12")
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "asp-yamanosusume-2022-12"
 MULTIPLY_LOG = FIXTURE_DIR / "multiply_log.json"
 
 

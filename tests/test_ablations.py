@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO / "experiments" / "ablations"))
 
 import collect  # noqa: E402
 import run_ablation  # noqa: E402
+from ymn.paths import CONFIG_DIR
 
 # experiment → (arm key, the arms its sweep must produce)
 EXPECTED = {
@@ -65,7 +66,7 @@ def compose_job(experiment: str, job: list[str]) -> DictConfig:
 
 
 def test_every_ablation_has_a_config() -> None:
-    names = {p.stem for p in (REPO / "conf" / "experiment").glob("ablation_*.yaml")}
+    names = {p.stem for p in (CONFIG_DIR / "experiment").glob("ablation_*.yaml")}
     assert names - {"ablation_base"} == set(EXPECTED)
     for name in run_ablation.ABLATIONS:
         assert f"ablation_{name}" in EXPECTED

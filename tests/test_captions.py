@@ -23,8 +23,9 @@ from ymn.data.captions import (
     order_tags,
 )
 from ymn.data.metadata import normalize_metadata
+from ymn.paths import CONFIG_DIR
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "caption"
+CONF = CONFIG_DIR / "caption"
 
 # The metadata example of the ASP README (Dec 2022), whose caption DESIGN.md §2 quotes.
 README_EXAMPLE = {

@@ -16,8 +16,9 @@ from ymn.data.captions import CaptionConfig
 from ymn.data.datamodule import YmnDataModule
 from ymn.data.decode import ShardSetupError
 from ymn.data.pack import pack_folder
+from ymn.paths import CONFIG_DIR
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = CONFIG_DIR
 
 
 @pytest.fixture()

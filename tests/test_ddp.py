@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from lightning import Callback, LightningModule, Trainer
+from ymn.paths import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,10 +36,10 @@ class RecordKeys(Callback):
 
 def test_ddp_config_parses() -> None:
     """The DDP trainer and the SLURM launcher files are valid YAML with the documented keys."""
-    ddp = yaml.safe_load((REPO / "conf/trainer/ddp.yaml").read_text())
+    ddp = yaml.safe_load((CONFIG_DIR / "trainer/ddp.yaml").read_text())
     assert ddp["strategy"]["_target_"].endswith("DDPStrategy")
     assert ddp["use_distributed_sampler"] is False
-    slurm = yaml.safe_load((REPO / "conf/hydra/launcher/submitit_slurm.yaml").read_text())
+    slurm = yaml.safe_load((CONFIG_DIR / "hydra/launcher/submitit_slurm.yaml").read_text())
     assert slurm["_target_"].endswith("SlurmLauncher")
     for key in ("partition", "gpus_per_node", "tasks_per_node", "timeout_min", "nodes"):
         assert key in slurm

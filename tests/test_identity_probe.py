@@ -26,6 +26,7 @@ from ymn.probes.identity import (
 )
 from ymn.probes.prompts import AUTO_CHARACTERS, build_probe_prompts, layout_centres
 from ymn.probes.runner import ProbeConfig, run_probe_pass
+from ymn.paths import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(CHARACTERS)
@@ -223,7 +224,7 @@ def test_auto_characters_name_every_face_in_cell_order() -> None:
 
 
 def test_default_probe_config_measures_identity() -> None:
-    conf = yaml.safe_load((ROOT / "conf/probes/default.yaml").read_text())
+    conf = yaml.safe_load((CONFIG_DIR / "probes/default.yaml").read_text())
     assert conf["characters"] == "auto" and conf["detector"] == "synthetic"
     record = build_probe_prompts(counts=(2,), seeds=(0,), characters=conf["characters"])[0]
     assert measures_identity(DETECTOR, record)

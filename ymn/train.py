@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ymn.paths import CONFIG_DIR
 from ymn.callbacks.carry_optimizer import CarryOptimizerState, previous_phase_checkpoint
 from ymn.reliability.checkpointing import AtomicCheckpointIO, ResumeState
 from ymn.reliability.config_schema import validate_config
@@ -28,7 +29,6 @@ from ymn.reliability.rng import RngState
 from ymn.run_record import RecordDataManifest, record_run
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 # Nothing ever waits on the network: wandb logs offline unless the user says otherwise, and the
 # hub libraries never look online.
@@ -106,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric for sweepers when one is configured."""
     with open_dict(cfg):

@@ -25,6 +25,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from collect import find_runs, read_run, write_tables  # noqa: E402
+from ymn.paths import CONFIG_DIR
 
 ABLATIONS = (
     "count",
@@ -79,7 +80,7 @@ def prepare_cells() -> None:
 
     from ymn.data.synthetic import generate_dataset
 
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         base = compose("config", overrides=["experiment=ablation_base"])
         cells = compose("config", overrides=["experiment=ablation_grid_balance"])
     src = Path(base.data.prepare.root)

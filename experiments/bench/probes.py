@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from experiments.bench.common import REPO, Timer, median, setup_torch, synthetic_shards
+from ymn.paths import CONFIG_DIR
 
 RECIPE_STEPS = 40_000
 
@@ -39,7 +40,7 @@ def compose_callbacks(run_dir: str) -> tuple[Any, Any, Any]:
     from hydra.utils import instantiate
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"paths.run_dir={run_dir}"])
     GlobalHydra.instance().clear()
     return instantiate(cfg.callbacks.probes), instantiate(cfg.callbacks.samples), cfg

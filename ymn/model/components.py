@@ -21,10 +21,10 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ymn.model.tokenizer import MODEL_MAX_LENGTH, load_clip_tokenizer
+from ymn.paths import ASSETS_DIR
 
 log = logging.getLogger(__name__)
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 TINY_BASE_DIR = ASSETS_DIR / "tiny-base"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 TINY_RESOLUTION = 128

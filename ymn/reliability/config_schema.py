@@ -17,7 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+from ymn.paths import CONFIG_DIR
+
 SIMPLE = (int, float, bool, str, type(None))
 
 
