@@ -5,22 +5,25 @@ import json
 import random
 import tarfile
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from ymn.data.captions import (
+    CUT_MARK,
     GRID_TOKENS,
     CaptionConfig,
     build_caption,
     control_token_report,
     control_tokens,
     count_token,
+    cut_position,
     face_grid_tokens,
     grid_cell,
     load_caption_config,
     main,
+    mark_cut,
     order_tags,
+    token_counts,
 )
 from ymn.data.metadata import normalize_metadata
 from ymn.paths import CONFIG_DIR
@@ -209,7 +212,7 @@ def test_cli_json_folder_and_shard(tmp_path, capsys):
     (tmp_path / "d" / "a.json").write_text(json.dumps(README_EXAMPLE))
     (tmp_path / "d" / "a.png").write_bytes(b"")
     (tmp_path / "d" / "b_x.png").write_bytes(b"")
-    flags = ["--all-parts", "--no-shuffle", "--no-dropout", "--no-report"]
+    flags = ["--all-parts", "--no-shuffle", "--no-dropout", "--no-report", "--no-tokens"]
     assert main([str(tmp_path / "d" / "a.json"), *flags]) == 0
     name, caption = capsys.readouterr().out.strip().split("\t")
     assert name.endswith("a.json") and "fhml fvmd fhmr fvmt" in caption
@@ -253,3 +256,33 @@ def test_control_token_report_with_clip_tokenizer():
             line = next(x for x in lines if x.split()[0] == token)
             assert line.split("->")[1].split("(")[0].split("|")[0].strip() == token[:2]
             assert "(2 pieces)" in line
+
+
+def test_cli_counts_tokens_and_marks_the_cut(tmp_path, capsys):
+    long_meta = dict(README_EXAMPLE, tags=[f"tag{i}_long_word" for i in range(40)])
+    (tmp_path / "long.json").write_text(json.dumps(long_meta))
+    (tmp_path / "short.json").write_text(json.dumps({"n_people": 1}))
+    flags = ["--all-parts", "--no-shuffle", "--no-dropout", "--no-report"]
+    assert main([str(tmp_path / "short.json"), *flags]) == 0
+    name, caption, count = capsys.readouterr().out.strip().split("\t")
+    assert (caption, count) == ("1person", "4/77 tokens")  # start, 1, person, end
+    assert CUT_MARK.strip() not in caption
+
+    assert main([str(tmp_path / "long.json"), *flags]) == 0
+    name, marked, count = capsys.readouterr().out.strip().split("\t")
+    kept, lost = marked.split(CUT_MARK)
+    assert kept.startswith("2people") and lost.endswith("tag14 long word")  # 15 tags kept
+    n_tokens = int(count.split("/")[0])
+    assert n_tokens > 77 and f"({n_tokens - 77} lost after" in count
+
+
+def test_cut_falls_after_the_last_word_clip_keeps():
+    tokenizer = pytest.importorskip("ymn.model.tokenizer").load_clip_tokenizer()
+    caption = ", ".join(f"tag{i} word" for i in range(40))
+    cut = cut_position(tokenizer, caption)
+    assert cut is not None and caption[cut:].startswith(" tag")
+    kept, next_word = caption[:cut], caption[: cut + len(" tag")]
+    assert token_counts(tokenizer, [kept]) == [77]  # everything before the mark survives
+    assert token_counts(tokenizer, [next_word])[0] > 77  # the next word does not
+    assert cut_position(tokenizer, "1person, fhml fvmd") is None
+    assert mark_cut(tokenizer, "1person") == ("1person", 4)

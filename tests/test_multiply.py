@@ -16,6 +16,8 @@ from ymn.data.multiply import (
     CategoryPlan,
     draws_for_sample,
     dropped_categories,
+    dropped_images,
+    dropped_message,
     ed1_copies,
     epoch_size,
     permute_index,
@@ -82,12 +84,18 @@ def test_ed1_epoch_size_on_fixture(categories):
 
 
 def test_ed1_drops_half_folder_with_warning(caplog):
-    cats = {"keep": (10, 1.5), "reg/hands": (4, 0.5), "empty": (0, 0.2)}
-    assert dropped_categories(cats, "ed1") == ["reg/hands"]
+    cats = {"kept": (10, 1.5), "reg/hands": (4, 0.5), "reg/feet": (3, 0.9), "empty": (0, 0.2)}
+    assert dropped_categories(cats, "ed1") == ["reg/feet", "reg/hands"]
     assert dropped_categories(cats, "ed2") == []
+    assert dropped_images(cats, "ed1") == {"reg/feet": 3, "reg/hands": 4}
+    assert dropped_message(cats, "ed2") is None
     with caplog.at_level(logging.WARNING, logger="ymn.data.multiply"):
-        assert warn_dropped(cats) == ["reg/hands"]
-    assert "reg/hands" in caplog.text and "keep" not in caplog.text
+        assert warn_dropped(cats) == ["reg/feet", "reg/hands"]
+    assert len(caplog.records) == 1  # one warning naming every dropped folder
+    text = caplog.records[0].getMessage()
+    assert "'reg/hands' (4 images, multiply 0.5)" in text and "'reg/feet' (3 images" in text
+    assert "7 images" in text and "ed2" in text
+    assert "'kept'" not in text and "'empty'" not in text
     assert plan_epoch(cats, "ed1")["reg/hands"] == CategoryPlan(4, 0, 0)
 
 

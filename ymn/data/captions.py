@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import tarfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -83,7 +84,7 @@ class CaptionConfig:
 
 
 def load_caption_config(path: Path) -> CaptionConfig:
-    """Read a `conf/caption/*.yaml` file (its `_target_` key is ignored)."""
+    """Read a `ymn/conf/caption/*.yaml` file (its `_target_` key is ignored)."""
     from omegaconf import OmegaConf
 
     values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
@@ -220,6 +221,45 @@ def control_token_report(tokenizer: Any) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- token limit
+
+CUT_MARK = " <|cut|> "
+
+
+def token_counts(tokenizer: Any, captions: Sequence[str]) -> list[int]:
+    """CLIP tokens of each caption before truncation, start and end tokens included."""
+    if not captions:
+        return []
+    ids = tokenizer(list(captions), truncation=False, verbose=False)["input_ids"]
+    return [len(row) for row in ids]
+
+
+def cut_position(tokenizer: Any, caption: str) -> int | None:
+    """Where CLIP's cut falls in `caption`: the end of the last word it keeps whole (a word
+    split by the cut counts as lost), or None when the caption fits in `model_max_length`."""
+    limit = int(tokenizer.model_max_length)
+    if token_counts(tokenizer, [caption])[0] <= limit:
+        return None
+    ends = [m.end() for m in re.finditer(r"\w+|[^\w\s]+", caption)]
+    low, high = 0, len(ends)  # ends[:low] all fit; binary search (counts grow word by word)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if token_counts(tokenizer, [caption[: ends[mid - 1]]])[0] <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return ends[low - 1] if low else 0
+
+
+def mark_cut(tokenizer: Any, caption: str) -> tuple[str, int]:
+    """(caption with `CUT_MARK` where CLIP's cut falls, its token count)."""
+    n_tokens = token_counts(tokenizer, [caption])[0]
+    cut = cut_position(tokenizer, caption) if n_tokens > tokenizer.model_max_length else None
+    if cut is None:
+        return caption, n_tokens
+    return caption[:cut] + CUT_MARK + caption[cut:].lstrip(), n_tokens
+
+
 # ---------------------------------------------------------------------------- command line
 
 
@@ -259,24 +299,38 @@ def iter_metadata(path: Path) -> Iterator[tuple[str, dict]]:
         raise FileNotFoundError(f"{path}: no such file or folder")
 
 
-def _tokenizer_report() -> str:
+def _load_tokenizer() -> tuple[Any, str | None]:
+    """(CLIP tokenizer, None), or (None, why not) when it cannot be loaded here."""
     try:
         from ymn.model.tokenizer import load_clip_tokenizer
-    except ImportError as err:
-        return f"(control-token report skipped: {err})"
-    return control_token_report(load_clip_tokenizer())
+
+        return load_clip_tokenizer(), None
+    except (ImportError, FileNotFoundError) as err:
+        return None, str(err)
+
+
+def _caption_line(name: str, caption: str, tokenizer: Any) -> str:
+    """`name<TAB>caption` and, with a tokenizer, `<TAB>N tokens` (the cut marked when over)."""
+    if tokenizer is None:
+        return f"{name}\t{caption}"
+    marked, n_tokens = mark_cut(tokenizer, caption)
+    limit = tokenizer.model_max_length
+    over = f" ({n_tokens - limit} lost after{CUT_MARK.rstrip()})" if n_tokens > limit else ""
+    return f"{name}\t{marked}\t{n_tokens}/{limit} tokens{over}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`ymn-caption PATH`: print `path<TAB>caption` per image, then the control-token report."""
+    """`ymn-caption PATH`: print `path<TAB>caption<TAB>N/77 tokens` per image (CLIP's cut
+    marked `<|cut|>` in captions over the limit), then the control-token report."""
     parser = argparse.ArgumentParser(prog="ymn-caption", description=main.__doc__)
     parser.add_argument("path", type=Path, help="metadata JSON, image, folder, or shard .tar")
-    parser.add_argument("--config", type=Path, help="a conf/caption/*.yaml (default: asp)")
+    parser.add_argument("--config", type=Path, help="a ymn/conf/caption/*.yaml (default: asp)")
     parser.add_argument("--all-parts", action="store_true", help="keep every part (p = 1)")
     parser.add_argument("--no-shuffle", action="store_true", help="keep the tag order")
     parser.add_argument("--no-dropout", action="store_true", help="never return ' '")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-report", action="store_true", help="skip the tokenizer report")
+    parser.add_argument("--no-tokens", action="store_true", help="print captions only")
     args = parser.parse_args(argv)
 
     cfg = load_caption_config(args.config) if args.config else CaptionConfig()
@@ -286,16 +340,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 setattr(cfg, f.name, 1.0)
     if args.no_shuffle:
         cfg.tag_shuffle = False
+    tokenizer, why = (None, None) if args.no_tokens and args.no_report else _load_tokenizer()
+    if why is not None:
+        print(f"ymn-caption: no token counts ({why})", file=sys.stderr)
     rng = random.Random(args.seed)
     try:
         for name, meta in iter_metadata(args.path):
             caption = build_caption(meta, cfg, rng, dropout=not args.no_dropout)
-            print(f"{name}\t{caption}")
+            print(_caption_line(name, caption, None if args.no_tokens else tokenizer))
     except (MetadataError, FileNotFoundError) as err:
         print(f"ymn-caption: {err}", file=sys.stderr)
         return 2
-    if not args.no_report:
-        print(_tokenizer_report())
+    if not args.no_report and tokenizer is not None:
+        print(control_token_report(tokenizer))
     return 0
 
 

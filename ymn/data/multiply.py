@@ -1,9 +1,9 @@
 """multiply.txt semantics of EveryDream 1 (the recipe's trainer) and EveryDream 2.
 
 ED1 (the default, `mode="ed1"`, as the original model was trained): a folder's multiply.txt is
-read as `int(float(text))`, so 1.5 -> 1 copy and 0.5 -> 0 copies (the folder is silently
-dropped); copies are made once at load time and are the same every epoch; the value is not
-inherited by sub-folders.
+read as `int(float(text))`, so 1.5 -> 1 copy and 0.5 -> 0 copies (the folder is dropped:
+`ymn-pack` and the data setup warn, naming it); copies are made once at load time and are the
+same every epoch; the value is not inherited by sub-folders.
 
 ED2: fractional. Every image gets `floor(m)` copies, and a fractional fill makes the epoch
 hold exactly `floor(sum(n * m))` draws; the fill is re-drawn every epoch. ED2 draws one
@@ -203,21 +203,39 @@ def dropped_categories(
     return sorted(c for c, (n, raw) in categories.items() if n > 0 and raw == 0)
 
 
+def dropped_images(
+    categories: Mapping[str, tuple[int, float]], mode: Mode = "ed1"
+) -> dict[str, int]:
+    """{folder: n_images} of the folders `dropped_categories` names."""
+    return {name: categories[name][0] for name in dropped_categories(categories, mode)}
+
+
+def dropped_message(categories: Mapping[str, tuple[int, float]], mode: Mode = "ed1") -> str | None:
+    """One sentence naming every dropped folder, its image count and the fix; None if none."""
+    dropped = dropped_images(categories, mode)
+    if not dropped:
+        return None
+    listing = "; ".join(
+        f"{name!r} ({n} images, multiply {categories[name][1]:g})" for name, n in dropped.items()
+    )
+    fix = (
+        "raise their multiply.txt to >= 1 or train with data.multiply_mode=ed2"
+        if mode == "ed1"
+        else "give them a multiply > 0"
+    )
+    return (
+        f"{len(dropped)} folder(s), {sum(dropped.values())} images, get 0 copies in {mode} "
+        f"mode and never train: {listing}. To keep them, {fix}."
+    )
+
+
 def warn_dropped(
     categories: Mapping[str, tuple[int, float]],
     mode: Mode = "ed1",
     logger: logging.Logger | None = None,
 ) -> list[str]:
-    """Log a warning naming every dropped folder (see `dropped_categories`); return them."""
-    dropped = dropped_categories(categories, mode)
-    for name in dropped:
-        n_images, raw = categories[name]
-        (logger or log).warning(
-            "category %r (%d images) is dropped: multiply %g gives 0 copies in %s mode; "
-            "raise its multiply.txt to >= 1 or use mode 'ed2'",
-            name,
-            n_images,
-            raw,
-            mode,
-        )
-    return dropped
+    """Log one warning naming every dropped folder (see `dropped_message`); return them."""
+    message = dropped_message(categories, mode)
+    if message is not None:
+        (logger or log).warning(message)
+    return dropped_categories(categories, mode)
