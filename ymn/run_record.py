@@ -47,12 +47,25 @@ def record_run(run_dir: Path, cfg: DictConfig, manifest: Path | None = None) -> 
 
 
 class RecordDataManifest(Callback):
-    """Copies the data manifest into the run dir once `prepare_data` has made it."""
+    """Copies the data manifest into the run dir once `prepare_data` has made it, with the
+    data module's setup checks (`preflight`: ED1 drops, caption lengths, shard problems) added
+    under `"preflight"` and logged once as `data/*` metrics."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        manifest = getattr(trainer.datamodule, "manifest_path", None)
-        if trainer.is_global_zero and manifest is not None and Path(manifest).is_file():
+        datamodule = getattr(trainer, "datamodule", None)
+        manifest = getattr(datamodule, "manifest_path", None)
+        if not trainer.is_global_zero or manifest is None or not Path(manifest).is_file():
+            return
+        report = getattr(datamodule, "preflight", None)
+        if report is None:
             shutil.copyfile(manifest, self.run_dir / "data_manifest.json")
+            return
+        data = json.loads(Path(manifest).read_text(encoding="utf-8"))
+        data["preflight"] = report.as_dict()
+        text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        (self.run_dir / "data_manifest.json").write_text(text, encoding="utf-8")
+        for logger in trainer.loggers:
+            logger.log_metrics(report.metrics(), step=trainer.global_step)

@@ -150,6 +150,9 @@ class YmnDataModule(LightningDataModule):
         )
         if self.manifest.get("skipped"):
             log.warning("%d images were skipped at pack time", len(self.manifest["skipped"]))
+        from ymn.data.preflight import run_preflight  # ED1 drops, caption lengths, shard sizes
+
+        self.preflight = run_preflight(self.train_stream, self.manifest)
 
     # -- loaders ---------------------------------------------------------------------------
     def _loader_kwargs(self) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 `ymn-pack ROOT OUT` walks ROOT, gives every image folder (a "category") its multiply and
 sampling probability, and writes `OUT/shard-000000.tar …` and `OUT/manifest.json` as
-`ymn/data/CONTRACT.md` describes. Output bytes depend only on the input: files are processed in
-sorted order, tar entries carry a fixed mtime, and the worker count changes nothing.
+`ymn/data/CONTRACT.md` describes (each shard's size, sample count and sha256 included);
+`ymn-pack --verify OUT` checks them and decodes every sample. Output bytes depend only on the
+input: files are processed in sorted order, tar entries carry a fixed mtime, and the worker
+count changes nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import io
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,7 +29,7 @@ from tqdm import tqdm
 
 from ymn.data.balance import compute_weights, read_weights_csv
 from ymn.data.metadata import MetadataError, load_metadata
-from ymn.data.multiply import read_multiply_txt
+from ymn.data.multiply import dropped_message, read_multiply_txt
 
 MANIFEST_VERSION = 1
 IMAGE_EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
@@ -231,7 +234,7 @@ class ShardSink:
             self._writer = self._wds.TarWriter(
                 str(self._tmp), mtime=TAR_MTIME, user="ymn", group="ymn", encoder=False
             )
-            self.shards.append({"name": name, "n_samples": 0, "sha256": ""})
+            self.shards.append({"name": name, "n_samples": 0, "sha256": "", "size": 0})
         self._writer.write(sample)
         self.shards[-1]["n_samples"] += 1
         if self.shards[-1]["n_samples"] >= self.shard_size:
@@ -248,6 +251,7 @@ class ShardSink:
         final = self.out / self.shards[-1]["name"]
         os.replace(self._tmp, final)
         self.shards[-1]["sha256"] = file_sha256(final)
+        self.shards[-1]["size"] = final.stat().st_size
 
 
 def file_sha256(path: Path) -> str:
@@ -378,8 +382,14 @@ def pack_folder(
 def build_parser() -> argparse.ArgumentParser:
     """The `ymn-pack` command line."""
     p = argparse.ArgumentParser(prog="ymn-pack", description=__doc__.splitlines()[0])
-    p.add_argument("root", type=Path, help="dataset root (ASP or EveryDream folder tree)")
-    p.add_argument("out", type=Path, help="output folder for shard-*.tar and manifest.json")
+    p.add_argument("root", type=Path, nargs="?", help="dataset root (ASP/EveryDream tree)")
+    p.add_argument("out", type=Path, nargs="?", help="output folder: shard-*.tar, manifest.json")
+    p.add_argument(
+        "--verify",
+        type=Path,
+        metavar="OUT",
+        help="check OUT's shards against its manifest (sha256) and decode every sample",
+    )
     p.add_argument("--weights", type=Path, help="WeightTree CSV (pattern,weight; no header)")
     p.add_argument("--max-side", type=int, help="downscale so the longest side is at most PX")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
@@ -395,7 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `ymn-pack`; print a summary (skipped samples included) and return the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verify is not None:
+        return verify(args.verify)
+    if args.root is None or args.out is None:
+        parser.error("pass ROOT and OUT to pack, or --verify OUT to check a packed folder")
     try:
         manifest = pack_folder(
             args.root,
@@ -421,6 +436,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     for entry in manifest["skipped"]:
         print(f"  skipped {entry['source']}: {entry['reason']}")
+    categories = {k: (c["n_images"], c["multiply"]) for k, c in manifest["categories"].items()}
+    if (dropped := dropped_message(categories, "ed1")) is not None:
+        print(f"ymn-pack: warning: with multiply_mode=ed1 (the default) {dropped}", file=sys.stderr)
+    return 0
+
+
+def verify(out: Path) -> int:
+    """`ymn-pack --verify OUT`: list every bad shard and sample; 1 when any, else 0."""
+    from ymn.data.preflight import verify_pack
+
+    try:
+        problems = verify_pack(out)
+    except FileNotFoundError as exc:
+        print(f"ymn-pack: error: {exc}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(f"  bad: {problem}")
+    if problems:
+        print(f"ymn-pack --verify: {len(problems)} problem(s) in {out}; re-pack it (--force)")
+        return 1
+    print(f"ymn-pack --verify: {out} is intact (sha256, sample counts, every sample decodes)")
     return 0
 
 
