@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -9,18 +10,20 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from safetensors import safe_open
-from transformers import CLIPTextConfig, CLIPTextModel
+from tokenizers import AddedToken
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPTokenizerFast
 
-from ymn.model.components import Components, build_tiny, load_components
-from ymn.model.export import SINGLE_FILE_NAME, export_run, save_diffusers
-from ymn.model.export import main as export_main
+from ymn.model.components import TINY_BASE_DIR, Components, build_tiny, load_components
+from ymn.model.export import SINGLE_FILE_NAME, export_both, export_run, save_diffusers
+from ymn.model.export import run_export as export_main
 from ymn.model.single_file import (
+    CONFIG_METADATA_KEY,
     SD15_CONFIG_DIR,
     components_to_ldm,
     export_single_file,
     load_single_file,
 )
-from ymn.model.tokenizer import load_clip_tokenizer
+from ymn.model.tokenizer import load_clip_tokenizer, save_tokenizer
 
 PARTS = ("unet", "vae", "text_encoder")
 SD15_KEYS = (  # names as they appear in SD 1.5's original checkpoint
@@ -246,5 +249,77 @@ def test_cli_from_last_checkpoint(tmp_path):
 
 
 def test_cli_needs_out_for_a_plain_model(exported):
-    with pytest.raises(ValueError, match="--out"):
+    with pytest.raises(SystemExit, match="ymn-export: .*--out"):
         export_main([str(exported)])
+
+
+# ---------------------------------------------------------------------------------------------
+# The diffusers folder in the reference SD 1.x layout, without local paths
+# ---------------------------------------------------------------------------------------------
+
+REFERENCE_TOKENIZER_FILES = {
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+}
+CAPTIONS = ["1person, AobaKokona, fhmd fvmd", "3people, mountain, Hello World!!", "tag " * 90]
+
+
+def test_diffusers_folder_has_the_reference_text_encoder_keys_and_tokenizer(tmp_path):
+    """transformers 4.x re-initialises text-encoder weights lacking `text_model.` (silently);
+    experiments/compat/transformers4.py loads such a folder in 4.x itself."""
+    tiny = build_tiny(0)
+    folder = save_diffusers(tiny, tmp_path / "diffusers")
+    keys = file_keys(folder / "text_encoder" / "model.safetensors")
+    assert len(keys) == len(tiny.text_encoder.state_dict())
+    assert [k for k in keys if not k.startswith("text_model.")] == []
+    assert "text_model.embeddings.token_embedding.weight" in keys
+    assert {p.name for p in (folder / "tokenizer").iterdir()} == REFERENCE_TOKENIZER_FILES
+    want = tiny.tokenizer(CAPTIONS, padding="max_length", truncation=True).input_ids
+    for cls in (CLIPTokenizer, CLIPTokenizerFast):
+        loaded = cls.from_pretrained(folder / "tokenizer", local_files_only=True)
+        assert len(loaded) == 49408
+        assert loaded(CAPTIONS, padding="max_length", truncation=True).input_ids == want
+    assert_same_weights(tiny, load_components(pretrained=str(folder)))
+
+
+def test_tokenizer_folder_keeps_added_tokens(tmp_path):
+    tokenizer = load_clip_tokenizer()
+    tokenizer.add_tokens([AddedToken("3people", single_word=True, normalized=True)])
+    save_tokenizer(tokenizer, tmp_path)
+    loaded = CLIPTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert len(loaded) == 49409 and loaded.convert_tokens_to_ids("3people") == 49408
+    assert loaded(CAPTIONS).input_ids == tokenizer(CAPTIONS).input_ids
+
+
+ABSOLUTE_PATH = re.compile(r"^(~?/[^/\s]+/|[A-Za-z]:[\\/])")  # /home/..., ~/x/, C:\\
+
+
+def json_strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *json_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in json_strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_exports_carry_no_local_paths(tmp_path):
+    """A model loaded from disk knows where it came from (`_name_or_path`); no export says."""
+    loaded = load_components()  # the embedded tiny base, read from this checkout
+    assert str(TINY_BASE_DIR) in str(loaded.unet.config.get("_name_or_path"))
+    written = export_both(loaded, tmp_path / "export")
+    with safe_open(str(written[1]), framework="pt") as f:
+        metadata = f.metadata()
+    documents = {
+        name: json.loads(text) for name, text in json.loads(metadata[CONFIG_METADATA_KEY]).items()
+    }
+    configs = [p for p in written[0].rglob("*.json") if p.name != "vocab.json"]  # vocab: data
+    documents.update({str(p): json.loads(p.read_text()) for p in configs})
+    assert "unet/config.json" in documents and len(documents) >= 10
+    for name, document in documents.items():
+        text = json.dumps(document)
+        assert "name_or_path" not in text, name
+        assert str(tmp_path) not in text and str(TINY_BASE_DIR.parent) not in text, name
+        assert [s for s in json_strings(document) if ABSOLUTE_PATH.match(s)] == [], name
+    assert_same_weights(loaded, load_single_file(written[1]))

@@ -13,7 +13,7 @@ from PIL import Image
 from ymn.model.components import build_tiny
 from ymn.model.export import export_both
 from ymn.sample import Job, build_jobs, make_grid, parse_size, paste_unmasked, read_prompt_file
-from ymn.sample import main as sample_main
+from ymn.sample import run_sample as sample_main
 
 
 @pytest.fixture(scope="module")

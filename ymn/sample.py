@@ -269,8 +269,9 @@ def default_size(args: argparse.Namespace, init: tuple[Image.Image, Image.Image]
     return None, None  # the model's native size, known once it is loaded
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    """`ymn-sample MODEL --prompt ...`: writes the images and prints where."""
+def run_sample(argv: list[str] | None = None) -> list[Path]:
+    """`ymn-sample MODEL --prompt ...`: writes the images and prints where; a bad model, prompt
+    file or size exits with a one-line reason (SystemExit)."""
     args = parse_args(argv)
     try:
         init = load_init_pair(args.init_image, args.mask) if args.init_image else None
@@ -295,3 +296,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise SystemExit(f"ymn-sample: {error}") from error
     print(f"Wrote {len(paths)} images, grid.png and samples.json to {out}")
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: 0 once the images are written."""
+    run_sample(argv)
+    return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,28 +18,51 @@ import torch
 from diffusers.training_utils import EMAModel
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from safetensors.torch import save_file
 
 from ymn.model.components import Components, components_pipeline, load_components
-from ymn.model.single_file import export_single_file
+from ymn.model.single_file import export_single_file, strip_local_paths, text_encoder_state
 from ymn.model.tokenizer import save_tokenizer
 
 log = logging.getLogger(__name__)
 
 SINGLE_FILE_NAME = "model.safetensors"
+TEXT_ENCODER_WEIGHTS = "model.safetensors"
 LIGHTNING_PREFIXES = ("vae", "text_encoder", "unet")
 
 
 def save_diffusers(components: Components, folder: Path, dtype: torch.dtype | None = None) -> Path:
-    """Write a diffusers folder (safetensors; tokenizer with vocab.json and merges.txt)."""
+    """Write a diffusers folder in the layout of the reference SD 1.x folders (safetensors).
+
+    Text-encoder keys carry `text_model.` and the tokenizer is vocab.json + merges.txt + its two
+    JSON configs, so diffusers with transformers 4.x loads the folder as well as our pins do.
+    With `dtype` the modules are cast in place and back to float32 afterwards (a lossy round trip
+    for the caller's model: pass a copy that is not trained further).
+    """
     folder = Path(folder)
     pipe = components_pipeline(components)
     if dtype is not None:
         pipe = pipe.to(dtype=dtype)
-    pipe.save_pretrained(folder, safe_serialization=True)
+    try:
+        pipe.save_pretrained(folder, safe_serialization=True)
+        write_text_encoder_weights(components.text_encoder, folder / "text_encoder")
+    finally:
+        if dtype is not None:
+            pipe.to(dtype=torch.float32)
+    shutil.rmtree(folder / "tokenizer", ignore_errors=True)  # drop save_pretrained's tokenizer.json
     save_tokenizer(components.tokenizer, folder / "tokenizer")
-    if dtype is not None:
-        pipe.to(dtype=torch.float32)
+    strip_local_paths(folder)
     return folder
+
+
+def write_text_encoder_weights(model: torch.nn.Module, folder: Path) -> Path:
+    """Replace the weights save_pretrained wrote with one file in the reference key layout."""
+    for old in Path(folder).glob("model*.safetensors*"):  # shards and their index included
+        old.unlink()
+    state = {k: v.detach().cpu().contiguous() for k, v in text_encoder_state(model).items()}
+    path = Path(folder) / TEXT_ENCODER_WEIGHTS
+    save_file(state, str(path), metadata={"format": "pt"})
+    return path
 
 
 def export_both(
@@ -166,12 +190,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    """`ymn-export RUN_DIR [--fp16] [--out DIR]`: both export formats; prints what it wrote."""
+def run_export(argv: list[str] | None = None) -> list[Path]:
+    """`ymn-export RUN_DIR [--fp16] [--out DIR]`: both export formats; prints what it wrote.
+
+    A missing or unusable source exits with a one-line reason (SystemExit), no traceback.
+    """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    out = args.out or default_out(args.source, args.fp16)
-    components = load_any(args.source, allow_pickle=args.allow_pickle)
+    try:
+        out = args.out or default_out(args.source, args.fp16)
+        components = load_any(args.source, allow_pickle=args.allow_pickle)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise SystemExit(f"ymn-export: {error}") from error
     dtype = torch.float16 if args.fp16 else None
     diffusers_dir = out / "diffusers"
     source_folder = (args.source / "export" / "diffusers").resolve()
@@ -183,3 +213,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     for path in written:
         print(path)
     return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: 0 once both formats are written."""
+    run_export(argv)
+    return 0

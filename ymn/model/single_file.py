@@ -36,8 +36,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ymn.model.components import PICKLE_SUFFIXES, Components, resolve_model_path
-from ymn.paths import ASSETS_DIR
 from ymn.model.tokenizer import load_clip_tokenizer
+from ymn.paths import ASSETS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ CLIP_PREFIX = "cond_stage_model.transformer."
 SD1_CONTEXT_KEY = UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 SD1_CONTEXT_DIM = 768
 SD1_CONV_IN_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
+LOCAL_PATH_KEYS = frozenset({"_name_or_path", "name_or_path"})
 
 UNET_RESNET_RENAMES = (
     ("norm1", "in_layers.0"),
@@ -157,11 +158,17 @@ def vae_to_ldm(state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, t
     return out
 
 
+def text_encoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CLIP text encoder weights in the reference layout (`text_model.*`), the one that
+    transformers 4.x requires and 5.x also reads."""
+    # transformers >= 5.6 flattened CLIPTextModel (no `.text_model`); the files keep the level.
+    inner = "" if hasattr(model, "text_model") else "text_model."
+    return {f"{inner}{k}": v for k, v in model.state_dict().items()}
+
+
 def text_encoder_to_ldm(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """CLIP text encoder weights under `cond_stage_model.transformer.text_model.*`."""
-    # transformers >= 5.6 flattened CLIPTextModel (no `.text_model`); LDM files keep the level.
-    inner = "" if hasattr(model, "text_model") else "text_model."
-    return {f"{CLIP_PREFIX}{inner}{k}": v for k, v in model.state_dict().items()}
+    return {CLIP_PREFIX + k: v for k, v in text_encoder_state(model).items()}
 
 
 def components_to_ldm(components: Components) -> dict[str, torch.Tensor]:
@@ -225,10 +232,21 @@ def write_config_folder(components: Components, folder: Path) -> Path:
     return folder
 
 
+def strip_local_paths(folder: Path) -> None:
+    """Drop `_name_or_path` (where the exporting machine loaded the model from) from every
+    JSON config under `folder`; no loader needs it, and it leaks local paths into shared files."""
+    for path in Path(folder).rglob("*.json"):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and LOCAL_PATH_KEYS & set(config):
+            kept = {k: v for k, v in config.items() if k not in LOCAL_PATH_KEYS}
+            path.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
+
+
 def config_metadata(components: Components) -> str:
-    """The config folder as one JSON string ({relative path: file text})."""
+    """The config folder as one JSON string ({relative path: file text}), without local paths."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_config_folder(components, Path(tmp))
+        strip_local_paths(folder)
         files = {p.relative_to(folder).as_posix(): p.read_text() for p in folder.rglob("*.json")}
     return json.dumps(files, sort_keys=True)
 

@@ -194,11 +194,35 @@ def describe_tokens(
     return "\n".join(rows)
 
 
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
 def save_tokenizer(tokenizer: CLIPTokenizer, folder: Path) -> None:
-    """Save as transformers does, plus the `vocab.json`/`merges.txt` pair older loaders expect."""
+    """The tokenizer folder of the reference SD 1.x checkpoints: vocab.json, merges.txt,
+    tokenizer_config.json, special_tokens_map.json. CLIPTokenizer and CLIPTokenizerFast load it
+    in transformers 4.x and 5.x; a tokenizer.json is not written (tokenizers' JSON from newer
+    releases need not parse in the older ones that transformers 4.x pins)."""
     folder = Path(folder)
-    tokenizer.save_pretrained(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
     (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    special = {key: str(getattr(tokenizer, key)) for key in SPECIAL_TOKEN_KEYS}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": int(tokenizer.model_max_length),
+        **special,
+        "added_tokens_decoder": _added_tokens(tokenizer),  # e.g. ymn's control tokens
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def _added_tokens(tokenizer: CLIPTokenizer) -> dict[str, dict[str, Any]]:
+    """Added tokens (special ones included) in the tokenizer_config.json form both majors read."""
+    fields = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
+    return {
+        str(index): {name: getattr(token, name) for name in fields}
+        for index, token in sorted(tokenizer.added_tokens_decoder.items())
+    }
