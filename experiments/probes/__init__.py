@@ -1,0 +1,1 @@
+"""Instrument validation of the probes: positive / negative controls, VAE ceiling, robustness."""

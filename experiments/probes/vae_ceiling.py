@@ -1,0 +1,109 @@
+"""The VAE ceiling: how much of a scene's faces and identities survive encode → decode.
+
+Every count or identity the probes read from a sample went through the VAE decoder, so the
+share the detector still reads right on VAE reconstructions of real scenes caps any probe score
+of that model, whatever its UNet learns (DESIGN §7). Scenes are drawn fresh, from a seed the
+base never trained on (the base trains on seed 0), exactly as `ymn.model.tiny_base` draws them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+
+from experiments.probes.rates import clustered_rate, rate
+from ymn.data.captions import grid_cell
+from ymn.data.synthetic import KIND_MIX, render_scene, sample_scene_spec
+from ymn.probes.detectors import SyntheticFaceDetector
+from ymn.probes.facegrid import facegrid_metrics
+from ymn.probes.identity import identify_character
+
+FRESH_SEED = 12345  # never used to train the embedded base (seed 0)
+
+
+def fresh_scene(seed: int, index: int, size: int) -> tuple[Image.Image, dict]:
+    """One scene of `ymn.data.synthetic`'s kind mix, as tiny_base.synthetic_scene draws it."""
+    rng = np.random.default_rng([seed, index])
+    kinds = list(KIND_MIX)
+    kind = kinds[int(rng.choice(len(kinds), p=list(KIND_MIX.values())))]
+    return render_scene(sample_scene_spec(rng, kind, size), size)
+
+
+@torch.no_grad()
+def round_trip(vae: AutoencoderKL, images: list[Image.Image]) -> list[Image.Image]:
+    """Decode(posterior mode of encode(image)) of each image, as uint8 RGB."""
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    pixels = torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+    param = next(vae.parameters())
+    pixels = pixels.to(param.device, dtype=param.dtype)
+    decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.float().clamp(-1, 1)
+    out = ((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in out]
+
+
+def vae_round_trip_agreement(
+    vae: AutoencoderKL,
+    n: int = 150,
+    seed: int = FRESH_SEED,
+    size: int = 128,
+    *,
+    batch_size: int = 8,
+    detector: Any = None,
+) -> dict[str, Any]:
+    """Detector agreement between n fresh synthetic scenes and their VAE reconstructions.
+
+    count_kept: share of images whose detected face count on the reconstruction equals the
+    true count (the scene's metadata). cell_kept: share of true faces with a reconstructed
+    detection in their 5x5 cell (Hungarian matching, as the face-grid probe). identity_kept:
+    share of faces named by `identify_character` on the original (at the true box) that get
+    the same answer on the reconstruction at that box. original_count_acc: the count check on the
+    originals (the instrument itself, ≈ 1). l1: mean |recon − original| in [-1, 1] units.
+    Each rate is {value, k, n, ci95, ...} (Wilson; faces: widened by an image bootstrap).
+    """
+    detector = detector or SyntheticFaceDetector()
+    was_training = vae.training
+    vae.eval()
+    count_hits = orig_count_hits = 0
+    cell_hits, cell_totals, id_hits, id_totals = [], [], [], []
+    l1_sum = 0.0
+    for start in range(0, n, batch_size):
+        scenes = [fresh_scene(seed, i, size) for i in range(start, min(start + batch_size, n))]
+        originals = [image for image, _ in scenes]
+        recons = round_trip(vae, originals)
+        for (original, meta), recon in zip(scenes, recons, strict=True):
+            truth = meta["facepos"]
+            found = detector.detect(recon)
+            count_hits += len(found) == len(truth)
+            orig_count_hits += len(detector.detect(original)) == len(truth)
+            cells = [grid_cell(box, 5) for box in truth]
+            grid = facegrid_metrics([cells], [found], 5)
+            cell_totals.append(len(truth))
+            cell_hits.append(round(grid["cell_acc"] * len(truth)) if truth else 0)
+            named = [(b, identify_character(original, b)) for b in truth]
+            named = [(b, who) for b, who in named if who is not None]
+            id_totals.append(len(named))
+            id_hits.append(sum(identify_character(recon, b) == who for b, who in named))
+            diff = np.abs(
+                np.asarray(recon, dtype=np.float32) - np.asarray(original, dtype=np.float32)
+            )
+            l1_sum += float(diff.mean()) / 127.5
+    vae.train(was_training)
+    return {
+        "n_images": n,
+        "seed": seed,
+        "size": size,
+        "count_kept": rate(count_hits, n),
+        "cell_kept": clustered_rate(cell_hits, cell_totals, seed),
+        "identity_kept": clustered_rate(id_hits, id_totals, seed),
+        "original_count_acc": rate(orig_count_hits, n),
+        "l1": l1_sum / n,
+        "vae": {
+            "block_out_channels": list(vae.config.block_out_channels),
+            "latent_channels": int(vae.config.latent_channels),
+            "downsampling": 2 ** (len(vae.config.block_out_channels) - 1),
+        },
+    }
