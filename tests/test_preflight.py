@@ -16,7 +16,7 @@ from ymn.data.datamodule import YmnDataModule
 from ymn.data.decode import resolve_shards
 from ymn.data.pack import main as pack_main
 from ymn.data.pack import pack_folder
-from ymn.data.preflight import check_shards, verify_pack
+from ymn.data.preflight import check_shards, sample_draws, verify_pack
 from ymn.run_record import RecordDataManifest
 
 LONG = " ".join(["word"] * 100)  # 100 tokens + start + end = 102: CLIP drops 25
@@ -160,3 +160,20 @@ def test_cheap_check_finds_truncation_without_hashing(shards: Path) -> None:
     problems = check_shards(paths, manifest, sha256=False)
     assert len(problems) == 1 and problems[0].startswith(f"{paths[1]}: ")
     assert "bytes, the manifest says" in problems[0] and "samples, the manifest says" in problems[0]
+
+
+def test_caption_sample_is_every_kth_packed_sample(shards: Path, tokenizer) -> None:
+    stream = setup_module_on(shards, tokenizer).train_stream
+    packed = [meta["source"] for _, meta in _all_metadata(stream.shards)]
+    sampled = [meta["source"] for _, meta, _ in sample_draws(stream, budget=5)]  # 13 -> k=3
+    assert sampled == [s for s in packed[::3] if not s.startswith("half/")]
+    copies = {meta["category"]: n for _, meta, n in sample_draws(stream, budget=5)}
+    assert copies == {"long": 3, "short": 1}  # ED1 copies of each sampled draw
+
+
+def _all_metadata(paths):
+    for path in paths:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    yield member.name, json.loads(tar.extractfile(member).read())

@@ -3,7 +3,7 @@
 At data setup (`run_preflight`, called once by `YmnDataModule.setup`, rank 0 only):
 - folders the multiply mode drops (ED1: multiply.txt < 1 gives 0 copies);
 - captions longer than CLIP's 77 tokens: the share that loses its tail and the mean tokens
-  lost, over a fixed, deterministic sample of the epoch-0 draws;
+  lost, over a fixed-size, deterministic (systematic) sample of the epoch-0 draws;
 - shards whose size or sample count differ from the manifest (cheap: tar headers only), and
   their sha256 when all shards together are small enough to hash in a moment.
 
@@ -31,7 +31,7 @@ from ymn.data.multiply import Mode, draws_for_sample, dropped_images, plan_epoch
 
 log = logging.getLogger(__name__)
 
-CAPTION_SAMPLE_SIZE = 512  # samples whose captions are measured at setup, spread over shards
+CAPTION_SAMPLE_SIZE = 512  # about this many packed samples have their captions measured
 CAPTIONS_PER_SAMPLE = 4  # captions built per sampled sample (each weighted by its copies)
 HASH_AT_SETUP_BYTES = 256 << 20  # hash every shard at setup when all together are this small
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -157,15 +157,19 @@ def caption_stats(stream: PlannedStream) -> CaptionLengthStats | None:
 def sample_draws(
     stream: PlannedStream, budget: int = CAPTION_SAMPLE_SIZE
 ) -> Iterator[tuple[str, dict[str, Any], int]]:
-    """(key, metadata, copies in epoch 0) for the first training samples of every shard, about
-    `budget` in all: deterministic, spread over shards (ymn-pack writes folders in order)."""
-    plans = plan_epoch(stream.categories, stream.multiply_mode, stream.seed, 0)
-    per_shard = max(1, math.ceil(budget / max(1, len(stream.shards))))
+    """(key, metadata, copies in epoch 0) of every k-th packed sample (k chosen so about
+    `budget` are read), skipping held-out and undrawn ones: a deterministic systematic sample
+    of the epoch's draws. Only the json members are read; the images are seeked over."""
     from ymn.data.decode import is_val_key
 
+    plans = plan_epoch(stream.categories, stream.multiply_mode, stream.seed, 0)
+    stride = max(1, math.ceil(sum(n for n, _ in stream.categories.values()) / budget))
+    seen = 0
     for shard in stream.shards:
-        taken = 0
         for key, meta in _shard_metadata(shard):
+            seen += 1
+            if (seen - 1) % stride:
+                continue
             plan = plans.get(str(meta.get("category")))
             index = meta.get("category_index")
             if plan is None or not isinstance(index, int) or not 0 <= index < plan.n_images:
@@ -175,9 +179,6 @@ def sample_draws(
             copies = draws_for_sample(meta["category"], index, plan, stream.seed, 0)
             if copies > 0:
                 yield key, meta, copies
-                taken += 1
-            if taken >= per_shard:
-                break
 
 
 def _shard_metadata(shard: str) -> Iterator[tuple[str, dict[str, Any]]]:
