@@ -34,7 +34,7 @@ def heldout_batch(seed: int, n: int = 4) -> dict:
     for i in range(n):
         k = 1 + (seed + i) % 3
         boxes = [[0.1 + 0.3 * j, 0.4, 0.2 + 0.3 * j, 0.5] for j in range(k)]
-        metas.append({"n_people": k, "facepos": boxes, "characters": ["AkaneRed"] * k})
+        metas.append({"n_people": k, "facepos": boxes, "characters": ["SaitoMio"] * k})
     return {
         "pixel_values": torch.rand(n, 3, SIZE, SIZE, generator=g) * 2 - 1,
         "captions": ["x"] * n,

@@ -121,9 +121,9 @@ def test_nothing_recognisable_is_none() -> None:
 
 
 def test_hand_built_metrics() -> None:
-    requested = [["AkaneRed"], ["AkaneRed", "SoraBlue"], ["AkaneRed", "SoraBlue", "KuroNight"]]
+    requested = [["SaitoMio"], ["SaitoMio", "OnoHaru"], ["SaitoMio", "OnoHaru", "TeraNao"]]
     boxes = [[(0, 0, 0.1, 0.1)], [(0, 0, 0.1, 0.1)] * 2, [(0, 0, 0.1, 0.1)] * 3]
-    shown = [["AkaneRed"], ["SoraBlue", "SoraBlue"], ["KinGold", None, "KuroNight"]]
+    shown = [["SaitoMio"], ["OnoHaru", "OnoHaru"], ["Tamaki", None, "TeraNao"]]
     result = identity_metrics(requested, boxes, identified_per_image=shown)
     # 6 matched faces: correct A, S (2nd image), K; bleed S-for-A; unknown 1; other roster 1
     assert result["n_matched"] == 6
@@ -136,16 +136,16 @@ def test_hand_built_metrics() -> None:
 
 
 def test_missing_faces_and_unroster_names_are_not_scored() -> None:
-    requested = [["AkaneRed", "unknown", "Hinata"], ["SoraBlue", "KuroNight"]]
+    requested = [["SaitoMio", "unknown", "Hinata"], ["OnoHaru", "TeraNao"]]
     boxes = [[(0, 0, 0.1, 0.1)] * 3, [(0, 0, 0.1, 0.1)]]  # the 2nd image lost a face
-    shown = [["AkaneRed", None, "SoraBlue"], ["KuroNight"]]
+    shown = [["SaitoMio", None, "OnoHaru"], ["TeraNao"]]
     result = identity_metrics(requested, boxes, identified_per_image=shown)
-    assert result["n_matched"] == 2  # AkaneRed, and SoraBlue paired with the first detection
+    assert result["n_matched"] == 2  # SaitoMio, and OnoHaru paired with the first detection
     assert result["char_acc"] == 0.5
     assert result["bleed_rate"] == 0.5
     with pytest.raises(ValueError, match="probe image 0: 2 requested names but 1 target"):
         identity_metrics(
-            [["AkaneRed", "SoraBlue"]],
+            [["SaitoMio", "OnoHaru"]],
             [[]],
             target_cells_per_image=[[[0, 0]]],
             identified_per_image=[[]],
@@ -160,10 +160,10 @@ def test_matching_by_cells_not_order() -> None:
     found = [(0.82, 0.42, 0.94, 0.54), (0.02, 0.42, 0.14, 0.54)]  # right face listed first
     assert sorted(match_faces(cells, found)) == [(0, 1), (1, 0)]
     result = identity_metrics(
-        [["AkaneRed", "SoraBlue"]],
+        [["SaitoMio", "OnoHaru"]],
         [found],
         target_cells_per_image=[cells],
-        identified_per_image=[["SoraBlue", "AkaneRed"]],
+        identified_per_image=[["OnoHaru", "SaitoMio"]],
     )
     assert result["char_acc"] == 1.0 and result["bleed_rate"] == 0.0
     # two faces asked of one cell (`many` in a row): the left-to-right order decides
@@ -173,11 +173,11 @@ def test_matching_by_cells_not_order() -> None:
 
 def test_swapped_identities_read_as_bleeding() -> None:
     record = build_probe_prompts(
-        counts=(3,), layouts=("row",), seeds=(0,), characters=["AkaneRed", "MidoriLeaf", "SoraBlue"]
+        counts=(3,), layouts=("row",), seeds=(0,), characters=["SaitoMio", "KonoRina", "OnoHaru"]
     )[0]
     boxes = boxes_for("row", 3)
     faithful = render_layout(record["characters"], boxes, 128)
-    swapped = render_layout(["MidoriLeaf", "AkaneRed", "SoraBlue"], boxes, 128)
+    swapped = render_layout(["KonoRina", "SaitoMio", "OnoHaru"], boxes, 128)
     images = [faithful, swapped]
     result = identity_metrics(
         [record["characters"]] * 2,
@@ -191,13 +191,13 @@ def test_swapped_identities_read_as_bleeding() -> None:
 
 
 def test_flat_metrics_only_from_records_with_identities() -> None:
-    assert identity_flat_metrics([{"detected_boxes": [], "characters": ["AkaneRed"]}]) == {}
+    assert identity_flat_metrics([{"detected_boxes": [], "characters": ["SaitoMio"]}]) == {}
     records = [
         {
-            "characters": ["AkaneRed"],
+            "characters": ["SaitoMio"],
             "cells": [[2, 2]],
             "detected_boxes": [[0.44, 0.44, 0.56, 0.56]],
-            "identities": ["AkaneRed"],
+            "identities": ["SaitoMio"],
         },
     ]
     flat = identity_flat_metrics(records)

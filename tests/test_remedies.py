@@ -39,7 +39,7 @@ from ymn.remedies.noise_prior import blob_map, count_noise_prior, default_sigma,
 
 META = {
     "n_people": 2,
-    "characters": ["AkaneRed", "SoraBlue"],
+    "characters": ["SaitoMio", "OnoHaru"],
     "facepos": [[0.05, 0.1, 0.25, 0.3], [0.6, 0.55, 0.8, 0.75]],
     "general": "aniscreen",
     "tags": ["outdoors"],
@@ -91,7 +91,7 @@ def test_sample_regions_find_names_and_grid_pairs(tiny):
     caption = build_caption(META, NO_DROP, random.Random(0))
     regions = sample_regions(tiny.tokenizer, 3, caption, META, enlarge=0.0)
     boxes = {r.positions: r.box for r in regions}
-    akane = tuple(token_indices(tiny.tokenizer, caption, "AkaneRed"))
+    akane = tuple(token_indices(tiny.tokenizer, caption, "SaitoMio"))
     assert boxes[akane] == pytest.approx(tuple(META["facepos"][0]))
     pair = tuple(token_indices(tiny.tokenizer, caption, "fhll fvmt"))
     assert boxes[pair] == pytest.approx(cell_box((0, 1), 5))
@@ -179,7 +179,7 @@ def loss_batches(tokenizer, n_batches: int, size: int = 64) -> list[dict]:
     batches = []
     for b in range(n_batches):
         g = torch.Generator().manual_seed(b)
-        metas = [META, {**META, "characters": ["SoraBlue", "AkaneRed"]}]
+        metas = [META, {**META, "characters": ["OnoHaru", "SaitoMio"]}]
         captions = [build_caption(m, NO_DROP, random.Random(b)) for m in metas]
         batches.append(
             {

@@ -151,13 +151,13 @@ def test_render_scene_ground_truth_is_skin(kind: str) -> None:
 
 def test_render_layout_puts_faces_where_asked() -> None:
     boxes = [[0.05, 0.05, 0.2, 0.2], [0.6, 0.4, 0.9, 0.7]]
-    image = render_layout(["AkaneRed", "unknown"], boxes, SIZE)
+    image = render_layout(["SaitoMio", "unknown"], boxes, SIZE)
     arr = np.asarray(image)
     for left, top, right, bottom in boxes:
         cy, cx = round((top + bottom) / 2 * SIZE), round((left + right) / 2 * SIZE)
         assert tuple(arr[cy, cx - 1]) == SKIN or tuple(arr[cy + 2, cx]) == SKIN
     with pytest.raises(ValueError, match="characters"):
-        render_layout(["AkaneRed"], boxes, SIZE)
+        render_layout(["SaitoMio"], boxes, SIZE)
 
 
 def test_cli_writes_dataset(tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ymn.model.components import TINY_BASE_DIR, load_components, tiny_vae
+from ymn.model.components import TINY_BASE_DIR, load_components, tiny_vae, vae_downsampling
 from ymn.model.tiny_base import (
+    base_caption,
     latent_scaling_factor,
     main,
     make_scenes,
@@ -18,7 +19,7 @@ from ymn.model.tiny_base import (
     warmup_cosine,
 )
 
-MAX_ASSET_BYTES = 20 * 1024 * 1024
+MAX_ASSET_BYTES = 60 * 1024 * 1024  # the embedded-world issue's budget
 WEIGHT_FILES = (
     "vae/diffusion_pytorch_model.safetensors",
     "text_encoder/model.safetensors",
@@ -53,7 +54,7 @@ def test_shipped_base_loads_as_float32(shipped):
         dtypes = {p.dtype for p in module.parameters()}
         assert dtypes == {torch.float32}
     assert len(shipped.tokenizer) == 49408
-    assert shipped.unet.config.sample_size * 8 == 128
+    assert shipped.unet.config.sample_size * vae_downsampling(shipped.vae) == 128
 
 
 @torch.no_grad()
@@ -119,3 +120,43 @@ def test_training_script_writes_a_loadable_deterministic_folder(tmp_path):
         for p in (first, second)
     ]
     assert np.isclose(*scaling)
+
+
+def test_resumed_training_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+    flags = ["--images", "8", "--batch", "2", "--vae-batch", "2", "--seed", "3"]
+    full = tmp_path / "full"
+    steps = ["--vae-steps", "4", "--unet-steps", "4", "--save-every", "2"]
+    assert main([*flags, *steps, "--out", str(full), "--work", str(tmp_path / "w1")]) == 0
+    # the same run stopped after stage 1 (as a kill would leave it), then continued
+    work = tmp_path / "w2"
+    resumed = tmp_path / "resumed"
+    first = [*flags, *steps, "--out", str(resumed), "--work", str(work)]
+    assert main([*first, "--stage", "vae"]) == 0
+    assert (work / "stage1_vae.pt").is_file() and not (work / "stage2_unet.pt").exists()
+    assert main(first) == 0
+    for name in WEIGHT_FILES:
+        a, b = load_file(full / name), load_file(resumed / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_base_captions_are_generic_tags_only():
+    """No count token, grid token or character name: the fine-tune is where those are learned."""
+    import random
+
+    from ymn.data.synthetic import CHARACTERS
+
+    _, metas = make_scenes("synthetic", 40, seed=5, size=128)
+    rng = random.Random(0)
+    captions = [base_caption(meta, rng, dropout=0.0) for meta in metas]
+    words = {tag for caption in captions for tag in caption.split(", ")}
+    assert not {w for w in words if w.endswith("people") or w.endswith("person")}
+    assert not words & set(CHARACTERS)
+    from ymn.data.captions import GRID_TOKENS
+
+    grid_tokens = {t for axes in GRID_TOKENS.values() for axis in axes for t in axis}
+    assert not {piece for w in words for piece in w.split()} & grid_tokens
+    assert {"solo", "1girl"} <= words  # booru counts a web-trained base knows
+    assert sorted(base_caption(metas[0], random.Random(1), 0.0).split(", ")) == sorted(
+        metas[0]["tags"]
+    )
+    assert base_caption(metas[0], random.Random(0), dropout=1.0) == ""

@@ -53,14 +53,14 @@ Box = tuple[float, float, float, float] | list[float]
 CHARACTERS: dict[str, Look] = {
     look.name: look
     for look in (
-        Look("AkaneRed", (200, 40, 40), "red hair", "twintails", (60, 150, 90), (120, 30, 40)),
-        Look("MidoriLeaf", (60, 160, 70), "green hair", "bob cut", (240, 140, 40), EYES[1]),
-        Look("SoraBlue", (50, 100, 210), "blue hair", "long hair", (245, 210, 60), EYES[0]),
-        Look("KuroNight", (30, 30, 40), "black hair", "ponytail", (210, 50, 60), EYES[2]),
-        Look("YukiSnow", (225, 230, 240), "white hair", "hair bun", (130, 70, 170), EYES[0]),
-        Look("HanaPink", (240, 120, 180), "pink hair", "long hair", (60, 90, 180), EYES[3]),
-        Look("KinGold", (240, 200, 60), "blonde hair", "short hair", (40, 50, 110), EYES[1]),
-        Look("ChaBrown", (130, 80, 40), "brown hair", "twintails", (240, 240, 240), EYES[2]),
+        Look("SaitoMio", (200, 40, 40), "red hair", "twintails", (60, 150, 90), (120, 30, 40)),
+        Look("KonoRina", (60, 160, 70), "green hair", "bob cut", (240, 140, 40), EYES[1]),
+        Look("OnoHaru", (50, 100, 210), "blue hair", "long hair", (245, 210, 60), EYES[0]),
+        Look("TeraNao", (30, 30, 40), "black hair", "ponytail", (210, 50, 60), EYES[2]),
+        Look("IdaSaki", (225, 230, 240), "white hair", "hair bun", (130, 70, 170), EYES[0]),
+        Look("UedaFumi", (240, 120, 180), "pink hair", "long hair", (60, 90, 180), EYES[3]),
+        Look("Tamaki", (240, 200, 60), "blonde hair", "short hair", (40, 50, 110), EYES[1]),
+        Look("Natsume", (130, 80, 40), "brown hair", "twintails", (240, 240, 240), EYES[2]),
     )
 }
 # main characters appear more often, like the anime's leads

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 TINY_BASE_DIR = ASSETS_DIR / "tiny-base"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 TINY_RESOLUTION = 128
+VAE_DOWNSAMPLING = 4  # of tiny_vae()
 
 
 @dataclass
@@ -47,13 +48,17 @@ class Components:
 
 
 def tiny_vae() -> AutoencoderKL:
-    """AutoencoderKL with 4 blocks (8x downsampling) and 4 latent channels, as SD 1.x."""
+    """AutoencoderKL with 3 blocks (4x downsampling: 32x32 latents at 128 px), 4 latent channels.
+
+    SD 1.x downsamples 8x; at 128 px that leaves 2-3 latent pixels per small face, and the
+    synthetic detector lost a third of the faces through such a VAE (DESIGN.md §8).
+    """
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 64, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 128),
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=16,
@@ -80,19 +85,27 @@ def tiny_text_encoder() -> CLIPTextModel:
 
 
 def tiny_unet() -> UNet2DConditionModel:
-    """UNet2DConditionModel with SD 1.x's block layout (3 cross-attention levels + 1 plain)."""
+    """UNet2DConditionModel with SD 1.x's block layout (3 cross-attention levels + 1 plain).
+
+    One 32-wide attention head at the 32x32 level (the costly one), 32-wide heads below.
+    """
     return UNet2DConditionModel(
-        sample_size=TINY_RESOLUTION // 8,
+        sample_size=TINY_RESOLUTION // VAE_DOWNSAMPLING,
         in_channels=4,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(32, 64, 64, 64),
+        block_out_channels=(32, 64, 128, 128),
         layers_per_block=1,
         cross_attention_dim=64,
-        attention_head_dim=8,
+        attention_head_dim=(1, 2, 4, 4),
         norm_num_groups=16,
     )
+
+
+def vae_downsampling(vae: AutoencoderKL) -> int:
+    """Pixels per latent pixel along one side (SD 1.x: 8; the tiny base: 4)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def sd_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:

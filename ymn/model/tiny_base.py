@@ -9,6 +9,13 @@ that it trains itself, deterministically (seeded, data generated in memory from 
    scaled-linear DDPM schedule, with caption dropout so classifier-free guidance works;
 3. save as a float16 diffusers folder without `tokenizer/` (rebuilt offline from openai-clip).
 
+The base is *general*: its captions are the scenes' generic tags only (appearance, setting,
+booru counts such as `2girls`), shuffled, with no `Npeople` token, no face-grid tokens and no
+character names: those are what the fine-tune must learn, as the card's did.
+
+Each stage saves a checkpoint to `--work` every `--save-every` steps; a rerun with the same
+flags continues from it bit for bit (every step's randomness is seeded by (seed, step)).
+
     python -m ymn.model.tiny_base --out ymn/assets/tiny-base --seed 0
 """
 
@@ -21,6 +28,7 @@ import random
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -32,7 +40,6 @@ from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ymn.data.captions import CaptionConfig, build_caption
 from ymn.data.synthetic import KIND_MIX, render_scene, sample_scene_spec
 from ymn.model.components import (
     TINY_BASE_DIR,
@@ -55,18 +62,21 @@ class TinyBaseConfig:
     """Settings of one tiny-base training run (the CLI flags)."""
 
     out: Path = TINY_BASE_DIR
+    work: Path = Path("runs/tiny-base-work")  # resumable stage checkpoints
+    stage: str = "all"  # "all", or "vae": stop after stage 1 (stage 2 can follow later)
     seed: int = 0
     data: str = "synthetic"  # "synthetic" (multi-character scenes) or "procedural" (shapes)
-    images: int = 1024
-    vae_steps: int = 400
+    images: int = 4096
+    vae_steps: int = 3000
     vae_batch: int = 8
-    vae_crop: int = 64  # train the (fully convolutional) VAE on crops: 4x cheaper per image
-    vae_lr: float = 2e-3
+    vae_crop: int = 48  # train the (fully convolutional) VAE on crops: 7x cheaper per image
+    vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 700
+    unet_steps: int = 3000
     batch: int = 16
     unet_lr: float = 1e-3
     caption_dropout: float = 0.1
+    save_every: int = 200
     threads: int = 1
 
 
@@ -171,26 +181,108 @@ def random_crops(
     return to_pixels(torch.stack(crops))
 
 
-def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: TinyBaseConfig) -> dict[str, float]:
-    """Stage 1: fit the VAE as an autoencoder; returns the mean losses of the last 50 steps."""
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(warmup_cosine, total=cfg.vae_steps)
-    )
-    vae.train()
-    history: list[dict[str, float]] = []
-    bar = tqdm(range(cfg.vae_steps), desc="stage 1: VAE", unit="step")
-    for _ in bar:
-        x = random_crops(images, cfg.vae_batch, cfg.vae_crop, generator)
-        loss, stats = vae_loss(vae, x, cfg.kl_weight, generator)
+def derived_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, stage, step)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
+    """The generator of one training step: a resumed run redraws exactly what it would have."""
+    return torch.Generator().manual_seed(derived_seed(seed, stage, step))
+
+
+class StageCheckpoint:
+    """A stage's resumable state in `work/<name>.pt`: modules, optimizer, schedule, history.
+
+    Written atomically (temp file + rename); read with `weights_only=True` (our own tensors).
+    """
+
+    def __init__(self, work: Path, name: str, modules: dict[str, torch.nn.Module]) -> None:
+        self.path = Path(work) / f"{name}.pt"
+        self.modules = modules
+
+    def save(self, step: int, optimizer, schedule, history: list[dict[str, float]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": step,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "history": history,
+        }
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+    def load(self, optimizer, schedule) -> tuple[int, list[dict[str, float]]]:
+        """Restore into the modules and optimizer; returns (next step, history). 0 if none."""
+        if not self.path.is_file():
+            return 0, []
+        state = torch.load(self.path, weights_only=True)
+        for key, module in self.modules.items():
+            module.load_state_dict(state["modules"][key])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        return int(state["step"]), list(state["history"])
+
+
+def run_stage(
+    name: str,
+    checkpoint: StageCheckpoint,
+    params: list[torch.nn.Parameter],
+    loss_of_step: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    save_every: int,
+) -> list[dict[str, float]]:
+    """AdamW with warmup + cosine over `steps`, resumed from and saved to `checkpoint`."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, total=steps))
+    start, history = checkpoint.load(optimizer, schedule)
+    bar = tqdm(range(start, steps), desc=name, unit="step", initial=start, total=steps)
+    for step in bar:
+        loss, stats = loss_of_step(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         history.append({"loss": loss.item(), **stats})
-        bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{stats['l1']:.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            checkpoint.save(step + 1, optimizer, schedule, history)
+    return history
+
+
+def load_stage1_vae(work: Path) -> AutoencoderKL:
+    """The VAE of a (possibly unfinished) stage-1 checkpoint in `work`, in eval mode."""
+    vae = tiny_vae()
+    state = torch.load(Path(work) / "stage1_vae.pt", weights_only=True)
+    vae.load_state_dict(state["modules"]["vae"])
+    return vae.eval().requires_grad_(False)
+
+
+def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: TinyBaseConfig) -> dict[str, float]:
+    """Stage 1: fit the VAE as an autoencoder; returns the mean losses of the last 50 steps."""
+
+    def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        generator = step_generator(cfg.seed, 1, step)
+        x = random_crops(images, cfg.vae_batch, cfg.vae_crop, generator)
+        return vae_loss(vae, x, cfg.kl_weight, generator)
+
+    vae.train()
+    checkpoint = StageCheckpoint(cfg.work, "stage1_vae", {"vae": vae})
+    history = run_stage(
+        "stage 1: VAE",
+        checkpoint,
+        list(vae.parameters()),
+        loss_of_step,
+        cfg.vae_steps,
+        cfg.vae_lr,
+        0.0,
+        cfg.save_every,
+    )
     vae.eval().requires_grad_(False)
     return mean_of_last(history)
 
@@ -222,6 +314,19 @@ def latent_scaling_factor(latents: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def base_caption(meta: dict, rng: random.Random, dropout: float) -> str:
+    """A general base's caption: the scene's generic tags, shuffled ("" with p = dropout).
+
+    `meta["tags"]` holds appearance, setting and booru count tags (`1girl`, `solo`); names,
+    the `Npeople` token and face-grid tokens live elsewhere in the metadata and are left out.
+    """
+    if rng.random() < dropout:
+        return ""
+    tags = list(meta["tags"])
+    rng.shuffle(tags)
+    return ", ".join(tags)
+
+
 def train_unet(
     module: DiffusionModule,
     latents: tuple[torch.Tensor, torch.Tensor],
@@ -229,38 +334,37 @@ def train_unet(
     cfg: TinyBaseConfig,
 ) -> dict[str, float]:
     """Stage 2: epsilon-prediction training; returns the mean loss of the last 50 steps."""
-    generator = torch.Generator().manual_seed(cfg.seed + 2)
-    caption_rng = random.Random(cfg.seed + 3)
-    caption_cfg = CaptionConfig(dropout=cfg.caption_dropout)
     mean, std = latents
     scale = module.latent_scale
-    params = module.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(warmup_cosine, total=cfg.unet_steps)
-    )
-    module.unet.train()
-    module.text_encoder.train()
-    history: list[dict[str, float]] = []
-    bar = tqdm(range(cfg.unet_steps), desc="stage 2: text encoder + UNet", unit="step")
-    for _ in bar:
+    n_timesteps = module.noise_scheduler.config.num_train_timesteps
+
+    def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        generator = step_generator(cfg.seed, 2, step)
+        caption_rng = random.Random(derived_seed(cfg.seed, 3, step))
         idx = torch.randint(0, mean.shape[0], (cfg.batch,), generator=generator)
         eps = torch.randn(mean[idx].shape, generator=generator)
         z = (mean[idx] + std[idx] * eps) * scale
-        captions = [build_caption(metas[i], caption_cfg, caption_rng) for i in idx.tolist()]
+        captions = [base_caption(metas[i], caption_rng, cfg.caption_dropout) for i in idx.tolist()]
         noise = torch.randn(z.shape, generator=generator)
-        timesteps = torch.randint(
-            0, module.noise_scheduler.config.num_train_timesteps, (cfg.batch,), generator=generator
-        )
+        timesteps = torch.randint(0, n_timesteps, (cfg.batch,), generator=generator)
         input_ids = tokenize(module.tokenizer, captions)
-        loss = module.diffusion_loss(z, input_ids, noise, timesteps).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        history.append({"loss": loss.item()})
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        return module.diffusion_loss(z, input_ids, noise, timesteps).mean(), {}
+
+    module.unet.train()
+    module.text_encoder.train()
+    checkpoint = StageCheckpoint(
+        cfg.work, "stage2_unet", {"unet": module.unet, "text_encoder": module.text_encoder}
+    )
+    history = run_stage(
+        "stage 2: text encoder + UNet",
+        checkpoint,
+        module.trainable_parameters(),
+        loss_of_step,
+        cfg.unet_steps,
+        cfg.unet_lr,
+        1e-2,
+        cfg.save_every,
+    )
     module.unet.eval()
     module.text_encoder.eval()
     return mean_of_last(history)
@@ -306,8 +410,12 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
         unet=tiny_unet(),
         scheduler=sd_scheduler(),
     )
+    if cfg.stage not in ("all", "vae"):
+        raise ValueError(f"--stage {cfg.stage!r}: expected 'all' or 'vae'")
     images, metas = make_scenes(cfg.data, cfg.images, cfg.seed, TINY_RESOLUTION)
     vae_losses = train_vae(components.vae, images, cfg)
+    if cfg.stage == "vae":
+        return {"stage": "vae", "vae_final_losses": vae_losses, "work": display_path(cfg.work)}
     latents = encode_all(components.vae, images)
     scaling = latent_scaling_factor(latents[0])
     components.vae.register_to_config(scaling_factor=scaling)
@@ -315,7 +423,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     unet_losses = train_unet(module, latents, metas, cfg)
     info = {
         "command": "python -m ymn.model.tiny_base " + " ".join(cli_args(cfg)),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "config": dict(arg.removeprefix("--").split("=", 1) for arg in cli_args(cfg)),
         "git_commit": git_commit(),
         "vae_final_losses": vae_losses,
         "scaling_factor": scaling,
@@ -327,9 +435,18 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     return info
 
 
+def display_path(path: Path) -> str:
+    """`path` relative to the working directory when inside it (no local paths in shared files)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return Path(path).name
+
+
 def cli_args(cfg: TinyBaseConfig) -> list[str]:
     """The flags that reproduce cfg."""
-    return [f"--{k.replace('_', '-')}={v}" for k, v in asdict(cfg).items()]
+    values = {k: display_path(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+    return [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
 
 
 def parse_args(argv: list[str] | None) -> TinyBaseConfig:

@@ -1,0 +1,222 @@
+"""embedded_world: can the embedded tiny base draw what the probes measure?
+
+On synthetic scenes from a seed the base never saw (it trained on seed 0):
+1. VAE round trip (posterior mode): share of images whose detected face count equals the truth
+   (target ≥ 0.98) and share of faces whose `identify_character` answer survives (≥ 0.95);
+2. the base prompted with a fresh one-person scene's own generic tags: share of samples with
+   exactly one face, of the described character (target ≥ 0.80); multi-person scenes: count
+   error of the samples;
+3. `embedded_world.png`: the base's samples next to the training-style images they describe.
+
+    python -m experiments.bench.embedded_world [--model DIR] [--n-vae 200] [--n-samples 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from experiments.bench.common import BENCH_DIR, setup_torch, write_result
+from experiments.probes.rates import wilson
+from ymn.data.synthetic import CHARACTERS
+from ymn.model.components import Components, components_pipeline, load_components
+from ymn.model.tiny_base import synthetic_scene
+from ymn.probes.detectors import SyntheticFaceDetector
+from ymn.probes.identity import identify_character
+
+FRESH_SEED = 12345  # the base trains on seed 0
+SIZE = 128
+TARGETS = {"vae_count_kept": 0.98, "vae_identity_kept": 0.95, "one_person_described": 0.80}
+
+
+def rate(hits: int, n: int) -> dict[str, Any]:
+    """A share with its sample size and 95% Wilson interval."""
+    low, high = wilson(hits, n)
+    return {"value": hits / n if n else float("nan"), "n": n, "ci95": [low, high]}
+
+
+def fresh_scenes(n: int, *, one_person: bool, offset: int = 0) -> list[tuple[Image.Image, dict]]:
+    """n fresh-seed scenes (only one-person scenes of a roster character when one_person)."""
+    scenes, index = [], offset
+    while len(scenes) < n:
+        image, meta = synthetic_scene(FRESH_SEED, index, SIZE)
+        index += 1
+        named_solo = meta["n_people"] == 1 and meta["characters"][0] in CHARACTERS
+        if meta["n_people"] >= 1 and (named_solo or not one_person):
+            scenes.append((image.convert("RGB"), meta))
+    return scenes
+
+
+@torch.no_grad()
+def round_trip(vae: torch.nn.Module, images: list[Image.Image]) -> list[Image.Image]:
+    """encode → decode (posterior mode) of each image."""
+    out = []
+    for start in range(0, len(images), 32):
+        batch = np.stack([np.asarray(im, np.float32) for im in images[start : start + 32]])
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2) / 127.5 - 1.0
+        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        pixels = ((recon + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        out += [Image.fromarray(p) for p in pixels]
+    return out
+
+
+def vae_agreement(vae: torch.nn.Module, n: int) -> dict[str, Any]:
+    """Detector count and identity on originals vs their reconstructions."""
+    detector = SyntheticFaceDetector()
+    scenes = fresh_scenes(n, one_person=False)
+    recons = round_trip(vae, [image for image, _ in scenes])
+    count_kept = identity_kept = faces = 0
+    for (image, meta), recon in zip(scenes, recons, strict=True):
+        count_kept += len(detector.detect(recon)) == meta["n_people"]
+        for box in meta["facepos"]:
+            faces += 1
+            identity_kept += identify_character(recon, box) == identify_character(image, box)
+    return {"vae_count_kept": rate(count_kept, n), "vae_identity_kept": rate(identity_kept, faces)}
+
+
+def sample(
+    components: Components, prompts: list[str], seeds: list[int], steps: int, cfg: float
+) -> list[Image.Image]:
+    """One image per (prompt, seed), in batches of 16 with one generator per image."""
+    from diffusers import DDIMScheduler
+
+    pipe = components_pipeline(components, DDIMScheduler.from_config(components.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    images: list[Image.Image] = []
+    for start in range(0, len(prompts), 16):
+        chunk = slice(start, start + 16)
+        generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
+        out = pipe(
+            prompts[chunk],
+            num_inference_steps=steps,
+            guidance_scale=cfg,
+            generator=generators,
+            height=SIZE,
+            width=SIZE,
+        )
+        images += out.images
+    return images
+
+
+def one_person_readings(samples: list[Image.Image], metas: list[dict]) -> dict[str, Any]:
+    """Exactly one face, and that face shows the scene's character."""
+    detector = SyntheticFaceDetector()
+    one = described = 0
+    for image, meta in zip(samples, metas, strict=True):
+        boxes = detector.detect(image)
+        one += len(boxes) == 1
+        described += (
+            len(boxes) == 1 and identify_character(image, boxes[0]) == meta["characters"][0]
+        )
+    n = len(samples)
+    return {"one_face": rate(one, n), "one_person_described": rate(described, n)}
+
+
+def count_error(samples: list[Image.Image], metas: list[dict]) -> dict[str, Any]:
+    """Per true count: mean detected count and exact share."""
+    detector = SyntheticFaceDetector()
+    by_count: dict[int, list[int]] = {}
+    for image, meta in zip(samples, metas, strict=True):
+        by_count.setdefault(meta["n_people"], []).append(len(detector.detect(image)))
+    return {
+        str(k): {
+            "n": len(v),
+            "mean_detected": float(np.mean(v)),
+            "exact": rate(sum(d == k for d in v), len(v)),
+        }
+        for k, v in sorted(by_count.items())
+    }
+
+
+def own_tags(meta: dict) -> str:
+    """A scene's generic tags as the base's caption (no shuffle, no dropout)."""
+    return ", ".join(meta["tags"])
+
+
+def picture(rows: list[tuple[str, list[Image.Image]]], path: Path) -> Path:
+    """Rows of images (training-style scenes, samples) in one PNG, 128 px cells."""
+    width = max(len(images) for _, images in rows)
+    sheet = Image.new("RGB", (width * SIZE, len(rows) * SIZE), "white")
+    for r, (_, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            sheet.paste(image.resize((SIZE, SIZE)), (c * SIZE, r * SIZE))
+    sheet.save(path)
+    return path
+
+
+def run_vae_only(work: Path, n_vae: int) -> dict[str, Any]:
+    """The VAE round trip of a stage-1 checkpoint of `ymn.model.tiny_base` (training progress)."""
+    from ymn.model.tiny_base import load_stage1_vae
+
+    setup_torch()
+    state = torch.load(Path(work) / "stage1_vae.pt", weights_only=True)
+    result = vae_agreement(load_stage1_vae(work), n_vae)
+    return {"fresh_seed": FRESH_SEED, "stage1_step": int(state["step"]), **result}
+
+
+def run(model: str | None, n_vae: int, n_samples: int, steps: int, cfg: float) -> dict[str, Any]:
+    """All three measurements; returns the JSON payload."""
+    setup_torch()
+    started = time.perf_counter()
+    components = load_components("tiny", pretrained=model)
+    for module in (components.vae, components.text_encoder, components.unet):
+        module.eval()
+    result: dict[str, Any] = {"fresh_seed": FRESH_SEED, "targets": TARGETS}
+    result.update(vae_agreement(components.vae, n_vae))
+    solo = fresh_scenes(n_samples, one_person=True)
+    solo_metas = [meta for _, meta in solo]
+    seeds = list(range(n_samples))
+    solo_samples = sample(components, [own_tags(m) for m in solo_metas], seeds, steps, cfg)
+    result.update(one_person_readings(solo_samples, solo_metas))
+    group = fresh_scenes(n_samples, one_person=False, offset=100_000)
+    group_metas = [meta for _, meta in group]
+    group_samples = sample(
+        components, [", ".join(m["tags"]) for m in group_metas], seeds, steps, cfg
+    )
+    result["count_error_by_true_count"] = count_error(group_samples, group_metas)
+    result["sampler"] = {"scheduler": "DDIM", "steps": steps, "guidance_scale": cfg}
+    result["met"] = {k: result[k]["value"] >= v for k, v in TARGETS.items()}
+    k = 8
+    picture(
+        [
+            ("one-person scenes", [image for image, _ in solo[:k]]),
+            ("base samples of their tags", solo_samples[:k]),
+            ("multi-person scenes", [image for image, _ in group[:k]]),
+            ("base samples of their tags", group_samples[:k]),
+        ],
+        BENCH_DIR / "embedded_world.png",
+    )
+    result["picture"] = "experiments/bench/embedded_world.png"
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="diffusers folder (default: shipped base)")
+    parser.add_argument("--n-vae", type=int, default=200)
+    parser.add_argument("--n-samples", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--quick", action="store_true", help="tiny n, for a smoke run")
+    parser.add_argument("--stage1", type=Path, help="only the VAE of a tiny_base --work folder")
+    args = parser.parse_args(argv)
+    if args.stage1 is not None:
+        print(json.dumps(run_vae_only(args.stage1, args.n_vae), indent=1))
+        return 0
+    if args.quick:
+        args.n_vae, args.n_samples, args.steps = 8, 4, 4
+    result = run(args.model, args.n_vae, args.n_samples, args.steps, args.cfg)
+    print(write_result("embedded_world", result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
