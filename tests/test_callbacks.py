@@ -17,6 +17,7 @@ from ymn.callbacks.samples import SampleImages, image_grid
 from ymn.callbacks.schedule import due
 from ymn.model.components import build_tiny
 from ymn.model.module import DiffusionModule
+from ymn.probes.config import ProbeConfig
 
 SIZE = 64
 
@@ -66,17 +67,19 @@ def fitted(tmp_path_factory):
         steps=2,
     )
     probes = ProbeCallback(
-        every_n_steps=2,
-        detector=CornerDetector(),
-        counts=[1, 2],
-        layouts=["row"],
-        seeds=[0],
-        heldout_batches=2,
-        size=[SIZE, SIZE],
-        steps=2,
-        timesteps=[500],
-        folds=2,
-        n_permutations=50,
+        ProbeConfig(
+            every_n_steps=2,
+            detector=CornerDetector(),
+            counts=[1, 2],
+            layouts=["row"],
+            seeds=[0],
+            heldout_batches=2,
+            size=[SIZE, SIZE],
+            steps=2,
+            timesteps=[500],
+            folds=2,
+            n_permutations=50,
+        )
     )
     trainer = L.Trainer(
         max_steps=2,
@@ -138,4 +141,4 @@ def test_schedule_and_grid_helpers() -> None:
 
 def test_unknown_probe_setting_is_named() -> None:
     with pytest.raises(TypeError, match="unknown probe setting"):
-        ProbeCallback(detector=CornerDetector(), not_a_setting=1)
+        ProbeCallback({"detector": CornerDetector(), "not_a_setting": 1})

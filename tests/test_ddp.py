@@ -76,6 +76,7 @@ def test_two_cpu_ranks_train_and_draw_disjoint_keys(tmp_path: Path) -> None:
         "trainer.max_steps=3",
         "trainer.val_check_interval=3",
         "probes=off",
+        "~callbacks.samples",
         "logger=csv",
         "callbacks.checkpoint=null",
         "+trainer.enable_checkpointing=false",

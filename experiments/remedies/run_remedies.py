@@ -46,8 +46,8 @@ BASE = [
     "logger=csv",
     "probes=fast",
     "probes.at_start=false",
-    "probes.samples.at_start=false",
-    "probes.samples.at_end=false",
+    "callbacks.samples.at_start=false",
+    "callbacks.samples.at_end=false",
     "export=false",
 ]
 METRICS = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,58 +18,35 @@ import lightning as L
 import torch
 
 from ymn.callbacks.schedule import StepScheduledCallback, wandb_loggers
-from ymn.config_values import plain
+from ymn.probes.config import ProbeConfig, probe_config
 from ymn.probes.prompts import build_probe_prompts
-from ymn.probes.runner import ProbeConfig, probe_paths, run_probe_pass
+from ymn.probes.runner import probe_paths, run_probe_pass
 
 log = logging.getLogger(__name__)
 HELDOUT_KEYS = ("pixel_values", "latents", "meta", "captions")
 
 
 class ProbeCallback(StepScheduledCallback):
-    """Count, face-grid, attention and linear probes on a schedule.
+    """Count, face-grid, identity, attention and linear probes on a schedule.
 
-    detector: "synthetic", "animeface", "package.module:Class", or a detector object.
-    counts/layouts/seeds/characters/general: the probe prompt set (ymn.probes.prompts).
-    heldout_batches: how many val batches feed the teacher-forced attention and linear probes.
-    settings: the ProbeConfig fields (steps, guidance_scale, size, timesteps, ...).
+    config: every setting (schedule, detector, prompt set, sampler, probes), a ProbeConfig
+    built from the `probes` group (or a mapping of its fields). out_dir: the run directory.
     """
 
     def __init__(
-        self,
-        every_n_steps: int = 1000,
-        at_start: bool = True,
-        at_end: bool = True,
-        detector: Any = "synthetic",
-        detector_kwargs: dict[str, Any] | None = None,
-        counts: Sequence[int | str] = (1, 2, 3, 4, 5, "many"),
-        layouts: Sequence[str] = ("row", "scatter"),
-        seeds: Sequence[int] = (0, 1),
-        characters: Sequence[str] | None = None,
-        general: str | None = None,
-        heldout_batches: int = 4,
-        out_dir: str | None = None,
-        caption: Any = None,
-        **settings: Any,
+        self, config: ProbeConfig | Mapping[str, Any] | None = None, out_dir: str | None = None
     ) -> None:
-        super().__init__(every_n_steps, at_start, at_end, out_dir)
-        self.n_heldout = int(heldout_batches)
-        try:
-            self.cfg = ProbeConfig(
-                caption=plain(caption), **{k: plain(v) for k, v in settings.items()}
-            )
-        except TypeError as err:
-            raise TypeError(f"probes: unknown probe setting ({err}); see ProbeConfig") from err
+        cfg = probe_config(config)
+        super().__init__(cfg.every_n_steps, cfg.at_start, cfg.at_end, out_dir)
+        self.cfg = cfg
         self.prompts = build_probe_prompts(
-            self.cfg.caption,
-            counts=plain(counts),
-            layouts=plain(layouts),
-            seeds=plain(seeds),
-            characters=plain(characters),
-            general=general,
+            cfg.caption,
+            counts=cfg.counts,
+            layouts=cfg.layouts,
+            seeds=cfg.seeds,
+            characters=cfg.characters,
+            general=cfg.general,
         )
-        self._detector_spec = plain(detector)
-        self._detector_kwargs = plain(detector_kwargs) or {}
         self._detector: Any = None
         self._heldout: list[dict[str, Any]] | None = None
 
@@ -77,12 +54,12 @@ class ProbeCallback(StepScheduledCallback):
     @property
     def detector(self) -> Any:
         if self._detector is None:
-            if isinstance(self._detector_spec, str):
+            if isinstance(self.cfg.detector, str):
                 from ymn.probes.detectors import load_detector
 
-                self._detector = load_detector(self._detector_spec, **self._detector_kwargs)
+                self._detector = load_detector(self.cfg.detector, **self.cfg.detector_kwargs)
             else:
-                self._detector = self._detector_spec
+                self._detector = self.cfg.detector
         return self._detector
 
     def heldout(self, trainer: L.Trainer) -> list[dict[str, Any]]:
@@ -91,12 +68,13 @@ class ProbeCallback(StepScheduledCallback):
             return self._heldout
         self._heldout = []
         datamodule = getattr(trainer, "datamodule", None)
-        if self.n_heldout <= 0 or datamodule is None or not hasattr(datamodule, "val_dataloader"):
+        wanted = self.cfg.heldout_batches
+        if wanted <= 0 or datamodule is None or not hasattr(datamodule, "val_dataloader"):
             log.warning("Probes: no val_dataloader; teacher-forced and linear probes are skipped")
             return self._heldout
         for batch in datamodule.val_dataloader():
             self._heldout.append({k: batch[k] for k in HELDOUT_KEYS if k in batch})
-            if len(self._heldout) >= self.n_heldout:
+            if len(self._heldout) >= wanted:
                 break
         return self._heldout
 

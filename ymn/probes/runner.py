@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ymn.data.captions import CaptionConfig, build_caption, grid_cell
+from ymn.data.captions import build_caption, grid_cell
 from ymn.model.tokenizer import tokenize
 from ymn.probes.attention import (
     capture_cross_attention,
@@ -30,59 +29,12 @@ from ymn.probes.attention import (
     image_attention_record,
     summarize_attention,
 )
+from ymn.probes.config import ProbeConfig
 from ymn.probes.count import count_metrics, write_confusion_png
 from ymn.probes.facegrid import facegrid_metrics, match_cells
 from ymn.probes.identity import identify_character, identity_flat_metrics, measures_identity
-from ymn.probes.linear import (
-    DEFAULT_FEATURE_LAYERS,
-    capture_features,
-    linear_probe_metrics,
-    pool_features,
-)
-from ymn.probes.prompts import MANY, caption_config, grid_size
-
-
-@dataclass
-class ProbeConfig:
-    """Settings of a probe pass (Hydra group `probes`, passed on by the probe callback).
-
-    steps / guidance_scale / size: the sampler (DDIM) for probe images; size (w, h) None = the
-    model's native size. timesteps: noise levels of the teacher-forced pass. attention_layers:
-    substrings of attn2 processor names (None = all). feature_layers: name → UNet submodule for
-    the linear probe. linear_condition: "empty" probes the image alone (the caption would leak
-    the labels), "caption" probes what the UNet sees in training. noise_prior: start each
-    sample from count-aware noise (`ymn.remedies.noise_prior`, issue 8) with bumps of
-    noise_prior_amplitude at the prompt's cells; same steps, so equal compute.
-    """
-
-    caption: CaptionConfig = field(default_factory=CaptionConfig)
-    steps: int = 10
-    guidance_scale: float = 5.0
-    size: tuple[int, int] | None = None
-    timesteps: tuple[int, ...] = (250, 500, 750)
-    attention_layers: list[str] | None = None
-    feature_layers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FEATURE_LAYERS))
-    attention_on_samples: bool = True
-    teacher_forced: bool = True
-    linear: bool = True
-    linear_condition: str = "empty"
-    folds: int = 5
-    alpha: float = 1.0
-    n_permutations: int = 1000
-    seed: int = 0
-    save_images: bool = False
-    noise_prior: bool = False
-    noise_prior_amplitude: float = 1.5
-
-    def __post_init__(self) -> None:
-        self.caption = caption_config(self.caption)
-        if self.size is not None:
-            self.size = (int(self.size[0]), int(self.size[1]))
-        self.timesteps = tuple(int(t) for t in self.timesteps)
-        if self.linear_condition not in ("empty", "caption"):
-            raise ValueError(
-                f"probes.linear_condition must be empty|caption, got {self.linear_condition!r}"
-            )
+from ymn.probes.linear import capture_features, linear_probe_metrics, pool_features
+from ymn.probes.prompts import MANY, grid_size
 
 
 def probe_paths(out_dir: str | Path, step: int) -> tuple[Path, Path]:
@@ -354,7 +306,7 @@ def run_probe_pass(
     module.eval()
     timing: dict[str, float] = {}
     metrics: dict[str, float] = {}
-    report: dict[str, Any] = {"step": step, "config": dataclasses.asdict(cfg)}
+    report: dict[str, Any] = {"step": step, "config": cfg.report()}
     try:
         start = time.perf_counter()
         if prompts:
