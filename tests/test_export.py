@@ -213,6 +213,19 @@ def test_export_run_writes_both_formats_with_ema_weights(tmp_path):
     assert_same_weights(loaded, folder)
 
 
+def test_export_run_single_file_fp16_keeps_the_folder_fp32(tmp_path):
+    """`export_single_file_fp16=true`: the shared single file halves, the folder stays fp32."""
+    components = build_tiny(0)
+    full = export_single_file(components, tmp_path / "full.safetensors")
+    folder, single = export_run(StubModule(components), tmp_path / "export", single_file_fp16=True)
+    assert single.stat().st_size < 0.55 * full.stat().st_size
+    with safe_open(str(single), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    assert components.unet.dtype == torch.float32
+
+
 def write_run_config(run_dir, seed: int) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config_resolved.yaml").write_text(
@@ -235,15 +248,19 @@ def test_cli_from_run_export_adds_single_file_and_fp16(tmp_path, capsys):
     assert load_components(pretrained=str(half[0])).unet.dtype == torch.float32
 
 
-def test_cli_from_last_checkpoint(tmp_path):
-    """No export yet: rebuild the run's model from its config, load checkpoints/last.ckpt."""
+@pytest.mark.parametrize("out", ["--out", "default"])
+def test_cli_from_last_checkpoint(tmp_path, out):
+    """No export yet: rebuild the run's model from its config, load checkpoints/last.ckpt;
+    both formats are written, into RUN/export by default."""
     run = tmp_path / "run"
     write_run_config(run, 0)
     trained = build_tiny(3)
     state = {f"{p}.{k}": v for p in PARTS for k, v in getattr(trained, p).state_dict().items()}
     (run / "checkpoints").mkdir()
     torch.save({"state_dict": state, "epoch": 1}, run / "checkpoints" / "last.ckpt")
-    written = export_main([str(run), "--out", str(tmp_path / "out")])
+    args = ["--out", str(tmp_path / "out")] if out == "--out" else []
+    written = export_main([str(run), *args])
+    assert written[0] == (tmp_path / "out" if args else run / "export") / "diffusers"
     assert_same_weights(trained, load_single_file(written[1]))
     assert_same_weights(trained, load_components(pretrained=str(written[0])))
 

@@ -101,7 +101,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("export") and trainer.is_global_zero:
         from ymn.model.export import export_run
 
-        written = export_run(module, run_dir / "export")
+        fp16 = bool(cfg.get("export_single_file_fp16"))
+        written = export_run(module, run_dir / "export", single_file_fp16=fp16)
         log.info("Exported model: %s", ", ".join(str(p) for p in written))
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 

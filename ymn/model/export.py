@@ -92,13 +92,22 @@ def ema_weights(module: torch.nn.Module) -> Iterator[None]:
         ema.restore(params)
 
 
-def export_run(module: torch.nn.Module, out_dir: Path) -> list[Path]:
-    """What every phase writes at its end: `out_dir/diffusers` and `out_dir/model.safetensors`.
+def export_run(
+    module: torch.nn.Module, out_dir: Path, single_file_fp16: bool = False
+) -> list[Path]:
+    """What every phase writes at its end: `out_dir/diffusers` (float32) and
+    `out_dir/model.safetensors` (float16 with `single_file_fp16`: half the size, what is shared).
 
     With EMA enabled the exported UNet is the EMA one (what is shipped); the live weights stay.
     """
+    out_dir = Path(out_dir)
+    dtype = torch.float16 if single_file_fp16 else None
     with ema_weights(module):
-        return export_both(module.components(), Path(out_dir))
+        components = module.components()
+        return [
+            save_diffusers(components, out_dir / "diffusers"),
+            export_single_file(components, out_dir / SINGLE_FILE_NAME, dtype),
+        ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +214,8 @@ def run_export(argv: list[str] | None = None) -> list[Path]:
     dtype = torch.float16 if args.fp16 else None
     diffusers_dir = out / "diffusers"
     source_folder = (args.source / "export" / "diffusers").resolve()
-    if diffusers_dir.resolve() == source_folder and dtype is None:
+    source_exported = (source_folder / "model_index.json").is_file()
+    if source_exported and diffusers_dir.resolve() == source_folder and dtype is None:
         # The run's own export is the source: keep it, add the single file beside it.
         written = [diffusers_dir, export_single_file(components, out / SINGLE_FILE_NAME)]
     else:

@@ -17,12 +17,15 @@ import os
 import signal
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ymn.reliability.checkpoint_size import BEST_FORMATS, check_disk, estimate_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,34 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def atomic_hard_link(source: Path, target: Path) -> None:
+    """`target` becomes a second name of `source` (no bytes copied), replacing any old target."""
+    tmp = target.with_name(f"{TMP_PREFIX}{target.name}-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+        os.replace(tmp, target)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OSError(
+            f"Could not hard-link {target} to {source} ({error}); checkpoints are stored once "
+            "per step through hard links, so callbacks.checkpoint.dirpath must be on a local "
+            "filesystem that supports them."
+        ) from error
+    _fsync_dir(target.parent)
+
+
+def _to_fp16(value: Any) -> Any:
+    """`value` with every floating tensor (nested in dicts and lists) cast to float16."""
+    if isinstance(value, torch.Tensor):
+        return value.half() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _to_fp16(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_fp16(v) for v in value)
+    return value
+
+
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Delete temporary files a killed save left behind; returns what was removed."""
     stale = sorted(Path(folder).glob(f"{TMP_PREFIX}*")) if Path(folder).is_dir() else []
@@ -80,7 +111,13 @@ def remove_stale_temps(folder: Path) -> list[Path]:
 
 class RunCheckpoint(ModelCheckpoint):
     """Last `keep_last` step checkpoints every `every_n_train_steps`, `last.ckpt`, `best.ckpt`
-    by `best_monitor`, one at the end of training and one on SIGTERM/SIGINT."""
+    by `best_monitor`, one at the end of training and one on SIGTERM/SIGINT.
+
+    A step is stored once: a second name for a step already on disk (best.ckpt and that step's
+    step*.ckpt, in either order) is a hard link. `best_format`: `full` (resumable), `weights`
+    (module weights + EMA, no optimizer) or `weights_fp16` (the same in float16). At start the
+    size of one checkpoint is logged, and a disk that cannot hold one stops the run.
+    """
 
     def __init__(
         self,
@@ -91,10 +128,15 @@ class RunCheckpoint(ModelCheckpoint):
         best_mode: str = "min",
         save_on_signal: bool = True,
         save_on_train_end: bool = True,
+        best_format: str = "full",
         verbose: bool = False,
     ) -> None:
         if keep_last < 1:
             raise ValueError(f"callbacks.checkpoint.keep_last={keep_last}: keep at least 1")
+        if best_format not in BEST_FORMATS:
+            raise ValueError(
+                f"callbacks.checkpoint.best_format={best_format!r}: use one of {BEST_FORMATS}"
+            )
         if best_mode not in ("min", "max"):
             raise ValueError(f"callbacks.checkpoint.best_mode={best_mode!r}: use min or max")
         super().__init__(
@@ -112,6 +154,8 @@ class RunCheckpoint(ModelCheckpoint):
         self.save_on_signal, self.save_on_train_end = save_on_signal, save_on_train_end
         self.best_val_score: float | None = None
         self.best_val_path = ""
+        self.best_format = best_format
+        self._full_on_disk: tuple[int, str] | None = None  # (step, path) of the newest full save
         self._previous_sigint: Any = None
 
     # -- best by val/loss --------------------------------------------------------------------
@@ -144,7 +188,11 @@ class RunCheckpoint(ModelCheckpoint):
         if better:
             self.best_val_score = current
             self.best_val_path = str(Path(self.dirpath) / "best.ckpt")
-            trainer.save_checkpoint(self.best_val_path, weights_only=False)
+            if self.best_format != "full":
+                self._save_weights(trainer, self.best_val_path, self.best_format == "weights_fp16")
+            elif not self._link_same_step(trainer, self.best_val_path):
+                trainer.save_checkpoint(self.best_val_path, weights_only=False)
+                self._full_on_disk = (trainer.global_step, self.best_val_path)
             log.info(
                 "best %s=%.5f at step %d -> %s",
                 self.best_monitor,
@@ -152,6 +200,60 @@ class RunCheckpoint(ModelCheckpoint):
                 trainer.global_step,
                 self.best_val_path,
             )
+
+    # -- one copy per step --------------------------------------------------------------------
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        """Lightning's save of step*.ckpt (and a non-linked last.ckpt), deduplicated."""
+        if not self._link_same_step(trainer, filepath):
+            super()._save_checkpoint(trainer, filepath)
+            self._full_on_disk = (trainer.global_step, filepath)
+            return
+        self._last_global_step_saved = trainer.global_step  # what the parent's save records
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def _link_same_step(self, trainer: Trainer, filepath: str) -> bool:
+        """Hard-link `filepath` to the full checkpoint already written at this step, if any."""
+        saved = self._full_on_disk
+        if saved is None or saved[0] != trainer.global_step or saved[1] == filepath:
+            return False
+        if trainer.is_global_zero:
+            atomic_hard_link(Path(saved[1]), Path(filepath))
+        trainer.strategy.barrier()
+        return True
+
+    def _save_weights(self, trainer: Trainer, filepath: str, fp16: bool) -> None:
+        """A weights-only checkpoint (state_dict, EMA, step), optionally in float16."""
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=True)
+        if fp16:
+            checkpoint = _to_fp16(checkpoint)
+        if trainer.is_global_zero:
+            atomic_torch_save(checkpoint, Path(filepath))
+        trainer.strategy.barrier()
+
+    @staticmethod
+    def _link_checkpoint(trainer: Trainer, filepath: str, linkpath: str) -> None:
+        """last.ckpt as Lightning links it, but a hard link (never a copy) where symlinks fail."""
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            if os.path.lexists(linkpath):
+                os.remove(linkpath)
+            try:
+                os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), linkpath)
+            except OSError:
+                atomic_hard_link(Path(filepath), Path(linkpath))
+        trainer.strategy.barrier()
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Log the size of one checkpoint and what keep_last holds; stop if one does not fit."""
+        super().on_fit_start(trainer, pl_module)
+        if not self.dirpath or not self._may_save(trainer):
+            return
+        size = estimate_checkpoint(pl_module, trainer.optimizers)
+        report, fits_all = check_disk(Path(self.dirpath), size, self.save_top_k, self.best_format)
+        if trainer.is_global_zero:
+            (log.info if fits_all else log.warning)(report)
 
     # -- end of training and signals -----------------------------------------------------------
     def save_now(self, trainer: Trainer, why: str) -> None:
