@@ -55,23 +55,50 @@ def test_loaders_give_bucketed_batches_with_token_ids(shards: Path) -> None:
     assert all(b["input_ids"].shape[1] == 77 for b in val)
 
 
-def test_epochs_differ_and_resume_skips_consumed_batches(shards: Path) -> None:
+def batches(dm: YmnDataModule) -> list[tuple[int, list[str], list[str]]]:
+    return [(b["slot"], b["keys"], b["captions"]) for b in dm.train_dataloader()]
+
+
+def test_epochs_differ_and_state_records_the_stream_settings(shards: Path) -> None:
     dm = module(shards)
     loader = dm.train_dataloader()
     epoch0 = [b["keys"] for b in loader]
     assert dm.train_stream.epoch == 0
     dm._epoch = 1  # what trainer.current_epoch says during the second epoch
     assert [b["keys"] for b in loader] != epoch0
-    for workers in (0, 2):
+    state = {"batches_consumed": 0, "num_workers": 0, "batch_size": 2, "world_size": 1}
+    assert module(shards).state_dict() == {"epoch": 0, **state}
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2, 4])
+def test_resume_after_any_batch_continues_the_exact_order(shards: Path, workers: int) -> None:
+    """Every worker yields the same count, so a resume after k batches (the last ones of the
+    epoch included) replays batches k.. of the uninterrupted epoch, in order."""
+    dm = module(shards, num_workers=workers)
+    full = batches(dm)
+    slots = max(workers, 1)
+    assert len(full) == slots * dm.train_stream.batches_per_slot(slots)
+    for consumed in range(len(full) + 1):
         resumed = module(shards, num_workers=workers)
-        resumed.load_state_dict({"epoch": 0, "batches_consumed": 3})
-        keys = [b["keys"] for b in resumed.train_dataloader()]
-        if workers == 0:
-            assert keys == epoch0[3:]
-        else:  # two workers interleave their own orders; the skipped count still holds
-            full = module(shards, num_workers=2)
-            assert len(keys) == len([b for b in full.train_dataloader()]) - 3
-    assert module(shards).state_dict() == {"epoch": 0, "batches_consumed": 0}
+        resumed.load_state_dict({"epoch": 0, "batches_consumed": consumed})
+        assert batches(resumed) == full[consumed:], f"resumed after {consumed}"
+
+
+@pytest.mark.parametrize(
+    ("key", "saved", "setting"),
+    [
+        ("num_workers", 2, "data.num_workers=2"),
+        ("batch_size", 4, "data.batch_size=4"),
+        ("world_size", 2, r"the world size \(trainer.devices × trainer.num_nodes\)=2"),
+    ],
+)
+def test_resume_with_changed_stream_settings_is_refused(
+    shards: Path, key: str, saved: int, setting: str
+) -> None:
+    state = {**module(shards).state_dict(), "batches_consumed": 3, key: saved}
+    with pytest.raises(ValueError, match=f"saved with {setting}, this run has .*set it back"):
+        module(shards).load_state_dict(state)
+    module(shards).load_state_dict({"epoch": 0, "batches_consumed": 3})  # older checkpoints
 
 
 def test_missing_shards_fail_at_setup_naming_the_pattern(tmp_path: Path) -> None:

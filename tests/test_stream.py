@@ -29,7 +29,13 @@ from ymn.data.decode import (
     to_tensor,
 )
 from ymn.data.pack import pack_folder
-from ymn.data.stream import TrainStream, ValidationDataset, iter_draws, keep_batch
+from ymn.data.stream import (
+    TrainStream,
+    ValidationDataset,
+    iter_draws,
+    keep_batch,
+    resume_position,
+)
 from ymn.model.tokenizer import (
     WordTokenCache,
     _word_cache,
@@ -163,18 +169,59 @@ def test_batches_have_one_bucket_and_are_deterministic(tmp_path: Path) -> None:
     assert [b["keys"] for b in other_seed] != [b["keys"] for b in first]
 
 
+def keys_by_slot(batches) -> dict[int, list[str]]:
+    by_slot: dict[int, list[str]] = {}
+    for batch in batches:
+        by_slot.setdefault(batch["slot"], []).extend(batch["keys"])
+    return by_slot
+
+
 @pytest.mark.parametrize("shard_size", [100, 3])  # one shard (split by sample) / many shards
 def test_workers_and_ranks_split_without_repeats(tmp_path: Path, shard_size: int) -> None:
+    """One slot draws every sample once; with two, each slot draws its own share only and
+    stops at the agreed batches_per_slot (13 samples, batch 1: 6 each)."""
     out = packed(tmp_path, {"a": 7, "b": 6}, shard_size=shard_size)
     s = stream(out, batch_size=1)
     expected = Counter({smp.key: n for smp, n in iter_draws(s.shards, s.categories, seed=3)})
-    assert set(expected.values()) == {1}
-    single = all_keys(DataLoader(s, batch_size=None, num_workers=0))
-    double = all_keys(DataLoader(s, batch_size=None, num_workers=2))
-    assert single == double == expected
-    ranks = [all_keys(stream(out, batch_size=1, rank=r, world_size=2)) for r in range(2)]
-    assert not set(ranks[0]) & set(ranks[1])
-    assert ranks[0] + ranks[1] == expected
+    assert set(expected.values()) == {1} and len(expected) == 13
+    assert all_keys(DataLoader(s, batch_size=None, num_workers=0)) == expected
+    workers = keys_by_slot(DataLoader(s, batch_size=None, num_workers=2))
+    ranks = {r: list(all_keys(stream(out, batch_size=1, rank=r, world_size=2))) for r in (0, 1)}
+    for split in (workers, ranks):
+        assert sorted(split) == [0, 1] and [len(keys) for keys in split.values()] == [6, 6]
+        assert len(set(split[0]) | set(split[1])) == 12 and set(split[0]) <= set(expected)
+
+
+def test_a_slot_that_runs_dry_refills_from_its_own_share(tmp_path: Path) -> None:
+    """3 shards over 2 ranks: rank 1 holds a third of the data, yet yields as many batches as
+    rank 0 by redrawing its own samples; no sample crosses ranks."""
+    out = packed(tmp_path, {"a": 9}, shard_size=3)
+    ranks = [list(stream(out, batch_size=2, rank=r, world_size=2)) for r in (0, 1)]
+    s = stream(out, batch_size=2)
+    assert len(ranks[0]) == len(ranks[1]) == s.batches_per_slot(2) == 2
+    keys = [all_keys(batches) for batches in ranks]
+    assert not set(keys[0]) & set(keys[1])
+    assert sum(keys[1].values()) == 4 and len(keys[1]) <= 3  # 4 draws from its 3 samples
+
+
+def test_a_slot_without_samples_names_the_settings(tmp_path: Path) -> None:
+    out = packed(tmp_path, {"a": 1})
+    with pytest.raises(ValueError, match="no training sample reaches slot 1 of 2.*num_workers"):
+        list(stream(out, batch_size=1, rank=1, world_size=2))
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3, 4])
+def test_resume_position_continues_the_round_robin(n_workers: int) -> None:
+    """A new DataLoader iterator starts at worker 0; the rotated roles replay the rest of the
+    uninterrupted round-robin for a resume after any number of batches."""
+    per_worker = 3
+    order = [(w, i) for i in range(per_worker) for w in range(n_workers)]  # (logical, index)
+    for consumed in range(len(order) + 1):
+        resumed = []
+        roles = [resume_position(w, n_workers, consumed) for w in range(n_workers)]
+        for i in range(per_worker):
+            resumed += [(logical, skip + i) for logical, skip in roles if skip + i < per_worker]
+        assert resumed == order[consumed:], consumed
 
 
 def test_val_keys_never_in_training(tmp_path: Path) -> None:
@@ -187,7 +234,8 @@ def test_val_keys_never_in_training(tmp_path: Path) -> None:
     val_keys = {k for b in val_batches for k in b["keys"]}
     assert val_keys and train and not train & val_keys
     assert all(is_val_key(k, 0.3) for k in val_keys)
-    assert len(val_keys) + len(train) == 24
+    planned = {smp.key for smp, _ in iter_draws(shards, s.categories, seed=3, val_fraction=0.3)}
+    assert train <= planned and len(val_keys) + len(planned) == 24  # the epoch may stop early
     assert [b["captions"] for b in val] == [b["captions"] for b in val_batches]
     assert all(" " != c for b in val_batches for c in b["captions"])
 
@@ -238,6 +286,7 @@ def test_bad_input_is_skipped_and_counted(tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     for name in ("bad.tar", "trunc.tar", "gone.tar"):
         manifest["shards"].append({"name": name, "n_samples": 2, "sha256": ""})
+    manifest["categories"]["a"]["n_images"] += 6  # planned, so the epoch reads every shard
     (out / "manifest.json").write_text(json.dumps(manifest))
     s = stream(out, batch_size=1)
     keys = all_keys(s)

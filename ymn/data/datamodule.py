@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader
 from ymn.config_values import plain
 from ymn.data.captions import CaptionConfig
 from ymn.data.decode import MANIFEST, resolve_shards
-from ymn.data.stream import TrainStream, ValidationDataset, caption_config, keep_batch
+from ymn.data.stream import (
+    TrainStream,
+    ValidationDataset,
+    caption_config,
+    keep_batch,
+    process_rank,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,16 +202,47 @@ class YmnDataModule(LightningDataModule):
         return total
 
     def state_dict(self) -> dict[str, Any]:
-        """(epoch, batches consumed in it) so a resume can skip ahead deterministically."""
+        """(epoch, batches consumed in it) so a resume can skip ahead deterministically, and
+        the settings that decide which batch comes next (a resume must match them)."""
         trainer = getattr(self, "trainer", None)
+        position = {"epoch": self._epoch, "batches_consumed": 0}
         if trainer is not None:
             done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-            return {"epoch": int(trainer.current_epoch), "batches_consumed": int(done)}
-        return {"epoch": self._epoch, "batches_consumed": 0}
+            position = {"epoch": int(trainer.current_epoch), "batches_consumed": int(done)}
+        return {**position, **self._stream_settings()}
+
+    def _stream_settings(self) -> dict[str, int]:
+        trainer = getattr(self, "trainer", None)
+        world_size = trainer.world_size if trainer is not None else process_rank()[1]
+        return {
+            "num_workers": self.num_workers,
+            "batch_size": self.batch_size,
+            "world_size": int(world_size),
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Resume: the next iteration of `epoch` skips the batches already consumed."""
+        """Resume: the next iteration of `epoch` skips the batches already consumed. Refused
+        when a setting that decides the batch order changed (see `_check_same_stream`)."""
+        self._check_same_stream(state_dict)
         self._epoch = int(state_dict.get("epoch", 0))
         self._resume = (self._epoch, int(state_dict.get("batches_consumed", 0)))
         if self.train_stream is not None:
             self.train_stream.resume = self._resume
+
+    def _check_same_stream(self, saved: Mapping[str, Any]) -> None:
+        """Each slot's share, batch count and resume position depend on the workers, the batch
+        size and the world size: with any of them changed the resumed run would not be the one
+        that was saved, so it stops here (checkpoints from before these were recorded pass)."""
+        names = {
+            "num_workers": "data.num_workers",
+            "batch_size": "data.batch_size",
+            "world_size": "the world size (trainer.devices × trainer.num_nodes)",
+        }
+        for key, now in self._stream_settings().items():
+            if key in saved and int(saved[key]) != now:
+                raise ValueError(
+                    f"ckpt_path: the checkpoint was saved with {names[key]}={saved[key]}, this "
+                    f"run has {now}. A resume continues the saved data stream exactly only with "
+                    f"the same value: set it back to {saved[key]}, or start a new run from these "
+                    "weights with init_from=RUN_DIR."
+                )

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
 from ymn.data.buckets import apply_crop, bucket_table, nearest_bucket, plan_crop, transform_meta
 from ymn.data.captions import build_caption
@@ -48,11 +48,13 @@ from ymn.data.stream import (
     Example,
     bucket_batches,
     caption_config,
+    pass_seed,
     shard_order,
     shuffle_copies,
     tokenize,
     worker_slot,
 )
+from ymn.reliability.rng import derive_seed
 
 INDEX = "index.json"
 CACHE_VERSION = 1
@@ -311,9 +313,9 @@ class CachedLatentStream(EpochPlannedStream):
         self.resume: tuple[int, int] | None = None
         self.skipped = SkipCounter()
 
-    def _draws(self, slot: int, slots: int) -> Iterator[tuple[Sample, int]]:
-        names = shard_order(self.names, self.seed, self.epoch) if self.train else self.names
-        plans = plan_epoch(self.categories, self.multiply_mode, self.seed, self.epoch)
+    def _draws(self, epoch: int, slot: int, slots: int) -> Iterator[tuple[Sample, int]]:
+        names = shard_order(self.names, self.seed, epoch) if self.train else self.names
+        plans = plan_epoch(self.categories, self.multiply_mode, self.seed, epoch)
         for _, _, sample in _iter_cached(self.folder, names, slot, slots):
             if is_val_key(sample.key, self.val_fraction) == self.train:
                 continue
@@ -322,15 +324,18 @@ class CachedLatentStream(EpochPlannedStream):
                 continue
             plan = plans[sample.category]
             copies = draws_for_sample(
-                sample.category, sample.meta["category_index"], plan, self.seed, self.epoch
+                sample.category, sample.meta["category_index"], plan, self.seed, epoch
             )
             if copies > 0:
                 yield sample, copies
 
-    def _example(self, sample: Sample, rng: random.Random, gen: torch.Generator) -> Example:
+    def _example(
+        self, sample: Sample, rng: random.Random | None, gen: torch.Generator | None
+    ) -> Example:
+        """One draw; validation (`rng` None) seeds its caption by key and uses the mean."""
         shard, i = sample.cached  # type: ignore[attr-defined]
         entry = shard.entries[i]
-        if not self.train:
+        if rng is None:
             rng = random.Random(f"val:{sample.key}")
         view = int(self.train and self.flip_p > 0 and rng.random() < self.flip_p)
         meta = dict(entry["metas"][view])
@@ -339,28 +344,22 @@ class CachedLatentStream(EpochPlannedStream):
         return Example(sample.key, tuple(entry["bucket"]), latent, caption, meta)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        slot, slots = worker_slot(self.rank, self.world_size)
-        rng = random.Random(f"latents:{self.seed}:{self.epoch}:{slot}")
-        gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, slot)) % 2**63)
-        draws = self._draws(slot, slots)
-        copies = shuffle_copies(draws, self.shuffle_buffer, rng) if self.train else (
-            s for s, _ in draws
-        )  # fmt: skip
-        examples = (self._example(s, rng, gen) for s in copies)
-        groups = bucket_batches(examples, self.batch_size, keep_remainders=not self.train)
-        to_skip = self._batches_to_skip()
-        for i, group in enumerate(groups):
-            if i >= to_skip:
+        if not self.train:
+            slot, slots = worker_slot(self.rank, self.world_size)
+            draws = self._draws(self.epoch, slot, slots)
+            examples = (self._example(sample, None, None) for sample, _ in draws)
+            for group in bucket_batches(examples, self.batch_size, keep_remainders=True):
                 yield self._batch(group, slot)
+            return
+        for slot, group in self.slot_batches(self._train_examples):
+            yield self._batch(group, slot)
 
-    def _batches_to_skip(self) -> int:
-        """Batches this worker already produced before a resume (as `TrainStream`)."""
-        if not self.train or self.resume is None or self.resume[0] != self.epoch:
-            return 0
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        consumed = self.resume[1]
-        return consumed // n_workers + (1 if worker < consumed % n_workers else 0)
+    def _train_examples(self, epoch: int, slot: int, slots: int, p: int) -> Iterator[Example]:
+        """Pass `p` of the slot's draws (as `TrainStream._examples`)."""
+        rng = random.Random(pass_seed("latents", self.seed, epoch, slot, p))
+        gen = torch.Generator().manual_seed(derive_seed("latents", self.seed, epoch, slot, p))
+        copies = shuffle_copies(self._draws(epoch, slot, slots), self.shuffle_buffer, rng)
+        return (self._example(s, rng, gen) for s in copies)
 
     def _batch(self, group: Sequence[Example], slot: int) -> dict[str, Any]:
         captions = [e.caption for e in group]
@@ -456,11 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     from ymn.model.components import load_components
 
     name = "tiny" if args.model is None else "sd15"
-    vae = load_components(name, pretrained=args.model).vae
-    index = cache_latents(
-        args.shards, args.out, vae, resolution=args.resolution, crop=args.crop, flip=args.flip,
-        batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-    )  # fmt: skip
+    try:
+        vae = load_components(name, pretrained=args.model).vae
+        index = cache_latents(
+            args.shards, args.out, vae, resolution=args.resolution, crop=args.crop, flip=args.flip,
+            batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as error:  # missing shards or model: no traceback
+        raise SystemExit(f"ymn-cache-latents: {error}") from error
     n = sum(s["n_samples"] for s in index["shards"])
     print(f"cached {n} samples ({'with' if args.flip else 'no'} flips) in {args.out}")
     return 0

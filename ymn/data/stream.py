@@ -5,14 +5,24 @@ shard order, split shards (or, with fewer shards than slots, samples) across ran
 dataloader workers, read samples sequentially, emit each one `draws_for_sample` times, mix the
 copies in a seeded shuffle buffer, then crop to the nearest aspect bucket, flip, caption and
 group into one-bucket batches. State is per category only, never per image.
+
+Batches per epoch, the rule every rank and worker follows: each slot (rank × dataloader worker)
+yields exactly `batches_per_slot` = max(1, planned training draws // (batch_size × slots))
+batches, computed from the draw plan alone, so every rank knows the count up front without
+talking to the others. A slot whose share runs dry first (uneven shards, bucket remainders)
+fills up with a redraw of its own samples (pass 1, 2, ... with its own seed); one with more
+stops there. So every rank runs the same number of steps per epoch (DDP never waits at an
+epoch end on a rank that has stopped) and the DataLoader's round-robin over workers never loses
+a worker, which is what makes a mid-epoch resume exact (`resume_position`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
+from itertools import count, islice
 from typing import Any
 
 import torch
@@ -38,15 +48,40 @@ from ymn.model.tokenizer import tokenize
 # ---------------------------------------------------------------------------------------------
 
 
-def worker_slot(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(slot, n_slots) of this process: rank × dataloader workers + worker id."""
+def process_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size) as given, else torch.distributed's, else (0, 1)."""
     if rank is None or world_size is None:
         dist = torch.distributed
         ready = dist.is_available() and dist.is_initialized()
         rank, world_size = (dist.get_rank(), dist.get_world_size()) if ready else (0, 1)
+    return rank, world_size
+
+
+def dataloader_worker() -> tuple[int, int]:
+    """(worker id, num_workers) of this DataLoader worker; (0, 1) in the main process."""
     info = get_worker_info()
-    worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def worker_slot(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(slot, n_slots) of this process: rank × dataloader workers + worker id."""
+    rank, world_size = process_rank(rank, world_size)
+    worker, n_workers = dataloader_worker()
     return rank * n_workers + worker, world_size * n_workers
+
+
+def resume_position(worker: int, n_workers: int, consumed: int) -> tuple[int, int]:
+    """(logical worker, batches to skip) for DataLoader worker `worker` when an epoch resumes
+    after `consumed` of its batches.
+
+    A DataLoader takes batches from its workers round-robin and starts every new iterator at
+    worker 0, but the uninterrupted run's next batch is logical worker `consumed % n_workers`'s.
+    Worker w therefore plays logical worker (w + consumed) % n_workers, which has produced
+    consumed // n_workers batches, one more if it comes before the next in line. Exact because
+    every worker yields the same number of batches per epoch (none drops out of the rotation).
+    """
+    logical = (worker + consumed) % n_workers
+    return logical, consumed // n_workers + int(logical < consumed % n_workers)
 
 
 def shard_order(shards: Sequence[str], seed: int, epoch: int) -> list[str]:
@@ -269,8 +304,43 @@ class EpochPlannedStream(IterableDataset):
         return epoch_size(plan_epoch(self.categories, self.multiply_mode, self.seed, epoch))
 
     def approx_batches(self, epoch: int | None = None) -> int:
-        """Approximate batches per epoch over all ranks (bucket remainders make it smaller)."""
+        """Planned training draws of the epoch in whole batches, all ranks together."""
         return int(self.epoch_size(epoch) * (1 - self.val_fraction)) // self.batch_size
+
+    def batches_per_slot(self, slots: int, epoch: int | None = None) -> int:
+        """The batches every slot (rank × worker) yields in the epoch (the module docstring's
+        rule): a pure function of the plan, so all ranks agree without communicating."""
+        return max(1, self.approx_batches(epoch) // slots)
+
+    def slot_batches(
+        self, examples: Callable[[int, int, int, int], Iterator[Example]]
+    ) -> Iterator[tuple[int, list[Example]]]:
+        """(slot, one-bucket batch) for this DataLoader worker: exactly `batches_per_slot`,
+        less those consumed before a resume. `examples(epoch, slot, slots, p)` gives pass `p`
+        of the slot's rendered draws; pass 1, 2, ... fill up a slot whose pass 0 runs dry."""
+        epoch = self.epoch
+        rank, world_size = process_rank(self.rank, self.world_size)
+        worker, n_workers = dataloader_worker()
+        consumed = self.resume[1] if self.resume is not None and self.resume[0] == epoch else 0
+        logical, skip = resume_position(worker, n_workers, consumed)
+        slot, slots = rank * n_workers + logical, world_size * n_workers
+
+        def passes() -> Iterator[Example]:
+            for p in count():
+                empty = True
+                for example in examples(epoch, slot, slots, p):
+                    empty = False
+                    yield example
+                if empty:
+                    raise ValueError(
+                        f"epoch {epoch}: no training sample reaches slot {slot} of {slots} "
+                        "(ranks × data.num_workers), so it cannot fill its batches. Use fewer "
+                        "data.num_workers or devices, a lower data.val_fraction, or more data."
+                    )
+
+        groups = bucket_batches(passes(), self.batch_size)
+        for group in islice(groups, skip, self.batches_per_slot(slots, epoch)):
+            yield slot, group
 
     def __getstate__(self) -> dict[str, Any]:
         from multiprocessing.context import get_spawning_popen
@@ -319,10 +389,19 @@ class TrainStream(EpochPlannedStream):
 
     # -- iteration (each worker) -----------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch = self.epoch
-        slot, slots = worker_slot(self.rank, self.world_size)
         counter = self.skipped = SkipCounter()
-        rng = random.Random(f"stream:{self.seed}:{epoch}:{slot}")
+        for slot, group in self.slot_batches(partial(self._examples, counter)):
+            batch = make_batch(group, self.tokenizer)
+            batch["skipped"] = dict(counter)
+            batch["slot"] = slot
+            yield batch
+
+    def _examples(
+        self, counter: SkipCounter, epoch: int, slot: int, slots: int, p: int
+    ) -> Iterator[Example]:
+        """Pass `p` of the slot's draws, rendered. Bad input is counted in pass 0 only."""
+        counter = counter if p == 0 else SkipCounter()
+        rng = random.Random(pass_seed("stream", self.seed, epoch, slot, p))
         draws = iter_draws(
             self.shards,
             self.categories,
@@ -334,15 +413,7 @@ class TrainStream(EpochPlannedStream):
             val_fraction=self.val_fraction,
             counter=counter,
         )
-        examples = self._render_all(shuffle_copies(draws, self.shuffle_buffer, rng), rng, counter)
-        to_skip = self._batches_to_skip(epoch)
-        for i, group in enumerate(bucket_batches(examples, self.batch_size)):
-            if i < to_skip:
-                continue
-            batch = make_batch(group, self.tokenizer)
-            batch["skipped"] = dict(counter)
-            batch["slot"] = slot
-            yield batch
+        return self._render_all(shuffle_copies(draws, self.shuffle_buffer, rng), rng, counter)
 
     def _render_all(
         self, copies: Iterator[Sample], rng: random.Random, counter: SkipCounter
@@ -363,14 +434,10 @@ class TrainStream(EpochPlannedStream):
             if sample.pending <= 0 or image is None:
                 sample.release()  # a bad image is counted once, its other copies pass silently
 
-    def _batches_to_skip(self, epoch: int) -> int:
-        """Batches this worker already produced before a resume (DataLoader round-robin)."""
-        if self.resume is None or self.resume[0] != epoch:
-            return 0
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        consumed = self.resume[1]
-        return consumed // n_workers + (1 if worker < consumed % n_workers else 0)
+
+def pass_seed(name: str, seed: int, epoch: int, slot: int, p: int) -> str:
+    """The seed string of a slot's pass `p` in `epoch` (pass 0 keeps the original form)."""
+    return f"{name}:{seed}:{epoch}:{slot}" + (f":pass{p}" if p else "")
 
 
 def _shared_int() -> Any:
