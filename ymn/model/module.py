@@ -17,7 +17,8 @@ from diffusers.training_utils import EMAModel, compute_snr
 from lightning import LightningModule
 from PIL import Image
 
-from ymn.model.components import Components, components_pipeline
+from ymn.model.components import Components, components_pipeline, vae_downsampling
+from ymn.model.timesteps import TimestepBias
 from ymn.model.tokenizer import describe_tokens, tokenize
 from ymn.reliability.rng import step_rng
 
@@ -54,6 +55,7 @@ class DiffusionModule(LightningModule):
         pretrained: str | None = None,
         allow_pickle: bool = False,
         losses: Mapping[str, AuxiliaryLoss] | None = None,
+        timesteps: TimestepBias | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # `pretrained`/`allow_pickle` already shaped `components`; kept to record where it started.
@@ -69,6 +71,9 @@ class DiffusionModule(LightningModule):
         self.snr_gamma = snr_gamma
         self.noise_offset = noise_offset
         self.val_seed = val_seed
+        self.timestep_bias = (
+            timesteps if isinstance(timesteps, TimestepBias) else TimestepBias(**(timesteps or {}))
+        )
         self.ema = EMAModel(self.unet.parameters(), decay=ema_decay) if ema_decay else None
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
@@ -174,11 +179,8 @@ class DiffusionModule(LightningModule):
     def _training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         latents = self.batch_latents(batch)
         noise = self.sample_noise(latents)
-        timesteps = torch.randint(
-            0,
-            self.noise_scheduler.config.num_train_timesteps,
-            (latents.shape[0],),
-            device=latents.device,
+        timesteps = self.timestep_bias.sample(
+            latents.shape[0], self.noise_scheduler.config.num_train_timesteps, latents.device
         )
         loss = self.diffusion_loss(latents, self.batch_input_ids(batch), noise, timesteps).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
@@ -286,7 +288,8 @@ class DiffusionModule(LightningModule):
         """Sample one image per (prompt, seed); restores train mode afterwards."""
         was_training = self.training
         self.eval()
-        width, height = size or (self.unet.config.sample_size * 8,) * 2
+        side = self.unet.config.sample_size * vae_downsampling(self.vae)
+        width, height = size or (side, side)
         pipe = self.make_pipeline()
         images = []
         for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
