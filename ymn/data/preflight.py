@@ -114,7 +114,9 @@ def _shard_folder(shards: Sequence[str]) -> str:
 
 
 def caption_stats(stream: PlannedStream) -> CaptionLengthStats | None:
-    """Share of epoch-0 draws whose caption CLIP truncates, and mean tokens lost; logged."""
+    """Share of epoch-0 draws whose caption CLIP truncates, and mean tokens lost; logged.
+    Captions are built from the packed metadata, before cropping (a crop that cuts a face
+    off shortens the face-position part a little)."""
     if stream.tokenizer is None:
         log.info("caption lengths not checked: no tokenizer set on the data module")
         return None
