@@ -125,6 +125,7 @@ def test_tolerance_is_the_last_level_above_the_floor() -> None:
     rows = [row(0, 1, 1, 1), row(4, 1, 0.96, 1), row(8, 1, 0.9, 1), row(16, 1, 1, 1)]
     assert controls.tolerance(rows) == 4
     assert controls.tolerance([row(0, 0.5, 1, 1)]) is None
+    assert controls.tolerance(rows, keys=("count_acc",)) == 16
 
 
 class IdentityVAE(torch.nn.Module):
@@ -148,6 +149,8 @@ def test_vae_ceiling_of_a_perfect_vae_is_one() -> None:
     assert result["count_kept"]["value"] == 1.0
     assert result["original_count_acc"]["value"] == 1.0
     assert result["identity_kept"]["n"] > 0 and result["identity_kept"]["value"] == 1.0
+    assert result["identity_kept_at_true_box"]["value"] == 1.0
+    assert result["same_answer_all_faces"]["value"] == 1.0
     assert result["l1"] == 0.0
 
 
@@ -184,6 +187,7 @@ def test_cli_writes_json_and_markdown_for_a_model_folder(tiny_model, tmp_path) -
     assert result["positive"]["all"]["count_acc"]["value"] == 1.0
     assert "empty_prompt" in result["negative"]["rows"]
     assert {row["level"] for row in result["robustness"]["blur"]} >= {0, 3.0}
+    assert result["robustness"]["blur_tolerated_by_metric"]["count_acc"] is not None
     markdown = (tmp_path / "VALIDATION.md").read_text()
     assert "## 3. VAE ceiling" in markdown and "Pending" not in markdown
     (tmp_path / "VALIDATION.md").unlink()

@@ -242,12 +242,16 @@ def degraded(
     raise ValueError(f"unknown degradation {kind!r}: use noise or blur")
 
 
-def tolerance(levels: Sequence[dict[str, Any]], floor: float = 0.95) -> float | None:
-    """The largest level up to which count, cell and identity accuracy all stay >= floor
-    (point estimates, levels in increasing order); None if the cleanest level fails."""
+def tolerance(
+    levels: Sequence[dict[str, Any]],
+    floor: float = 0.95,
+    keys: Sequence[str] = ("count_acc", "cell_acc", "identity_acc"),
+) -> float | None:
+    """The largest level up to which every metric in keys stays >= floor (point estimates,
+    levels in increasing order); None if the cleanest level fails."""
     tolerated = None
     for row in levels:
-        values = [row[k]["value"] for k in ("count_acc", "cell_acc", "identity_acc")]
+        values = [row[k]["value"] for k in keys]
         if any(v is None or v < floor for v in values):
             break
         tolerated = row["level"]

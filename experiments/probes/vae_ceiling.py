@@ -20,7 +20,7 @@ from ymn.data.captions import grid_cell
 from ymn.data.synthetic import KIND_MIX, render_scene, sample_scene_spec
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.facegrid import facegrid_metrics
-from ymn.probes.identity import identify_character
+from ymn.probes.identity import identify_character, match_faces
 
 FRESH_SEED = 12345  # never used to train the embedded base (seed 0)
 
@@ -59,16 +59,22 @@ def vae_round_trip_agreement(
     count_kept: share of images whose detected face count on the reconstruction equals the
     true count (the scene's metadata). cell_kept: share of true faces with a reconstructed
     detection in their 5x5 cell (Hungarian matching, as the face-grid probe). identity_kept:
-    share of faces named by `identify_character` on the original (at the true box) that get
-    the same answer on the reconstruction at that box. original_count_acc: the count check on the
-    originals (the instrument itself, ≈ 1). l1: mean |recon − original| in [-1, 1] units.
+    of the faces `identify_character` names on the original (at the true box) that are matched
+    to a reconstructed detection (as the identity probe pairs them), the share named the same
+    at that detection: the ceiling of probe/identity/char_acc. identity_kept_at_true_box: of
+    all faces named on the original, the share named the same on the reconstruction at the
+    true box, detected or not. same_answer_all_faces: of all true faces, unnamed ones included,
+    the share with the same answer (None == None counts: lenient, as a blur reads None).
+    original_count_acc: the count check on the originals (the
+    instrument itself, ≈ 1). l1: mean |recon − original| in [-1, 1] units.
     Each rate is {value, k, n, ci95, ...} (Wilson; faces: widened by an image bootstrap).
     """
     detector = detector or SyntheticFaceDetector()
     was_training = vae.training
     vae.eval()
     count_hits = orig_count_hits = 0
-    cell_hits, cell_totals, id_hits, id_totals = [], [], [], []
+    cell_hits, cell_totals, id_hits, id_totals, box_hits, box_totals = [], [], [], [], [], []
+    same_hits = []
     l1_sum = 0.0
     for start in range(0, n, batch_size):
         scenes = [fresh_scene(seed, i, size) for i in range(start, min(start + batch_size, n))]
@@ -83,10 +89,18 @@ def vae_round_trip_agreement(
             grid = facegrid_metrics([cells], [found], 5)
             cell_totals.append(len(truth))
             cell_hits.append(round(grid["cell_acc"] * len(truth)) if truth else 0)
-            named = [(b, identify_character(original, b)) for b in truth]
-            named = [(b, who) for b, who in named if who is not None]
-            id_totals.append(len(named))
-            id_hits.append(sum(identify_character(recon, b) == who for b, who in named))
+            names = [identify_character(original, box) for box in truth]
+            matched = dict(match_faces(cells, found, 5))  # true face -> reconstructed detection
+            named = [i for i, who in enumerate(names) if who is not None]
+            box_totals.append(len(named))
+            at_box = [identify_character(recon, box) for box in truth]
+            same_hits.append(sum(a == b for a, b in zip(at_box, names, strict=True)))
+            box_hits.append(sum(at_box[i] == names[i] for i in named))
+            kept = [i for i in named if i in matched]
+            id_totals.append(len(kept))
+            id_hits.append(
+                sum(identify_character(recon, found[matched[i]]) == names[i] for i in kept)
+            )
             diff = np.abs(
                 np.asarray(recon, dtype=np.float32) - np.asarray(original, dtype=np.float32)
             )
@@ -99,6 +113,8 @@ def vae_round_trip_agreement(
         "count_kept": rate(count_hits, n),
         "cell_kept": clustered_rate(cell_hits, cell_totals, seed),
         "identity_kept": clustered_rate(id_hits, id_totals, seed),
+        "identity_kept_at_true_box": clustered_rate(box_hits, box_totals, seed),
+        "same_answer_all_faces": clustered_rate(same_hits, cell_totals, seed),
         "original_count_acc": rate(orig_count_hits, n),
         "l1": l1_sum / n,
         "vae": {

@@ -117,6 +117,10 @@ def robustness(
             rows.append({"level": level, **controls.score(chosen, readings)})
         out[kind] = rows
         out[f"{kind}_tolerated"] = controls.tolerance(rows)
+        out[f"{kind}_tolerated_by_metric"] = {
+            key: controls.tolerance(rows, keys=(key,))
+            for key in ("count_acc", "cell_acc", "identity_acc")
+        }
     return out
 
 
