@@ -36,7 +36,7 @@ def test_probe_group_builds_the_callbacks_config() -> None:
     assert isinstance(probes.cfg, ProbeConfig)
     assert probes.cfg.steps == 3 and probes.every_n_steps == 7
     assert probes.cfg.caption.grid == "asp3"  # the run's caption config reaches the probes
-    assert isinstance(probes.cfg.feature_layers, dict)
+    assert isinstance(probes.cfg.feature_layers, dict) and probes.cfg.batch_size == 8
     assert samples.steps == 4 and probes.cfg.steps == 3  # separate homes, no shared keys
 
 
@@ -51,6 +51,15 @@ def test_old_and_second_paths_are_rejected(override: str) -> None:
 def test_unknown_probe_key_is_named_by_the_validator() -> None:
     problems = dict(iter_problems(composed("+probes.not_a_setting=1")))
     assert "unknown key 'not_a_setting'" in problems["probes.not_a_setting"]
+
+
+def test_study_preset_has_128_images_per_count_batched() -> None:
+    probes, _ = callbacks("probes=study")
+    per_count = Counter(record["count"] for record in probes.prompts)
+    assert sorted(per_count) == [1, 2, 3, 4, 5]
+    assert min(per_count.values()) >= 128
+    assert probes.cfg.batch_size >= 16
+    assert probes.at_start and probes.at_end and probes.every_n_steps == 0
 
 
 def test_off_and_fast_presets() -> None:

@@ -285,25 +285,24 @@ class DiffusionModule(LightningModule):
         negative_prompts: Sequence[str] | None = None,
         latents: torch.Tensor | None = None,
     ) -> list[Image.Image]:
-        """Sample one image per (prompt, seed); restores train mode afterwards."""
+        """Sample one image per (prompt, seed) in one batched pipeline call; restores train mode
+        afterwards. Each image draws its noise from its own seeded generator, so it does not
+        depend on the other prompts of the call (callers choose the batch size)."""
+        if len(prompts) != len(seeds):
+            raise ValueError(f"log_images: {len(prompts)} prompts but {len(seeds)} seeds")
         was_training = self.training
         self.eval()
         side = self.unet.config.sample_size * vae_downsampling(self.vae)
         width, height = size or (side, side)
-        pipe = self.make_pipeline()
-        images = []
-        for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
-            generator = torch.Generator(device="cpu").manual_seed(int(seed))
-            out = pipe(
-                prompt,
-                negative_prompt=negative_prompts[i] if negative_prompts else None,
-                height=height,
-                width=width,
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                generator=generator,
-                latents=None if latents is None else latents[i : i + 1],
-            )
-            images.append(out.images[0])
+        out = self.make_pipeline()(
+            list(prompts),
+            negative_prompt=list(negative_prompts) if negative_prompts else None,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=[torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds],
+            latents=latents,
+        )
         self.train(was_training)
-        return images
+        return list(out.images)

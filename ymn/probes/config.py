@@ -25,6 +25,8 @@ class ProbeConfig:
     counts / layouts / seeds / characters / general: the probe prompt set (ymn.probes.prompts);
     seeds: a list, or an int n for seeds 0..n-1 (the same seeds for every count).
     heldout_batches: val batches for the teacher-forced attention and linear probes.
+    batch_size: probe images per pipeline call; each image keeps its own generator, so an
+    image does not depend on the batch it was sampled in.
     steps / guidance_scale / size: the DDIM sampler; size (w, h) None = the model's native size.
     timesteps: noise levels of the teacher-forced pass. attention_layers: substrings of attn2
     processor names (None = all). feature_layers: name → UNet submodule for the linear probe.
@@ -46,6 +48,7 @@ class ProbeConfig:
     characters: list[str] | str | None = None
     general: str | None = None
     heldout_batches: int = 4
+    batch_size: int = 8
     steps: int = 10
     guidance_scale: float = 5.0
     size: tuple[int, int] | None = None
@@ -79,6 +82,9 @@ class ProbeConfig:
             raise ValueError(
                 f"probes.linear_condition must be empty|caption, got {self.linear_condition!r}"
             )
+        if int(self.batch_size) < 1:
+            raise ValueError(f"probes.batch_size must be >= 1, got {self.batch_size!r}")
+        self.batch_size = int(self.batch_size)
 
     def report(self) -> dict[str, Any]:
         """The settings as JSON-ready values (a detector object is named by its class)."""

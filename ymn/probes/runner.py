@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,47 @@ def initial_latents(module: Any, probe: Mapping[str, Any], cfg: ProbeConfig) -> 
     return latents.to(module.device, dtype=module.unet.dtype)
 
 
+def probe_batches(
+    prompts: Sequence[Mapping[str, Any]], size: int
+) -> Iterator[Sequence[Mapping[str, Any]]]:
+    """The probe records in consecutive batches of at most `size`."""
+    for start in range(0, len(prompts), size):
+        yield prompts[start : start + size]
+
+
+def batch_latents(
+    module: Any, probes: Sequence[Mapping[str, Any]], cfg: ProbeConfig
+) -> torch.Tensor | None:
+    """The batch's count-aware starting latents (None: the sampler draws each record's noise)."""
+    if not cfg.noise_prior:
+        return None
+    return torch.cat([initial_latents(module, probe, cfg) for probe in probes])
+
+
+def image_record(
+    module: Any,
+    probe: Mapping[str, Any],
+    image: Any,
+    detector: Any,
+    cfg: ProbeConfig,
+    maps: np.ndarray | None,
+) -> dict[str, Any]:
+    """Detections, identities and (maps given) the attention record of one probe image."""
+    record = detection_record(probe, detector.detect(image), grid_size(cfg.caption))
+    if measures_identity(detector, probe):
+        record["identities"] = [identify_character(image, b) for b in record["detected_boxes"]]
+    if maps is not None:
+        record["attention"] = image_attention_record(
+            maps,
+            module.tokenizer,
+            probe["prompt"],
+            probe.get("count"),
+            [tuple(c) for c in probe.get("cells", [])],
+            cfg.caption,
+        )
+    return record
+
+
 def sample_probe(
     module: Any,
     prompts: Sequence[Mapping[str, Any]],
@@ -101,48 +142,44 @@ def sample_probe(
     cfg: ProbeConfig,
     image_dir: Path | None,
 ) -> list[dict[str, Any]]:
-    """Sample each probe prompt (one image per record), detect faces, read its attention."""
+    """Sample the probe prompts in batches of cfg.batch_size, detect faces, read each image's
+    attention. Every record has its own seeded generator, so its image (and attention) does not
+    depend on the batch it lands in."""
     grid = grid_size(cfg.caption)
     latent_hw = _latent_hw(module, cfg.size)
-    records = []
+    records: list[dict[str, Any]] = []
     capture = (
         capture_cross_attention(module.unet, cfg.attention_layers)
         if cfg.attention_on_samples
         else nullcontext(None)
     )
+    batches = list(probe_batches(prompts, cfg.batch_size))
     with capture as store:
-        for i, probe in enumerate(tqdm(prompts, desc="probe samples", leave=False)):
+        for batch in tqdm(batches, desc="probe samples", leave=False):
             if store is not None:
                 store.reset()
-            latents = initial_latents(module, probe, cfg)
-            extra = {} if latents is None else {"latents": latents}
-            image = module.log_images(
-                [probe["prompt"]],
-                [probe["seed"]],
+            latents = batch_latents(module, batch, cfg)
+            images = module.log_images(
+                [probe["prompt"] for probe in batch],
+                [probe["seed"] for probe in batch],
                 size=cfg.size,
                 steps=cfg.steps,
                 guidance_scale=cfg.guidance_scale,
-                **extra,
-            )[0]
-            record = detection_record(probe, detector.detect(image), grid)
-            if measures_identity(detector, probe):
-                boxes = record["detected_boxes"]
-                record["identities"] = [identify_character(image, box) for box in boxes]
-            if store is not None:
-                cond = {name: m[-1:] for name, m in store.maps().items()}  # CFG: [uncond, cond]
-                maps = grid_token_maps(cond, latent_hw, grid)[0].cpu().numpy()
-                record["attention"] = image_attention_record(
-                    maps,
-                    module.tokenizer,
-                    probe["prompt"],
-                    probe.get("count"),
-                    [tuple(c) for c in probe.get("cells", [])],
-                    cfg.caption,
+                **({} if latents is None else {"latents": latents}),
+            )
+            maps = None
+            if store is not None:  # with CFG the rows are [uncond; cond]: keep the last n
+                cond = {name: m[-len(batch) :] for name, m in store.maps().items()}
+                maps = grid_token_maps(cond, latent_hw, grid).cpu().numpy()
+            for j, (probe, image) in enumerate(zip(batch, images, strict=True)):
+                record = image_record(
+                    module, probe, image, detector, cfg, None if maps is None else maps[j]
                 )
-            if image_dir is not None:
-                image_dir.mkdir(parents=True, exist_ok=True)
-                image.save(image_dir / f"{i:03d}_{probe.get('label', '')}_{probe['seed']}.png")
-            records.append(record)
+                if image_dir is not None:
+                    image_dir.mkdir(parents=True, exist_ok=True)
+                    name = f"{len(records):03d}_{probe.get('label', '')}_{probe['seed']}.png"
+                    image.save(image_dir / name)
+                records.append(record)
     return records
 
 
