@@ -327,8 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write {folder: {prob, n_images, multiply}}")
     args = parser.parse_args(argv)
 
-    rows = read_weights_csv(args.weights) if args.weights else []
-    result = compute_weights(args.root, rows, args.min_multiply, args.max_multiply, args.rounding)
+    try:
+        rows = read_weights_csv(args.weights) if args.weights else []
+        result = compute_weights(
+            args.root, rows, args.min_multiply, args.max_multiply, args.rounding
+        )
+    except (FileNotFoundError, ValueError) as error:  # a user's path or CSV: no traceback
+        raise SystemExit(f"ymn-balance: {error}") from error
     if args.write_multiply:
         write_multiply_files(args.root, result, args.rounding)
     if args.json:

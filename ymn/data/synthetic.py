@@ -365,7 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     args = parser.parse_args(argv)
-    info = generate_dataset(args.out, args.n, args.seed, args.size, args.workers)
+    try:
+        info = generate_dataset(args.out, args.n, args.seed, args.size, args.workers)
+    except (OSError, ValueError) as error:  # an unwritable OUT or bad sizes: no traceback
+        raise SystemExit(f"ymn-synth: {error}") from error
     print(f"wrote {info['n']} images to {args.out}: {info['counts']['kind']}")
     return 0
 
