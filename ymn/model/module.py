@@ -18,6 +18,7 @@ from lightning import LightningModule
 from PIL import Image
 
 from ymn.model.components import Components, components_pipeline, vae_downsampling
+from ymn.model.text_encoder_controls import TextEncoderControls
 from ymn.model.timesteps import TimestepBias
 from ymn.model.tokenizer import describe_tokens, tokenize
 from ymn.reliability.rng import step_rng
@@ -56,12 +57,19 @@ class DiffusionModule(LightningModule):
         allow_pickle: bool = False,
         losses: Mapping[str, AuxiliaryLoss] | None = None,
         timesteps: TimestepBias | Mapping[str, Any] | None = None,
+        text_encoder_controls: TextEncoderControls | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # `pretrained`/`allow_pickle` already shaped `components`; kept to record where it started.
         self.pretrained = pretrained
         self.vae = components.vae.requires_grad_(False).eval()
         self.text_encoder = components.text_encoder.requires_grad_(train_text_encoder)
+        self.text_controls = (
+            text_encoder_controls
+            if isinstance(text_encoder_controls, TextEncoderControls)
+            else TextEncoderControls(**(text_encoder_controls or {}))
+        )
+        self.text_controls.freeze(self.text_encoder)
         self.unet = components.unet
         self.tokenizer = components.tokenizer
         self.noise_scheduler = components.scheduler
@@ -111,6 +119,10 @@ class DiffusionModule(LightningModule):
             return batch["input_ids"]
         return tokenize(self.tokenizer, list(batch["captions"])).to(self.device)
 
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The UNet's text conditioning (the layer `text_encoder_controls.clip_skip` picks)."""
+        return self.text_controls.encode(self.text_encoder, input_ids)
+
     def diffusion_loss(
         self,
         latents: torch.Tensor,
@@ -120,7 +132,7 @@ class DiffusionModule(LightningModule):
     ) -> torch.Tensor:
         """Per-sample MSE of the UNet prediction (epsilon or v), optionally min-SNR weighted."""
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        text = self.text_encoder(input_ids)[0]
+        text = self.encode_text(input_ids)
         pred = self.unet(noisy, timesteps, text).sample
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -188,7 +200,10 @@ class DiffusionModule(LightningModule):
             value = aux(batch)
             self.log(f"train/{name}", value, batch_size=latents.shape[0])
             loss = loss + value
-        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=latents.shape[0])
+        groups = self.optimizers().param_groups
+        self.log("lr", groups[0]["lr"], batch_size=latents.shape[0])
+        if len(groups) > 1:
+            self.log("lr/text_encoder", groups[1]["lr"], batch_size=latents.shape[0])
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
@@ -223,6 +238,14 @@ class DiffusionModule(LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=latents.shape[0], sync_dist=True)
         return loss
 
+    def optimizer_params(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+        """One flat list, or UNet / text-encoder groups when the text encoder has its own lr."""
+        if self.text_controls.lr is None or not self.train_text_encoder:
+            return self.trainable_parameters()
+        unet = [p for p in self.unet.parameters() if p.requires_grad]
+        text = [p for p in self.text_encoder.parameters() if p.requires_grad]
+        return self.text_controls.param_groups(unet, text)
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         params = list(self.unet.parameters())
         if self.train_text_encoder:
@@ -230,7 +253,7 @@ class DiffusionModule(LightningModule):
         return [p for p in params if p.requires_grad]
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.trainable_parameters())
+        optimizer = self.optimizer_factory(self.optimizer_params())
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
@@ -275,6 +298,19 @@ class DiffusionModule(LightningModule):
         return pipe
 
     @torch.no_grad()
+    @torch.no_grad()
+    def prompt_inputs(
+        self, prompts: Sequence[str], negative_prompts: Sequence[str] | None
+    ) -> dict[str, Any]:
+        """Pipeline text inputs: the prompts, or with CLIP skip our own embeddings of them
+        (diffusers' `clip_skip` path expects transformers 4's `text_model` attribute)."""
+        if self.text_controls.clip_skip == 1:
+            negative = list(negative_prompts) if negative_prompts else None
+            return {"prompt": list(prompts), "negative_prompt": negative}
+        negative = list(negative_prompts) if negative_prompts else [""] * len(prompts)
+        embed = lambda texts: self.encode_text(tokenize(self.tokenizer, texts).to(self.device))  # noqa: E731
+        return {"prompt_embeds": embed(list(prompts)), "negative_prompt_embeds": embed(negative)}
+
     def log_images(
         self,
         prompts: Sequence[str],
@@ -295,8 +331,7 @@ class DiffusionModule(LightningModule):
         side = self.unet.config.sample_size * vae_downsampling(self.vae)
         width, height = size or (side, side)
         out = self.make_pipeline()(
-            list(prompts),
-            negative_prompt=list(negative_prompts) if negative_prompts else None,
+            **self.prompt_inputs(prompts, negative_prompts),
             height=height,
             width=width,
             num_inference_steps=steps,

@@ -245,7 +245,7 @@ def heldout_pass(
             latents = _batch_latents(module, batch)
             n = latents.shape[0]
             ids = tokenize(module.tokenizer, captions + [""] * n).to(module.device)
-            text = module.text_encoder(ids)[0]
+            text = module.encode_text(ids)
             out["text"].append(text[:n].mean(dim=1).float().cpu().numpy())
             if store is not None:
                 store.reset()
