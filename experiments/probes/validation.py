@@ -39,14 +39,20 @@ BLUR_RADII = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)  # px at 128 px
 NEGATIVE_SEED = 54321
 
 
-def git_commit() -> str:
-    """HEAD of the checkout the numbers come from ("unknown" outside git)."""
+def git(*args: str) -> str:
+    """Output of a git command in this checkout ("unknown" outside git)."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=OUT_DIR
+            ["git", *args], capture_output=True, text=True, check=True, cwd=OUT_DIR
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def uncommitted_code() -> list[str]:
+    """Tracked files under ymn/ or experiments/probes/ that differ from HEAD at run time."""
+    changed = git("diff", "--name-only", "HEAD", "--", "ymn", "experiments/probes")
+    return [] if changed in ("", "unknown") else changed.splitlines()
 
 
 # ----------------------------------------------------------------------------- controls 1, 2, 4
@@ -155,7 +161,7 @@ def model_controls(model: str | None, n: int, size: int, samples: int, steps: in
     if model is None and not base_is_current(components.vae):
         status = "stale"
         reason = (
-            "the shipped base predates components.py's tiny VAE (being retrained); these are the "
+            "The shipped base predates components.py's tiny VAE (being retrained); these are the "
             "old base's numbers, the new base's row is pending"
         )
     entry = {"status": status, "model": name, "reason": reason}
@@ -198,7 +204,8 @@ def run(
         "vae_ceiling": vae,
         "robustness": robustness(records, images, detector, n),
     }
-    result["git_commit"] = git_commit()
+    result["git_commit"] = git("rev-parse", "HEAD")
+    result["uncommitted_code"] = uncommitted_code()
     result["wall_seconds"] = round(time.time() - start, 1)
     return result
 
