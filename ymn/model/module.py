@@ -22,6 +22,7 @@ from ymn.model.text_encoder_controls import TextEncoderControls
 from ymn.model.timesteps import TimestepBias
 from ymn.model.tokenizer import describe_tokens, tokenize
 from ymn.reliability.rng import step_rng
+from ymn.remedies.face_weighted_loss import face_weight_maps
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class DiffusionModule(LightningModule):
         losses: Mapping[str, AuxiliaryLoss] | None = None,
         timesteps: TimestepBias | Mapping[str, Any] | None = None,
         text_encoder_controls: TextEncoderControls | Mapping[str, Any] | None = None,
+        face_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
         # `pretrained`/`allow_pickle` already shaped `components`; kept to record where it started.
@@ -79,6 +81,7 @@ class DiffusionModule(LightningModule):
         self.snr_gamma = snr_gamma
         self.noise_offset = noise_offset
         self.val_seed = val_seed
+        self.face_loss_weight = face_loss_weight
         self.timestep_bias = (
             timesteps if isinstance(timesteps, TimestepBias) else TimestepBias(**(timesteps or {}))
         )
@@ -129,8 +132,10 @@ class DiffusionModule(LightningModule):
         input_ids: torch.Tensor,
         noise: torch.Tensor,
         timesteps: torch.Tensor,
+        weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-sample MSE of the UNet prediction (epsilon or v), optionally min-SNR weighted."""
+        """Per-sample MSE of the UNet prediction (epsilon or v), optionally min-SNR weighted;
+        `weight` (B, 1, h, w) weighs latent pixels (the face-weighted loss)."""
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         text = self.encode_text(input_ids)
         pred = self.unet(noisy, timesteps, text).sample
@@ -138,7 +143,10 @@ class DiffusionModule(LightningModule):
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+        if weight is not None:
+            loss = loss * weight.to(loss.device)
+        loss = loss.mean(dim=(1, 2, 3))
         if self.snr_gamma is not None:
             loss = loss * self.min_snr_weights(timesteps)
         return loss
@@ -194,7 +202,9 @@ class DiffusionModule(LightningModule):
         timesteps = self.timestep_bias.sample(
             latents.shape[0], self.noise_scheduler.config.num_train_timesteps, latents.device
         )
-        loss = self.diffusion_loss(latents, self.batch_input_ids(batch), noise, timesteps).mean()
+        weight = self.face_weights(batch, latents)
+        ids = self.batch_input_ids(batch)
+        loss = self.diffusion_loss(latents, ids, noise, timesteps, weight).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
         for name, aux in self.aux_losses.items():
             value = aux(batch)
@@ -205,6 +215,15 @@ class DiffusionModule(LightningModule):
         if len(groups) > 1:
             self.log("lr/text_encoder", groups[1]["lr"], batch_size=latents.shape[0])
         return loss
+
+    def face_weights(self, batch: dict[str, Any], latents: torch.Tensor) -> torch.Tensor | None:
+        """The face-weighted loss's maps (None when `face_loss_weight` is 1, the recipe)."""
+        if self.face_loss_weight == 1.0:
+            return None
+        if "meta" not in batch:
+            raise KeyError("model.face_loss_weight needs face boxes: the batch carries no 'meta'")
+        height, width = latents.shape[-2:]
+        return face_weight_maps(batch["meta"], height, width, self.face_loss_weight)
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         if self.ema is not None and outputs is not None:  # None: a skipped (non-finite) step
