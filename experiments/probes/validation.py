@@ -34,6 +34,7 @@ from experiments.probes.vae_ceiling import FRESH_SEED, vae_round_trip_agreement
 from ymn.probes.detectors import SyntheticFaceDetector
 
 OUT_DIR = Path(__file__).resolve().parent
+REPO = OUT_DIR.parent.parent
 NOISE_SIGMAS = (0, 4, 8, 12, 16, 20, 24, 32, 48)  # 0-255 units
 BLUR_RADII = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)  # px at 128 px
 NEGATIVE_SEED = 54321
@@ -43,7 +44,7 @@ def git(*args: str) -> str:
     """Output of a git command in this checkout ("unknown" outside git)."""
     try:
         return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, cwd=OUT_DIR
+            ["git", *args], capture_output=True, text=True, check=True, cwd=REPO
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
