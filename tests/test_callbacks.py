@@ -139,6 +139,13 @@ def test_schedule_and_grid_helpers() -> None:
     assert grid.size == (8, 18)
 
 
+def test_sample_entries_batch_by_sampler_settings() -> None:
+    samples = SampleImages(prompts=["a", "b", "c"], seeds=[0], batch_size=2)
+    assert [[e["prompt"] for e in b] for b in samples._batches()] == [["a", "b"], ["c"]]
+    samples.entries[1]["cfg"] = 7.0  # a prompt file's own cfg: its own pipeline call
+    assert [[e["prompt"] for e in b] for b in samples._batches()] == [["a"], ["b"], ["c"]]
+
+
 def test_unknown_probe_setting_is_named() -> None:
     with pytest.raises(TypeError, match="unknown probe setting"):
         ProbeCallback({"detector": CornerDetector(), "not_a_setting": 1})

@@ -37,12 +37,18 @@ def image_grid(images: Sequence[Image.Image], columns: int | None = None) -> Ima
     return grid
 
 
+def _sampler_key(entry: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return (entry.get("size"), entry.get("cfg"), entry.get("negative"))
+
+
 class SampleImages(StepScheduledCallback):
     """Sample fixed prompts at fixed seeds on a schedule; one PNG grid per step.
 
     prompts: a list of prompts (each sampled at every seed); prompt_file: a text/JSON prompt
     file (its own seeds/sizes/cfg win); neither: one probe prompt per count 1–5 written with
     `caption` (the run's caption config). size: (w, h), None = the model's native size.
+    batch_size: entries per pipeline call (consecutive entries of one size, cfg and negative
+    prompt); each keeps its own seeded generator, so a grid does not depend on it.
     """
 
     def __init__(
@@ -59,8 +65,10 @@ class SampleImages(StepScheduledCallback):
         out_dir: str | None = None,
         caption: Any = None,
         negative_prompt: str | None = None,
+        batch_size: int = 8,
     ) -> None:
         super().__init__(every_n_steps, at_start, at_end, out_dir)
+        self.batch_size = max(1, int(batch_size))
         self.steps = int(steps)
         self.guidance_scale = float(guidance_scale)
         size = plain(size)
@@ -94,14 +102,15 @@ class SampleImages(StepScheduledCallback):
         if not self.entries:
             return None
         images = []
-        for entry in self.entries:
+        for batch in self._batches():
+            first = batch[0]
             images += pl_module.log_images(
-                [entry["prompt"]],
-                [entry["seed"]],
-                size=tuple(entry["size"]) if entry.get("size") else self.size,
+                [e["prompt"] for e in batch],
+                [e["seed"] for e in batch],
+                size=tuple(first["size"]) if first.get("size") else self.size,
                 steps=self.steps,
-                guidance_scale=entry.get("cfg") or self.guidance_scale,
-                negative_prompts=[entry["negative"]] if entry.get("negative") else None,
+                guidance_scale=first.get("cfg") or self.guidance_scale,
+                negative_prompts=[e["negative"] for e in batch] if first.get("negative") else None,
             )
         path = self.run_dir(trainer) / "samples" / f"step_{step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +120,18 @@ class SampleImages(StepScheduledCallback):
         path.with_suffix(".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         self._log(trainer, images, step)
         return path
+
+    def _batches(self) -> list[list[dict[str, Any]]]:
+        """Consecutive entries sharing size, cfg and negative prompt, at most batch_size each."""
+        batches: list[list[dict[str, Any]]] = []
+        for entry in self.entries:
+            key = _sampler_key(entry)
+            last = batches[-1] if batches else None
+            if last and len(last) < self.batch_size and _sampler_key(last[0]) == key:
+                last.append(entry)
+            else:
+                batches.append([entry])
+        return batches
 
     def _log(self, trainer: L.Trainer, images: list[Image.Image], step: int) -> None:
         captions = [f"{e['prompt']} (seed {e['seed']})" for e in self.entries]
