@@ -344,8 +344,8 @@ class CachedLatentStream(EpochPlannedStream):
         return Example(sample.key, tuple(entry["bucket"]), latent, caption, meta)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if not self.train:
-            slot, slots = worker_slot(self.rank, self.world_size)
+        if not self.train:  # every rank validates the same batches, as ValidationDataset
+            slot, slots = worker_slot(0, 1)
             draws = self._draws(self.epoch, slot, slots)
             examples = (self._example(sample, None, None) for sample, _ in draws)
             for group in bucket_batches(examples, self.batch_size, keep_remainders=True):

@@ -449,7 +449,12 @@ def _shared_int() -> Any:
 
 class ValidationDataset(IterableDataset):
     """Held-out samples only, in shard order: center crop, no flip, no caption dropout, captions
-    seeded by key. Batches group one bucket; remainders are kept. Deterministic."""
+    seeded by key. Batches group one bucket; remainders are kept. Deterministic.
+
+    Not split across ranks unless `rank`/`world_size` are given: every DDP rank validates the
+    same batches, so all run the same number of validation steps (a rank without held-out
+    samples would leave the others waiting in val/loss's all-reduce) and val/loss does not
+    depend on the world size. `limit_val_batches` keeps the repeated work small."""
 
     def __init__(
         self,
@@ -460,8 +465,8 @@ class ValidationDataset(IterableDataset):
         val_fraction: float = 0.02,
         caption: CaptionConfig | Mapping[str, Any] | None = None,
         tokenizer: Any = None,
-        rank: int | None = None,
-        world_size: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__()
         self.shards, self.buckets = list(shards), bucket_table(resolution)

@@ -325,7 +325,9 @@ class RunCheckpoint(ModelCheckpoint):
 
 class ResumeState(Callback):
     """Records how many batches of the epoch were consumed *including* one being finished when
-    a checkpoint is written from `on_train_batch_end`, and the module's training seed."""
+    a checkpoint is written from `on_train_batch_end`, and the module's training seed. Between
+    epochs (e.g. the save at the end of training) the next epoch has consumed none: the batch
+    counter still holds the finished epoch's count there."""
 
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
@@ -333,5 +335,7 @@ class ResumeState(Callback):
         datamodule = trainer.datamodule
         key = type(datamodule).__qualname__ if datamodule is not None else None
         if key and isinstance(checkpoint.get(key), dict) and "batches_consumed" in checkpoint[key]:
+            epochs = trainer.fit_loop.epoch_progress.current
             progress = trainer.fit_loop.epoch_loop.batch_progress.current
-            checkpoint[key]["batches_consumed"] = int(progress.processed)
+            in_epoch = epochs.started > epochs.completed
+            checkpoint[key]["batches_consumed"] = int(progress.processed) if in_epoch else 0
