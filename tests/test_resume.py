@@ -11,16 +11,45 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lightning import Callback, LightningModule, Trainer
 
 from tests.conftest import small_train_command, subprocess_env
 
 # 60 synthetic images: enough batches for a kill at an arbitrary step.
 train_args = partial(small_train_command, synth_n=60)
 
+# 24 images, one copy each: an epoch of 10 batches of 2 (8 with 4 workers: 2 per worker).
+SHORT_EPOCHS = ("data.prepare.tree=null", "data.prepare.pack.max_multiply=1")
+short_train_args = partial(small_train_command, synth_n=24)
+EPOCH_BATCHES = {0: 10, 1: 10, 2: 10, 4: 8}
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class KillAt(Callback):
+    """Test-only: SIGKILL this process when `step` steps are done (their checkpoint written),
+    as a preempted job dies: no exception handler, no final save."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_at(step: int) -> tuple[str, str]:
+    """Overrides that add `KillAt(step)` to a run."""
+    return (
+        "+callbacks.kill_at._target_=tests.test_resume.KillAt",
+        f"+callbacks.kill_at.step={step}",
+    )
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -60,21 +89,24 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [2])
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model, workers):
-    steps = 6
+    """A SIGKILL wherever the run is after its second checkpoint; the resume crosses the end of
+    the first epoch."""
+    steps = EPOCH_BATCHES[workers] + 2
     common = (
-        "trainer.max_steps=6",
+        *SHORT_EPOCHS,
+        f"trainer.max_steps={steps}",
         "callbacks.checkpoint.every_n_train_steps=1",
-        "callbacks.checkpoint.keep_last=10",
+        "callbacks.checkpoint.keep_last=20",
         f"data.num_workers={workers}",
     )
-    run(train_args(tmp_path, tiny_model, tmp_path / "A", *common))
+    run(short_train_args(tmp_path, tiny_model, tmp_path / "A", *common))
     uninterrupted = load(tmp_path / "A" / "checkpoints" / f"step{steps:07d}.ckpt")
 
     run_b = tmp_path / "B"
     proc = subprocess.Popen(
-        train_args(tmp_path, tiny_model, run_b, *common),
+        short_train_args(tmp_path, tiny_model, run_b, *common),
         cwd=ROOT,
         env=subprocess_env(),
         stdout=subprocess.DEVNULL,
@@ -89,7 +121,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model, workers)
     killed_at = os.path.realpath(run_b / "checkpoints" / "last.ckpt")
     assert not killed_at.endswith(f"step{steps:07d}.ckpt"), "killed too late to test resume"
 
-    resumed = run(train_args(tmp_path, tiny_model, run_b, *common, "ckpt_path=last"))
+    resumed = run(short_train_args(tmp_path, tiny_model, run_b, *common, "ckpt_path=last"))
     assert "Resuming from" in resumed.stdout + resumed.stderr
     final = load(run_b / "checkpoints" / f"step{steps:07d}.ckpt")
     assert final["global_step"] == uninterrupted["global_step"] == steps
@@ -97,6 +129,75 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model, workers)
     assert_same_tensors(
         uninterrupted["optimizer_states"], final["optimizer_states"], "optimizer_states"
     )
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"]
+    assert_same_tensors(a["state_dict"], b["state_dict"], "state_dict")
+    assert_same_tensors(a["optimizer_states"], b["optimizer_states"], "optimizer_states")
+
+
+@pytest.mark.parametrize(
+    ("workers", "kills"),
+    [(0, (-1, 1)), (4, (-2, 0))],  # kill steps relative to the end of the first epoch
+)
+def test_killed_twice_near_epoch_ends_resumes_bitwise_identical(
+    tmp_path, tiny_model, workers, kills
+):
+    """Killed in the last batches of epoch 0, resumed, killed at its end or just after it,
+    resumed: the end state equals the uninterrupted run's. A resume with another num_workers
+    is refused, naming the setting."""
+    steps = EPOCH_BATCHES[workers] + 3
+    common = (
+        *SHORT_EPOCHS,
+        f"trainer.max_steps={steps}",
+        "callbacks.checkpoint.every_n_train_steps=1",
+        "callbacks.checkpoint.keep_last=20",
+    )
+    args = partial(short_train_args, tmp_path, tiny_model)
+    run(args(tmp_path / "A", *common, f"data.num_workers={workers}"))
+    uninterrupted = load(tmp_path / "A" / "checkpoints" / f"step{steps:07d}.ckpt")
+    assert uninterrupted["epoch"] == 1, "the reference run should end in its second epoch"
+
+    run_b = partial(args, tmp_path / "B", *common)
+    for i, kill in enumerate(EPOCH_BATCHES[workers] + k for k in kills):
+        resume = ("ckpt_path=last",) if i else ()
+        killed = start(run_b(f"data.num_workers={workers}", *resume, *kill_at(kill)))
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        assert load(tmp_path / "B" / "checkpoints" / "last.ckpt")["global_step"] == kill
+    refused = start(run_b("data.num_workers=2", "ckpt_path=last"))
+    assert f"saved with data.num_workers={workers}, this run has 2" in refused.stderr
+    run(run_b(f"data.num_workers={workers}", "ckpt_path=last"))
+    final = load(tmp_path / "B" / "checkpoints" / f"step{steps:07d}.ckpt")
+    assert_same_training_state(uninterrupted, final)
+
+
+def start(args: list[str]) -> subprocess.CompletedProcess:
+    """Run to whatever end (a kill, a refusal), output captured."""
+    return subprocess.run(
+        args, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_checkpoint_between_epochs_records_no_consumed_batches():
+    """The save at the end of training (or of an epoch) starts the next epoch from its first
+    batch: Lightning's batch counter still holds the finished epoch's count there."""
+    from types import SimpleNamespace
+
+    from ymn.reliability.checkpointing import ResumeState
+
+    def saved(started: int, completed: int) -> int:
+        epochs = SimpleNamespace(started=started, completed=completed)
+        batches = SimpleNamespace(processed=7)
+        loop = SimpleNamespace(epoch_progress=SimpleNamespace(current=epochs))
+        loop.epoch_loop = SimpleNamespace(batch_progress=SimpleNamespace(current=batches))
+        trainer = SimpleNamespace(datamodule=SimpleNamespace(), fit_loop=loop)
+        checkpoint = {"SimpleNamespace": {"epoch": completed, "batches_consumed": 99}}
+        ResumeState().on_save_checkpoint(trainer, None, checkpoint)
+        return checkpoint["SimpleNamespace"]["batches_consumed"]
+
+    assert saved(started=2, completed=1) == 7  # inside the second epoch
+    assert saved(started=2, completed=2) == 0  # both epochs done
 
 
 # ---------------------------------------------------------------------------------------------
