@@ -11,7 +11,7 @@ import torch
 
 from experiments.probes import controls, validation
 from experiments.probes.rates import clustered_rate, rate, wilson
-from experiments.probes.report import vae_section
+from experiments.probes.report import vae_section, write_markdown
 from experiments.probes.vae_ceiling import vae_round_trip_agreement
 from ymn.data.synthetic import render_layout
 from ymn.probes.detectors import SyntheticFaceDetector
@@ -200,3 +200,10 @@ def test_a_model_that_does_not_load_is_marked_pending(tmp_path) -> None:
     assert entry["status"] == "pending" and images is None
     assert "FileNotFoundError" in entry["reason"]
     assert "**Pending**" in "\n".join(vae_section(entry))
+
+
+def test_committed_report_is_the_committed_json_rendered() -> None:
+    folder = validation.OUT_DIR
+    result = json.loads((folder / "validation.json").read_text())
+    assert result["command"].startswith("python -m experiments.probes.validation")
+    assert write_markdown(result) == (folder / "VALIDATION.md").read_text()
