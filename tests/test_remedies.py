@@ -333,7 +333,8 @@ def test_probe_initial_latents_option(tiny):
     probe = {"count": 2, "seed": 3, "cells": [[0, 2], [4, 2]]}
     assert initial_latents(module, probe, ProbeConfig()) is None
     latents = initial_latents(module, probe, ProbeConfig(noise_prior=True))
-    assert latents.shape == (1, 4, 16, 16)
+    side = tiny.unet.config.sample_size  # the native size's latent side
+    assert latents.shape == (1, tiny.unet.config.in_channels, side, side)
     torch.testing.assert_close(
         latents, initial_latents(module, probe, ProbeConfig(noise_prior=True))
     )
