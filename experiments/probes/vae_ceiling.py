@@ -17,20 +17,12 @@ from PIL import Image
 
 from experiments.probes.rates import clustered_rate, rate
 from ymn.data.captions import grid_cell
-from ymn.data.synthetic import KIND_MIX, render_scene, sample_scene_spec
+from ymn.model.tiny_base import synthetic_scene as fresh_scene
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.facegrid import facegrid_metrics
 from ymn.probes.identity import identify_character, match_faces
 
 FRESH_SEED = 12345  # never used to train the embedded base (seed 0)
-
-
-def fresh_scene(seed: int, index: int, size: int) -> tuple[Image.Image, dict]:
-    """One scene of `ymn.data.synthetic`'s kind mix, as tiny_base.synthetic_scene draws it."""
-    rng = np.random.default_rng([seed, index])
-    kinds = list(KIND_MIX)
-    kind = kinds[int(rng.choice(len(kinds), p=list(KIND_MIX.values())))]
-    return render_scene(sample_scene_spec(rng, kind, size), size)
 
 
 @torch.no_grad()

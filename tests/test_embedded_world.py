@@ -1,0 +1,23 @@
+"""The embedded-world benchmark runs end to end (random tiny model, tiny n) and reports rates."""
+
+from __future__ import annotations
+
+from experiments.bench.embedded_world import run, run_vae_only
+from ymn.model.tiny_base import main as train_tiny_base
+
+
+def test_benchmark_reports_every_target_with_n_and_ci(tiny_model, tmp_path):
+    result = run(str(tiny_model), n_vae=3, n_samples=2, steps=2, cfg=5.0, out_dir=tmp_path)
+    for key in ("vae_count_kept", "vae_identity_kept", "one_person_described", "one_face"):
+        assert {"value", "n", "ci95"} <= set(result[key]), key
+    assert result["one_person_described"]["n"] == 2
+    assert set(result["met"]) == set(result["targets"])
+    assert not result["met"]["one_person_described"]  # a random model draws no one
+    assert (tmp_path / "embedded_world.png").is_file()
+
+
+def test_stage1_checkpoint_is_measured_while_it_trains(tmp_path):
+    flags = ["--images", "4", "--vae-steps", "2", "--vae-batch", "2", "--stage", "vae"]
+    assert train_tiny_base([*flags, "--work", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    result = run_vae_only(tmp_path, n_vae=3)
+    assert result["stage1_step"] == 2 and result["vae_count_kept"]["n"] == 3
