@@ -20,7 +20,7 @@ from typing import Any
 from experiments.bench.common import BENCH_DIR, NO_GPU, REPO, machine, write_result
 
 BENCHMARKS = ("train_step", "data_stream", "latent_cache", "scale", "cost_model", "fast_path",
-              "probes")  # fmt: skip
+              "probes", "probe_sampling")  # fmt: skip
 QUICK_DIR = Path("/tmp/ymn-bench-quick")
 
 
