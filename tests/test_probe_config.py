@@ -3,6 +3,7 @@ grids are set on their own callback node; the presets compose."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -68,6 +69,12 @@ def test_off_and_fast_presets() -> None:
     assert samples.every_n_steps == 1000  # the sample grid is its own callback
     fast, _ = callbacks("probes=fast")
     assert len(fast.prompts) == 4 and fast.cfg.steps == 2
+
+
+def test_every_probe_setting_is_in_the_group_file() -> None:
+    """A field missing from conf/probes/default.yaml could not be overridden as probes.<key>."""
+    keys = {str(k) for k in composed().probes if not str(k).startswith("_")}
+    assert keys == {f.name for f in dataclasses.fields(ProbeConfig)}
 
 
 def test_seeds_as_a_count() -> None:
