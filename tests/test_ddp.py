@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 from lightning import Callback, LightningModule, Trainer
+
+from tests.conftest import small_train_command, subprocess_env
+from tests.test_resume import SHORT_EPOCHS, assert_same_training_state, kill_at, load, run
 from ymn.paths import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,15 +27,20 @@ class RecordKeys(Callback):
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
         self.keys: list[str] = []
+        self.epochs: list[int] = []  # the epoch of each batch
+        self.by_epoch: dict[str, list[str]] = {}
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self.keys.extend(batch.get("keys", []))
+        self.epochs.append(trainer.current_epoch)
+        self.by_epoch.setdefault(str(trainer.current_epoch), []).extend(batch.get("keys", []))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         info = {"rank": trainer.global_rank, "world": trainer.world_size, "keys": self.keys}
+        info.update(epochs=self.epochs, by_epoch=self.by_epoch)
         (self.out_dir / f"keys_rank{trainer.global_rank}.json").write_text(json.dumps(info))
 
 
@@ -98,3 +108,42 @@ def test_two_cpu_ranks_train_and_draw_disjoint_keys(tmp_path: Path) -> None:
     assert console.count("Run directory:") == 2  # both ranks log to this console ...
     assert console.count("Exported model:") == 1  # ... and only rank 0 exports
     assert (run_dir / "export" / "diffusers" / "model_index.json").is_file()
+
+
+def test_uneven_shards_two_epochs_then_kill_and_exact_resume(tmp_path: Path, tiny_model) -> None:
+    """3 shards over 2 ranks (one rank holds half the other's data): both ranks run the same
+    5 batches per epoch, two full epochs end with exit 0, and a run killed in the last batches
+    of epoch 0 resumes across the epoch boundary to the uninterrupted end state."""
+    keys_dir = tmp_path / "keys"
+    common = (
+        *SHORT_EPOCHS,
+        "data.prepare.pack.shard_size=8",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "trainer.max_steps=-1",
+        "trainer.max_epochs=2",
+        "callbacks.checkpoint.every_n_train_steps=1",
+        "callbacks.checkpoint.keep_last=20",
+    )
+    args = partial(small_train_command, tmp_path, tiny_model, synth_n=24)
+    record = ("+callbacks.record_keys._target_=tests.test_ddp.RecordKeys",
+              f"+callbacks.record_keys.out_dir={keys_dir}")  # fmt: skip
+    run(args(tmp_path / "A", *common, *record))
+    assert len(list((tmp_path / "data" / "smoke" / "shards").glob("*.tar"))) == 3
+    ranks = [json.loads((keys_dir / f"keys_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["epochs"] for r in ranks] == [[0] * 5 + [1] * 5] * 2
+    for epoch in ("0", "1"):
+        keys = [set(r["by_epoch"][epoch]) for r in ranks]
+        assert keys[0] and keys[1] and not keys[0] & keys[1], "a sample was drawn by both ranks"
+    uninterrupted = load(tmp_path / "A" / "checkpoints" / "step0000010.ckpt")
+
+    killed = subprocess.run(
+        args(tmp_path / "B", *common, *kill_at(4)), cwd=REPO, env=subprocess_env(),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run(args(tmp_path / "B", *common, "ckpt_path=last"), timeout=600)
+    assert_same_training_state(
+        uninterrupted, load(tmp_path / "B" / "checkpoints" / "step0000010.ckpt")
+    )
