@@ -38,6 +38,7 @@ def smoke_run(tmp_path_factory) -> Path:
         "ymn.train",
         "experiment=smoke",
         "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
         f"hydra.run.dir={run_dir}",
         f"paths.data_dir={root / 'data'}",
     ]
@@ -70,3 +71,10 @@ def test_export_loads_offline_in_stable_diffusion_pipeline(smoke_run):
     generator = torch.Generator().manual_seed(0)
     image = pipe("2people", num_inference_steps=2, generator=generator, height=64, width=64)
     assert image.images[0].size == (64, 64)
+
+
+def test_val_loss_is_split_per_category_and_people_count(smoke_run):
+    header = (smoke_run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    split = [key for key in header if key.startswith("val/loss/")]
+    assert any(key.startswith("val/loss/n") for key in split), header
+    assert set(split) - {k for k in split if k.startswith("val/loss/n")}, header  # a category

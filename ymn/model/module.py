@@ -18,6 +18,7 @@ from lightning import LightningModule
 from PIL import Image
 
 from ymn.model.components import Components, components_pipeline, vae_downsampling
+from ymn.model.grouped_loss import GroupedLoss
 from ymn.model.text_encoder_controls import TextEncoderControls
 from ymn.model.timesteps import TimestepBias
 from ymn.model.tokenizer import describe_tokens, tokenize
@@ -82,6 +83,7 @@ class DiffusionModule(LightningModule):
         self.noise_offset = noise_offset
         self.val_seed = val_seed
         self.face_loss_weight = face_loss_weight
+        self.val_groups = GroupedLoss()
         self.timestep_bias = (
             timesteps if isinstance(timesteps, TimestepBias) else TimestepBias(**(timesteps or {}))
         )
@@ -253,9 +255,19 @@ class DiffusionModule(LightningModule):
             generator=generator,
             device=latents.device,
         )
-        loss = self.diffusion_loss(latents, self.batch_input_ids(batch), noise, timesteps).mean()
+        per_sample = self.diffusion_loss(latents, self.batch_input_ids(batch), noise, timesteps)
+        loss = per_sample.mean()
         self.log("val/loss", loss, prog_bar=True, batch_size=latents.shape[0], sync_dist=True)
+        self.val_groups.add(batch.get("meta"), per_sample)
         return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_groups.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """val/loss per top-level category and per number of people (ED2's per-subject val)."""
+        for name, value in self.val_groups.means().items():
+            self.log(f"val/loss/{name}", value, rank_zero_only=True)
 
     def optimizer_params(self) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
         """One flat list, or UNet / text-encoder groups when the text encoder has its own lr."""
