@@ -42,7 +42,7 @@ EXPECTED = {
 
 def sweep_jobs(experiment: str, extra: list[str] | None = None) -> list[list[str]]:
     """The per-job override lists Hydra's basic sweeper makes from hydra.sweeper.params."""
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "config",
             overrides=[f"experiment={experiment}", *(extra or [])],
@@ -55,7 +55,7 @@ def sweep_jobs(experiment: str, extra: list[str] | None = None) -> list[list[str
 
 def compose_job(experiment: str, job: list[str]) -> DictConfig:
     """One sweep job's config with ${hydra:...} resolvable, tags resolved."""
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "config", overrides=[f"experiment={experiment}", *job], return_hydra_config=True
         )

@@ -61,7 +61,7 @@ def test_ddp_composes() -> None:
     from ymn.train import CONFIG_DIR
 
     overrides = ["experiment=smoke", "trainer=ddp", "trainer.devices=2", "trainer.num_nodes=1"]
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     assert cfg.trainer.strategy._target_ == "lightning.pytorch.strategies.DDPStrategy"
     assert cfg.trainer.max_steps == 5  # the experiment still applies on top of trainer=ddp
