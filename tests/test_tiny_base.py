@@ -132,7 +132,7 @@ def test_resumed_training_is_bitwise_identical_to_an_uninterrupted_run(tmp_path)
     resumed = tmp_path / "resumed"
     first = [*flags, *steps, "--out", str(resumed), "--work", str(work)]
     assert main([*first, "--stage", "vae"]) == 0
-    assert (work / "stage1_vae.pt").is_file() and not (work / "stage2_unet.pt").exists()
+    assert (work / "stage1_vae.json").is_file() and not (work / "stage2_unet.json").exists()
     assert main(first) == 0
     for name in WEIGHT_FILES:
         a, b = load_file(full / name), load_file(resumed / name)

@@ -124,10 +124,10 @@ def run_vae_only(work: Path, n_vae: int) -> dict[str, Any]:
     from ymn.model.tiny_base import load_stage1_vae
 
     setup_torch()
-    state = torch.load(Path(work) / "stage1_vae.pt", weights_only=True)
+    step = json.loads((Path(work) / "stage1_vae.json").read_text())["step"]
     ceiling = vae_round_trip_agreement(load_stage1_vae(work), n_vae, FRESH_SEED, SIZE)
     kept = {"vae_count_kept": ceiling["count_kept"], "vae_identity_kept": ceiling["identity_kept"]}
-    return {"fresh_seed": FRESH_SEED, "stage1_step": int(state["step"]), **kept}
+    return {"fresh_seed": FRESH_SEED, "stage1_step": int(step), **kept}
 
 
 def run(

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ymn.data.synthetic import KIND_MIX, render_scene, sample_scene_spec
@@ -237,38 +238,61 @@ def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
 
 
 class StageCheckpoint:
-    """A stage's resumable state in `work/<name>.pt`: modules, optimizer, schedule, history.
+    """A stage's resumable state: `work/<name>.safetensors` (module weights and optimizer
+    moments) + `work/<name>.json` (step, schedule, optimizer settings, loss history).
 
-    Written atomically (temp file + rename); read with `weights_only=True` (our own tensors).
+    No pickle, so a checkpoint can be shared or committed and read safely; the JSON is
+    written last, atomically, and names the step the tensors belong to.
     """
 
     def __init__(self, work: Path, name: str, modules: dict[str, torch.nn.Module]) -> None:
-        self.path = Path(work) / f"{name}.pt"
+        self.tensors = Path(work) / f"{name}.safetensors"
+        self.record = Path(work) / f"{name}.json"
         self.modules = modules
 
     def save(self, step: int, optimizer, schedule, history: list[dict[str, float]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
+        self.record.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            f"module.{name}.{key}": value.contiguous()
+            for name, module in self.modules.items()
+            for key, value in module.state_dict().items()
+        }
+        opt = optimizer.state_dict()
+        for index, values in opt["state"].items():
+            for key, value in values.items():
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).contiguous()
+        record = {
             "step": step,
-            "modules": {k: m.state_dict() for k, m in self.modules.items()},
-            "optimizer": optimizer.state_dict(),
+            "param_groups": opt["param_groups"],
             "schedule": schedule.state_dict(),
             "history": history,
         }
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)
+        tmp = self.tensors.with_suffix(".tmp")
+        save_file(tensors, tmp)
+        tmp.replace(self.tensors)
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(self.record)
 
     def load(self, optimizer, schedule) -> tuple[int, list[dict[str, float]]]:
         """Restore into the modules and optimizer; returns (next step, history). 0 if none."""
-        if not self.path.is_file():
+        if not self.record.is_file():
             return 0, []
-        state = torch.load(self.path, weights_only=True)
-        for key, module in self.modules.items():
-            module.load_state_dict(state["modules"][key])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        return int(state["step"]), list(state["history"])
+        record = json.loads(self.record.read_text())
+        tensors = load_file(self.tensors)
+        for name, module in self.modules.items():
+            prefix = f"module.{name}."
+            module.load_state_dict(
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            )
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
+        schedule.load_state_dict(record["schedule"])
+        return int(record["step"]), list(record["history"])
 
 
 def run_stage(
@@ -303,8 +327,9 @@ def run_stage(
 def load_stage1_vae(work: Path) -> AutoencoderKL:
     """The VAE of a (possibly unfinished) stage-1 checkpoint in `work`, in eval mode."""
     vae = tiny_vae()
-    state = torch.load(Path(work) / "stage1_vae.pt", weights_only=True)
-    vae.load_state_dict(state["modules"]["vae"])
+    tensors = load_file(Path(work) / "stage1_vae.safetensors")
+    prefix = "module.vae."
+    vae.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     return vae.eval().requires_grad_(False)
 
 
