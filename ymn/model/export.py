@@ -20,7 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from ymn.model.adapters import merged_components
 from ymn.model.components import Components, components_pipeline, load_components
+from ymn.model.lora_export import LORA_FILE_NAME, export_kohya_lora
 from ymn.model.single_file import export_single_file, strip_local_paths, text_encoder_state
 from ymn.model.tokenizer import save_tokenizer
 
@@ -68,11 +70,14 @@ def write_text_encoder_weights(model: torch.nn.Module, folder: Path) -> Path:
 def export_both(
     components: Components, out_dir: Path, dtype: torch.dtype | None = None
 ) -> list[Path]:
-    """`out_dir/diffusers` and `out_dir/model.safetensors` (LDM layout) from one model."""
+    """`out_dir/diffusers` and `out_dir/model.safetensors` (LDM layout) from one model; with
+    LoRA adapters both merged, and the adapters in `out_dir/lora.safetensors`."""
     out_dir = Path(out_dir)
+    merged = merged_components(components)
     return [
-        save_diffusers(components, out_dir / "diffusers", dtype),
-        export_single_file(components, out_dir / SINGLE_FILE_NAME, dtype),
+        save_diffusers(merged, out_dir / "diffusers", dtype),
+        export_single_file(merged, out_dir / SINGLE_FILE_NAME, dtype),
+        *export_kohya_lora(components, out_dir / LORA_FILE_NAME),
     ]
 
 
@@ -99,14 +104,17 @@ def export_run(
     `out_dir/model.safetensors` (float16 with `single_file_fp16`: half the size, what is shared).
 
     With EMA enabled the exported UNet is the EMA one (what is shipped); the live weights stay.
+    With LoRA adapters both hold the merged model, and `out_dir/lora.safetensors` the adapters.
     """
     out_dir = Path(out_dir)
     dtype = torch.float16 if single_file_fp16 else None
     with ema_weights(module):
-        components = module.components()
+        live = module.components()
+        components = merged_components(live)  # LoRA folded into the full model (none: as is)
         return [
             save_diffusers(components, out_dir / "diffusers"),
             export_single_file(components, out_dir / SINGLE_FILE_NAME, dtype),
+            *export_kohya_lora(live, out_dir / LORA_FILE_NAME),  # only with model.adapter
         ]
 
 
@@ -161,7 +169,11 @@ def load_run_components(run_dir: Path) -> Components:
         )
     cfg = OmegaConf.load(config_path)
     log.info("Rebuilding the model of %s from %s", run_dir, ckpt.name)
-    return apply_lightning_checkpoint(instantiate(cfg.model.components), ckpt)
+    components = instantiate(cfg.model.components)
+    if cfg.model.get("adapter"):  # a LoRA run: its checkpoint holds base + adapter weights
+        text_encoder = components.text_encoder if cfg.model.train_text_encoder else None
+        instantiate(cfg.model.adapter).attach(components.unet, text_encoder)
+    return apply_lightning_checkpoint(components, ckpt)
 
 
 def is_run_dir(path: Path) -> bool:

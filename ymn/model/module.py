@@ -17,6 +17,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from lightning import LightningModule
 from PIL import Image
 
+from ymn.model.adapters import LoraAdapter
 from ymn.model.components import Components, components_pipeline, vae_downsampling
 from ymn.model.grouped_loss import GroupedLoss
 from ymn.model.text_encoder_controls import TextEncoderControls
@@ -61,6 +62,7 @@ class DiffusionModule(LightningModule):
         timesteps: TimestepBias | Mapping[str, Any] | None = None,
         text_encoder_controls: TextEncoderControls | Mapping[str, Any] | None = None,
         face_loss_weight: float = 1.0,
+        adapter: LoraAdapter | None = None,
     ) -> None:
         super().__init__()
         # `pretrained`/`allow_pickle` already shaped `components`; kept to record where it started.
@@ -72,6 +74,9 @@ class DiffusionModule(LightningModule):
             if isinstance(text_encoder_controls, TextEncoderControls)
             else TextEncoderControls(**(text_encoder_controls or {}))
         )
+        self.adapter = adapter
+        if adapter is not None:  # before the freeze: frozen text-encoder layers keep LoRA still
+            adapter.attach(components.unet, self.text_encoder if train_text_encoder else None)
         self.text_controls.freeze(self.text_encoder)
         self.unet = components.unet
         self.tokenizer = components.tokenizer
