@@ -6,8 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from ymn.model.components import build_tiny
@@ -125,20 +123,31 @@ def test_inpainting_keeps_the_unmasked_region(run_dir, tmp_path):
     mask[:, size // 2 :] = 255  # repaint the right half
     Image.fromarray(init).save(tmp_path / "init.png")
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    common = ["--prompt", "aoi, face", "--steps", "2", "--seed", "1"]
-    common += ["--init-image", str(tmp_path / "init.png"), "--mask", str(tmp_path / "mask.png")]
-    [out] = sample_main([str(run_dir), *common, "--out", str(tmp_path / "o")])
-    assert Image.open(out).size == (size, size)  # the init image's size by default
+    files = ["--init-image", str(tmp_path / "init.png"), "--mask", str(tmp_path / "mask.png")]
+    outs = [
+        sample_main(
+            [
+                str(run_dir),
+                "--prompt",
+                prompt,
+                "--steps",
+                "2",
+                "--seed",
+                str(seed),
+                *files,
+                "--out",
+                str(tmp_path / f"o{seed}"),
+            ]
+        )[0]  # fmt: skip
+        for prompt, seed in (("aoi, face", 1), ("2people, mountain", 2))
+    ]
+    assert Image.open(outs[0]).size == (size, size)  # the init image's size by default
 
-    # The untrained VAE does not reproduce the image, so compare with its round trip.
-    vae = build_tiny(0).vae
-    processor = VaeImageProcessor(vae_scale_factor=8)
-    with torch.no_grad():
-        latents = vae.encode(processor.preprocess(Image.fromarray(init))).latent_dist.mode()
-        round_trip = np.asarray(processor.postprocess(vae.decode(latents).sample)[0]).astype(float)
-    diff = np.abs(pixels(out) - round_trip)
+    # Two generations repaint the right half differently and keep the left half: the init
+    # image's latents, decoded (an untrained decoder mixes in a little of the other half).
+    diff = np.abs(pixels(outs[0]) - pixels(outs[1]))
     kept, repainted = diff[:, : size // 4].mean(), diff[:, 3 * size // 4 :].mean()
-    assert kept < 0.5 * repainted
+    assert kept < 0.25 * repainted, (kept, repainted)
 
 
 def test_paste_unmasked_keeps_black_and_takes_white():
