@@ -4,6 +4,7 @@ own loader (and ComfyUI's key map) turns back into the trained model."""
 from __future__ import annotations
 
 import functools
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from tests.conftest import small_train_command, subprocess_env
 from tests.test_config import compose_config
 from ymn.model.adapters import LoraAdapter, adapter_parameters, has_adapters
 from ymn.model.components import build_tiny, components_pipeline, load_components
@@ -224,3 +226,25 @@ def test_the_adapter_configs_compose_into_a_lora_module():
     assert has_adapters(module.unet) and has_adapters(module.text_encoder)
     names = [n for n, p in module.named_parameters() if p.requires_grad]
     assert names and all(".lora_" in n for n in names)
+
+
+@pytest.mark.slow
+def test_ymn_train_with_lora_exports_what_diffusers_loads(tmp_path, tiny_model):
+    """The whole path: `ymn-train model/adapter=lora` (5 steps), then the kohya file on the base
+    gives the exported merged model's outputs."""
+    command = small_train_command(
+        tmp_path, tiny_model, tmp_path / "run", "model/adapter=lora", "model.optimizer.lr=1e-2"
+    )
+    command = ["export=true" if a == "export=false" else a for a in command]
+    done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    export = tmp_path / "run" / "export"
+    merged = load_components(pretrained=str(export / "diffusers"))
+    pipe = components_pipeline(load_components(pretrained=str(tiny_model)))
+    base_text, base_pred = _outputs(pipe.unet, pipe.text_encoder, pipe.tokenizer)
+    pipe.load_lora_weights(str(export), weight_name=LORA_FILE_NAME)
+    lora_text, lora_pred = _outputs(pipe.unet, pipe.text_encoder, pipe.tokenizer)
+    text, pred = _outputs(merged.unet, merged.text_encoder, merged.tokenizer)
+    assert (pred - base_pred).abs().max() > 1e-3 and (text - base_text).abs().max() > 1e-3
+    torch.testing.assert_close(lora_text, text, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lora_pred, pred, atol=1e-4, rtol=1e-4)
