@@ -177,6 +177,23 @@ def test_text_encoder_adapters_follow_train_text_encoder(tiny_components):
     assert all(not p.requires_grad for p in module.text_encoder.parameters())
 
 
+def test_frozen_text_encoder_layers_keep_their_adapters_still(tiny_components):
+    """model.text_encoder_controls.freeze_layers=1: layer 0's LoRA is out of the optimizer."""
+    module = DiffusionModule(
+        tiny_components,
+        torch.optim.AdamW,
+        adapter=LoraAdapter(rank=2),
+        text_encoder_controls={"freeze_layers": 1},
+    )
+    optimized = {id(p) for g in module.configure_optimizers().param_groups for p in g["params"]}
+    text = dict(module.text_encoder.named_parameters())
+    layer0 = [p for n, p in text.items() if ".lora_" in n and "layers.0." in n]
+    layer1 = [p for n, p in text.items() if ".lora_" in n and "layers.1." in n]
+    assert layer0 and layer1
+    assert not any(id(p) in optimized for p in layer0)
+    assert all(id(p) in optimized for p in layer1)
+
+
 def test_text_encoder_adapters_train_under_gradient_checkpointing(tiny_components):
     module = DiffusionModule(
         tiny_components,
