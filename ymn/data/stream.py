@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
+from ymn.data.batch import Batch
 from ymn.data.buckets import apply_crop, bucket_table, nearest_bucket, plan_crop, transform_meta
 from ymn.data.captions import CaptionConfig, build_caption
 from ymn.data.decode import (
@@ -211,14 +212,14 @@ def _nearest_bucket(size: tuple[int, int], buckets: tuple[tuple[int, int], ...])
     return nearest_bucket(size, buckets)
 
 
-def make_batch(examples: Sequence[Example], tokenizer: Any = None) -> dict[str, Any]:
+def make_batch(examples: Sequence[Example], tokenizer: Any = None) -> Batch:
     """Stack one bucket's examples into the batch dict the LightningModule consumes.
 
     Pixels are stacked by `default_collate`, which in a DataLoader worker writes the stack
     straight into shared memory (no second copy when the batch crosses to the main process).
     """
     captions = [e.caption for e in examples]
-    batch: dict[str, Any] = {
+    batch: Batch = {
         "pixel_values": default_collate([e.pixels for e in examples]),
         "captions": captions,
         "keys": [e.key for e in examples],

@@ -17,6 +17,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from lightning import LightningModule
 from PIL import Image
 
+from ymn.data.batch import Batch
 from ymn.model.adapters import LoraAdapter
 from ymn.model.components import Components, components_pipeline, vae_downsampling
 from ymn.model.grouped_loss import GroupedLoss
@@ -36,7 +37,7 @@ class AuxiliaryLoss(Protocol):
 
     def attach(self, module: DiffusionModule) -> None: ...
 
-    def __call__(self, batch: dict[str, Any]) -> torch.Tensor: ...
+    def __call__(self, batch: Batch) -> torch.Tensor: ...
 
 
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -119,12 +120,12 @@ class DiffusionModule(LightningModule):
         """Pixels in [-1, 1] → scaled VAE latents (a posterior sample, as SD training does)."""
         return self.vae.encode(pixel_values).latent_dist.sample() * self.latent_scale
 
-    def batch_latents(self, batch: dict[str, Any]) -> torch.Tensor:
+    def batch_latents(self, batch: Batch) -> torch.Tensor:
         if "latents" in batch:  # cached latents, already scaled
             return batch["latents"]
         return self.encode_images(batch["pixel_values"])
 
-    def batch_input_ids(self, batch: dict[str, Any]) -> torch.Tensor:
+    def batch_input_ids(self, batch: Batch) -> torch.Tensor:
         if "input_ids" in batch:
             return batch["input_ids"]
         return tokenize(self.tokenizer, list(batch["captions"])).to(self.device)
@@ -190,10 +191,10 @@ class DiffusionModule(LightningModule):
         self.text_encoder.train(self.train_text_encoder)
         self.vae.eval()
 
-    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         self._batch_started_at = time.perf_counter()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         """Noise, timesteps, VAE samples and dropout are seeded by (seed, epoch, batch): a resumed
         run draws exactly what the uninterrupted run drew. None (no update) for a skipped step."""
         with step_rng(self.device, self.train_seed, self.current_epoch, batch_idx):
@@ -203,7 +204,7 @@ class DiffusionModule(LightningModule):
             self.log("train/nan_skipped", float(self.loss_guard.skipped))
         return loss
 
-    def _training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def _training_loss(self, batch: Batch) -> torch.Tensor:
         latents = self.batch_latents(batch)
         noise = self.sample_noise(latents)
         timesteps = self.timestep_bias.sample(
@@ -223,7 +224,7 @@ class DiffusionModule(LightningModule):
             self.log("lr/text_encoder", groups[1]["lr"], batch_size=latents.shape[0])
         return loss
 
-    def face_weights(self, batch: dict[str, Any], latents: torch.Tensor) -> torch.Tensor | None:
+    def face_weights(self, batch: Batch, latents: torch.Tensor) -> torch.Tensor | None:
         """The face-weighted loss's maps (None when `face_loss_weight` is 1, the recipe)."""
         if self.face_loss_weight == 1.0:
             return None
@@ -232,7 +233,7 @@ class DiffusionModule(LightningModule):
         height, width = latents.shape[-2:]
         return face_weight_maps(batch["meta"], height, width, self.face_loss_weight)
 
-    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         if self.ema is not None and outputs is not None:  # None: a skipped (non-finite) step
             self.ema.step(self.unet.parameters())
         if self._batch_started_at is not None:
@@ -247,7 +248,7 @@ class DiffusionModule(LightningModule):
         if datamodule is not None and hasattr(datamodule, "skipped_total"):
             self.log("data/skipped", float(sum(datamodule.skipped_total.values())))
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """val/loss with noise and timesteps fixed per batch index: runs compare like for like."""
         with step_rng(self.device, self.val_seed, "val", batch_idx):  # the VAE posterior sample
             latents = self.batch_latents(batch)

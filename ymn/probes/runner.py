@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ymn.data.batch import Batch
 from ymn.data.captions import build_caption, grid_cell
 from ymn.model.tokenizer import tokenize
 from ymn.probes.attention import (
@@ -210,7 +211,7 @@ def sample_metrics(
 # ----------------------------------------------------------------------------- held-out images
 
 
-def _batch_latents(module: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+def _batch_latents(module: Any, batch: Batch) -> torch.Tensor:
     if "latents" in batch:
         return batch["latents"].to(module.device)
     pixels = batch["pixel_values"].to(module.device, dtype=module.vae.dtype)
@@ -218,9 +219,7 @@ def _batch_latents(module: Any, batch: Mapping[str, Any]) -> torch.Tensor:
     return module.vae.encode(pixels).latent_dist.mode() * module.latent_scale
 
 
-def heldout_pass(
-    module: Any, batches: Iterable[Mapping[str, Any]], cfg: ProbeConfig
-) -> dict[str, Any]:
+def heldout_pass(module: Any, batches: Iterable[Batch], cfg: ProbeConfig) -> dict[str, Any]:
     """Teacher-forced pass on held-out images: per timestep one UNet forward of [caption rows;
     empty-caption rows]; attention from the caption rows (mean over timesteps), features from
     the rows named by cfg.linear_condition. Returns records, features and labels."""
@@ -334,7 +333,7 @@ def run_probe_pass(
     out_dir: str | Path,
     detector: Any,
     prompts: Sequence[Mapping[str, Any]],
-    heldout_batches: Sequence[Mapping[str, Any]] | None,
+    heldout_batches: Sequence[Batch] | None,
     cfg: ProbeConfig,
 ) -> dict[str, float]:
     """Run every probe once; write the JSON report and confusion PNG; return flat metrics."""

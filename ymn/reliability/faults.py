@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from ymn.data.batch import Batch
+
 log = logging.getLogger(__name__)
 
 POLICIES = ("skip", "stop")
@@ -40,7 +42,7 @@ class LossGuard:
             raise ValueError(f"faults.nan={self.policy!r}: use one of {', '.join(POLICIES)}")
         self.inject_nan_at_steps = tuple(int(s) for s in self.inject_nan_at_steps or ())
 
-    def check(self, module: Any, loss: torch.Tensor, batch: Mapping[str, Any]) -> Any:
+    def check(self, module: Any, loss: torch.Tensor, batch: Batch) -> Any:
         """`loss` when finite; else None (skip) or raise NonFiniteLossError (stop)."""
         step = int(module.global_step)
         if step in self.inject_nan_at_steps:  # TEST HOOK
@@ -73,7 +75,7 @@ class LossGuard:
         self.skipped_steps = [int(s) for s in state.get("skipped_steps", [])]
 
 
-def batch_keys(batch: Mapping[str, Any], limit: int = 16) -> list[str]:
+def batch_keys(batch: Batch, limit: int = 16) -> list[str]:
     """The sample keys of a batch (at most `limit`), for messages."""
     keys = batch.get("keys") if isinstance(batch, Mapping) else None
     return [str(k) for k in list(keys or [])[:limit]]

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ymn.data.batch import Batch
 from ymn.data.captions import GRID_TOKENS, UNKNOWN_CHARACTERS, grid_cell
 from ymn.probes.attention import cross_attention_layers, layer_shape, token_indices
 
@@ -340,7 +341,7 @@ class AttnLocalizationLoss:
                 processor.fallback = layer.processor
                 layer.set_processor(processor)
 
-    def regions(self, batch: Mapping[str, Any]) -> list[TokenRegion]:
+    def regions(self, batch: Batch) -> list[TokenRegion]:
         """The (token, region) pairs of a batch, from its captions and metadata."""
         metas = batch.get("meta") or []
         captions = batch.get("captions") or []
@@ -359,14 +360,14 @@ class AttnLocalizationLoss:
             )
         return out
 
-    def latent_hw(self, batch: Mapping[str, Any]) -> tuple[int, int]:
+    def latent_hw(self, batch: Batch) -> tuple[int, int]:
         if "latents" in batch:
             return int(batch["latents"].shape[-2]), int(batch["latents"].shape[-1])
         factor = 2 ** (len(self.module.vae.config.block_out_channels) - 1)
         height, width = batch["pixel_values"].shape[-2:]
         return int(height) // factor, int(width) // factor
 
-    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+    def __call__(self, batch: Batch) -> torch.Tensor:
         """λ · mean leak over regions and layers of the last training forward (0 if none)."""
         maps = dict(self.store)
         self.store.clear()
