@@ -12,16 +12,19 @@ from pathlib import Path
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from ymn.run_dir import checkpoint_folder, latest_checkpoint
+
 log = logging.getLogger(__name__)
 
 
 def previous_phase_checkpoint(init_from: str | Path) -> Path:
-    """The last checkpoint of a previous run directory (`RUN/checkpoints/last.ckpt`)."""
-    path = Path(init_from).expanduser() / "checkpoints" / "last.ckpt"
-    if not path.is_file():
+    """The resumable checkpoint of a previous run directory (`ymn.run_dir`)."""
+    path = latest_checkpoint(init_from)
+    if path is None:
         raise FileNotFoundError(
-            f"carry_optimizer=true needs {path}: init_from must be a ymn run directory whose "
-            "checkpoints/last.ckpt holds the optimizer state (an exported model has none)."
+            f"carry_optimizer=true needs a checkpoint in {checkpoint_folder(init_from)}: "
+            "init_from must be a ymn run directory whose last.ckpt or step*.ckpt holds the "
+            "optimizer state (an exported model has none)."
         )
     return path
 

@@ -22,6 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ymn.model.tokenizer import MODEL_MAX_LENGTH, load_clip_tokenizer
 from ymn.paths import ASSETS_DIR
+from ymn.run_dir import diffusers_export
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,9 @@ def resolve_model_path(path: str | Path, allow_pickle: bool = False) -> Path:
             "(it is then loaded with torch.load(weights_only=True))."
         )
     if resolved.is_dir() and not (resolved / "model_index.json").is_file():
-        if (resolved / "export" / "diffusers" / "model_index.json").is_file():
-            return resolved / "export" / "diffusers"  # a ymn run directory
+        exported = diffusers_export(resolved)  # a ymn run directory
+        if exported is not None:
+            return exported
         raise FileNotFoundError(
             f"{resolved} has no model_index.json: it is not a diffusers folder or ymn run dir."
         )

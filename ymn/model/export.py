@@ -25,6 +25,7 @@ from ymn.model.components import Components, components_pipeline, load_component
 from ymn.model.lora_export import LORA_FILE_NAME, export_kohya_lora
 from ymn.model.single_file import export_single_file, strip_local_paths, text_encoder_state
 from ymn.model.tokenizer import save_tokenizer
+from ymn.run_dir import diffusers_export, latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +124,6 @@ def export_run(
 # ---------------------------------------------------------------------------------------------
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """`checkpoints/last.ckpt`, else the newest `checkpoints/*.ckpt`, else None."""
-    folder = Path(run_dir) / "checkpoints"
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return candidates[-1] if candidates else None
-
-
 def apply_lightning_checkpoint(components: Components, ckpt_path: Path) -> Components:
     """Load a ymn Lightning checkpoint's weights (EMA UNet when present) into `components`."""
     try:
@@ -157,10 +149,10 @@ def apply_lightning_checkpoint(components: Components, ckpt_path: Path) -> Compo
 def load_run_components(run_dir: Path) -> Components:
     """A ymn run's model: `export/diffusers` if written, else base model + last checkpoint."""
     run_dir = Path(run_dir)
-    exported = run_dir / "export" / "diffusers"
-    if (exported / "model_index.json").is_file():
+    exported = diffusers_export(run_dir)
+    if exported is not None:
         return load_components(pretrained=str(exported))
-    ckpt = last_checkpoint(run_dir)
+    ckpt = latest_checkpoint(run_dir)
     config_path = run_dir / "config_resolved.yaml"
     if ckpt is None or not config_path.is_file():
         raise FileNotFoundError(

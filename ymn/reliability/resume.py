@@ -7,8 +7,9 @@ file needs `allow_pickle_ckpt=true`. Every checkpoint is loaded with `weights_on
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
+
+from ymn.run_dir import latest_checkpoint, latest_in
 
 log = logging.getLogger(__name__)
 
@@ -17,15 +18,6 @@ RUN_MARKERS = (".hydra", "config_resolved.yaml")
 
 class UnsafeCheckpointError(PermissionError):
     """A checkpoint from outside a ymn run directory, without `allow_pickle_ckpt=true`."""
-
-
-def newest_checkpoint(folder: Path) -> Path | None:
-    """`last.ckpt` if it resolves to a file, else the highest `step*.ckpt`, else None."""
-    last = folder / "last.ckpt"
-    if last.is_file():
-        return last
-    steps = [p for p in folder.glob("step*.ckpt") if re.fullmatch(r"step\d+\.ckpt", p.name)]
-    return max(steps, key=lambda p: int(p.stem[4:])) if steps else None
 
 
 def is_run_checkpoint(path: Path) -> bool:
@@ -46,14 +38,14 @@ def resolve_ckpt_path(
     if not ckpt_path:
         return None
     if str(ckpt_path) == "last":
-        found = newest_checkpoint(Path(run_dir) / "checkpoints")
+        found = latest_checkpoint(run_dir)
         if found is None:
             log.warning("ckpt_path=last: no checkpoint in %s/checkpoints; starting fresh", run_dir)
             return None
         return str(found)
     path = Path(ckpt_path).expanduser()
     if path.is_dir():
-        found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
+        found = latest_checkpoint(path) or latest_in(path)
         if found is None:
             raise FileNotFoundError(
                 f"ckpt_path={ckpt_path}: no checkpoints/last.ckpt or step*.ckpt in that run "

@@ -1,0 +1,41 @@
+"""One answer to "which checkpoint / which export" of a run directory (ymn.run_dir)."""
+
+from __future__ import annotations
+
+import os
+
+from ymn.callbacks.carry_optimizer import previous_phase_checkpoint
+from ymn.reliability.resume import resolve_ckpt_path
+from ymn.run_dir import diffusers_export, latest_checkpoint
+
+
+def _touch(path, mtime: float):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_highest_step_wins_never_best_or_a_newer_stray_file(tmp_path):
+    folder = tmp_path / "checkpoints"
+    _touch(folder / "step9.ckpt", 100)
+    step10 = _touch(folder / "step10.ckpt", 50)  # older on disk, later in training
+    _touch(folder / "best.ckpt", 200)
+    _touch(folder / "nan_step11.ckpt", 300)
+    assert latest_checkpoint(tmp_path) == step10
+    last = _touch(folder / "last.ckpt", 10)
+    assert latest_checkpoint(tmp_path) == last
+
+
+def test_every_consumer_asks_the_same_helper(tmp_path):
+    (tmp_path / "config_resolved.yaml").write_text("model: {}\n")
+    step = _touch(tmp_path / "checkpoints" / "step3.ckpt", 10)
+    _touch(tmp_path / "checkpoints" / "best.ckpt", 99)
+    assert resolve_ckpt_path("last", tmp_path) == str(step)
+    assert resolve_ckpt_path(str(tmp_path), "elsewhere") == str(step)
+    assert previous_phase_checkpoint(tmp_path) == step
+    assert latest_checkpoint(tmp_path / "nothing") is None
+    assert diffusers_export(tmp_path) is None
+    (tmp_path / "export" / "diffusers").mkdir(parents=True)
+    (tmp_path / "export" / "diffusers" / "model_index.json").write_text("{}")
+    assert diffusers_export(tmp_path) == tmp_path / "export" / "diffusers"
