@@ -101,7 +101,8 @@ def test_procedural_and_synthetic_scenes_are_deterministic():
 
 def _train(out: Path) -> Path:
     flags = ["--images", "8", "--vae-steps", "2", "--unet-steps", "2", "--batch", "2"]
-    assert main([*flags, "--vae-batch", "2", "--seed", "3", "--out", str(out)]) == 0
+    work = ["--work", str(out.with_name(out.name + "-work"))]  # never the default runs/ folder
+    assert main([*flags, *work, "--vae-batch", "2", "--seed", "3", "--out", str(out)]) == 0
     return out
 
 
