@@ -100,3 +100,14 @@ def test_log_images_is_seeded(tiny_components):
     assert a[0].size == (64, 64)
     assert a[0].tobytes() == b[0].tobytes() != c[0].tobytes()
     assert module.training
+
+
+def test_each_ddp_rank_seeds_its_own_noise(tiny_components, monkeypatch):
+    from ymn.model.module import DiffusionModule
+
+    module = DiffusionModule(tiny_components, torch.optim.AdamW)
+    monkeypatch.setattr(DiffusionModule, "current_epoch", property(lambda self: 2))
+    single = module.step_seed_parts(5)
+    monkeypatch.setattr(DiffusionModule, "global_rank", property(lambda self: 1))
+    assert single == (module.train_seed, 2, 5)  # rank 0 / one process: unchanged stream
+    assert module.step_seed_parts(5) == (*single, 1)

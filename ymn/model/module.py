@@ -197,12 +197,18 @@ class DiffusionModule(LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         """Noise, timesteps, VAE samples and dropout are seeded by (seed, epoch, batch): a resumed
         run draws exactly what the uninterrupted run drew. None (no update) for a skipped step."""
-        with step_rng(self.device, self.train_seed, self.current_epoch, batch_idx):
+        with step_rng(self.device, *self.step_seed_parts(batch_idx)):
             loss = self._training_loss(batch)
         if self.loss_guard is not None:
             loss = self.loss_guard.check(self, loss, batch)
             self.log("train/nan_skipped", float(self.loss_guard.skipped))
         return loss
+
+    def step_seed_parts(self, batch_idx: int) -> tuple[int, ...]:
+        """What seeds a training step: (seed, epoch, batch), plus the rank on DDP ranks > 0, so
+        every rank draws its own noise while rank 0 keeps the single-process stream."""
+        rank = (self.global_rank,) if self.global_rank else ()
+        return (self.train_seed, self.current_epoch, batch_idx, *rank)
 
     def _training_loss(self, batch: Batch) -> torch.Tensor:
         latents = self.batch_latents(batch)
