@@ -16,7 +16,7 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent.parent
-NO_GPU = "none: no device machine was lent to this task; CPU figures only"
+NO_GPU = "none: CPU figures only"
 
 
 def setup_torch(threads: int = 1) -> None:
