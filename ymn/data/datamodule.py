@@ -76,7 +76,8 @@ class YmnDataModule(LightningDataModule):
         self.train_stream: TrainStream | None = None
         self.val_set: ValidationDataset | None = None
         self._epoch, self._resume = 0, None
-        self.skipped: dict[int, dict[str, int]] = {}  # slot -> that worker's latest counts
+        # (epoch, slot) -> that worker's latest counts in that epoch (each epoch counts anew)
+        self.skipped: dict[tuple[int, int], dict[str, int]] = {}
 
     # -- set-up ------------------------------------------------------------------------------
     @property
@@ -189,12 +190,14 @@ class YmnDataModule(LightningDataModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Collect the per-worker skip counters that ride along with each training batch."""
         if isinstance(batch, dict) and "skipped" in batch:
-            self.skipped[int(batch.pop("slot", 0))] = dict(batch.pop("skipped"))
+            slot = int(batch.pop("slot", 0))
+            self.skipped[(self._epoch, slot)] = dict(batch.pop("skipped"))
         return batch
 
     @property
     def skipped_total(self) -> dict[str, int]:
-        """Skipped inputs by reason over all workers so far (log as `data/skipped`)."""
+        """Skipped inputs by reason over all workers and epochs so far (log as `data/skipped`):
+        an epoch that ends early no longer hides what an earlier epoch read."""
         total: dict[str, int] = {}
         for counts in self.skipped.values():
             for reason, n in counts.items():
