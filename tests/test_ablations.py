@@ -16,14 +16,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from ymn.train import CONFIG_DIR
+from ymn.paths import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "experiments" / "ablations"))
 
 import collect  # noqa: E402
 import run_ablation  # noqa: E402
-from ymn.paths import CONFIG_DIR
 
 # experiment → (arm key, the arms its sweep must produce)
 EXPECTED = {

@@ -1,12 +1,11 @@
 """Every config composes, and the composed objects are the ones the code expects."""
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
+
 from ymn.paths import CONFIG_DIR
 
 CONF = CONFIG_DIR

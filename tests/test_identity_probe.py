@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from ymn.data.synthetic import CHARACTERS, render_layout, render_scene, sample_scene_spec
+from ymn.paths import CONFIG_DIR
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.identity import (
     identify_character,
@@ -26,7 +27,6 @@ from ymn.probes.identity import (
 )
 from ymn.probes.prompts import AUTO_CHARACTERS, build_probe_prompts, layout_centres
 from ymn.probes.runner import ProbeConfig, run_probe_pass
-from ymn.paths import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(CHARACTERS)

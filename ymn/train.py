@@ -18,8 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ymn.paths import CONFIG_DIR
 from ymn.callbacks.carry_optimizer import CarryOptimizerState, previous_phase_checkpoint
+from ymn.paths import CONFIG_DIR
 from ymn.reliability.checkpointing import AtomicCheckpointIO, ResumeState
 from ymn.reliability.config_schema import validate_config
 from ymn.reliability.faults import loss_guard_from_config

@@ -25,7 +25,8 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from collect import find_runs, read_run, write_tables  # noqa: E402
-from ymn.paths import CONFIG_DIR
+
+from ymn.paths import CONFIG_DIR  # noqa: E402
 
 ABLATIONS = (
     "count",
