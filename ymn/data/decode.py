@@ -139,11 +139,27 @@ def manifest_categories(manifest: dict) -> dict[str, tuple[int, float]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _split_name(name: str) -> tuple[str, str]:
+def split_name(name: str) -> tuple[str, str]:
     """webdataset's rule: the key is the path up to the first dot of the basename."""
     folder, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def tar_samples(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) per sample of an open tar: consecutive files of one key grouped."""
+    key, parts = None, {}
+    for member in tar:
+        if not member.isfile():
+            continue
+        k, ext = split_name(member.name)
+        if k != key and key is not None:
+            yield key, parts
+            parts = {}
+        key = k
+        parts[ext] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, parts
 
 
 def iter_tar(path: str, counter: SkipCounter) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -152,26 +168,21 @@ def iter_tar(path: str, counter: SkipCounter) -> Iterator[tuple[str, dict[str, b
     if not os.path.exists(path):
         counter.skip("missing_shard", path, "file not found; re-run ymn-pack or fix the pattern")
         return
-    key, parts = None, {}
+    pending = None  # held back until the shard is known to be whole
     try:
         with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                k, ext = _split_name(member.name)
-                if k != key and key is not None:
-                    yield key, parts
-                    parts = {}
-                key = k
-                parts[ext] = tar.extractfile(member).read()
+            for sample in tar_samples(tar):
+                if pending is not None:
+                    yield pending
+                pending = sample
             # a tar cut at a block boundary ends without error: check the end-of-archive marker
             if os.path.getsize(path) < tar.offset + 2 * tarfile.BLOCKSIZE:
                 raise tarfile.ReadError(f"no end-of-archive marker after byte {tar.offset}")
     except (tarfile.TarError, OSError, EOFError) as exc:
         counter.skip("truncated_shard", path, f"{type(exc).__name__}: {exc}")
         return
-    if key is not None:
-        yield key, parts
+    if pending is not None:
+        yield pending
 
 
 def parse_sample(

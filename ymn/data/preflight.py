@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from ymn.data.captions import CaptionConfig, build_caption, token_counts
+from ymn.data.decode import split_name, tar_samples
 from ymn.data.multiply import Mode, draws_for_sample, dropped_images, plan_epoch, warn_dropped
 
 log = logging.getLogger(__name__)
@@ -205,13 +206,6 @@ def _shard_metadata(shard: str) -> Iterator[tuple[str, dict[str, Any]]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def split_name(name: str) -> tuple[str, str]:
-    """webdataset's rule: the key is the path up to the first dot of the basename."""
-    folder, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
 def count_samples(path: str | Path) -> tuple[int, str | None]:
     """(samples, error or None) of a tar shard, reading headers only (seeks over the data)."""
     keys: set[str] = set()
@@ -306,19 +300,8 @@ def sample_problems(path: Path, categories: Mapping[str, Any]) -> list[str]:
 
 
 def _iter_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    key, parts = None, {}
     with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            k, ext = split_name(member.name)
-            if k != key and key is not None:
-                yield key, parts
-                parts = {}
-            key = k
-            parts[ext] = tar.extractfile(member).read()
-    if key is not None:
-        yield key, parts
+        yield from tar_samples(tar)
 
 
 def _sample_faults(parts: Mapping[str, bytes], categories: Mapping[str, Any]) -> list[str]:
