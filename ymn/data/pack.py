@@ -4,8 +4,8 @@
 sampling probability, and writes `OUT/shard-000000.tar …` and `OUT/manifest.json` as
 `ymn/data/CONTRACT.md` describes (each shard's size, sample count and sha256 included);
 `ymn-pack --verify OUT` checks them and decodes every sample. Output bytes depend only on the
-input: files are processed in sorted order, tar entries carry a fixed mtime, and the worker
-count changes nothing.
+input: files are processed in sorted order, tar entries carry a fixed mtime
+(`ymn.data.shard_writer` writes shards and manifest), and the worker count changes nothing.
 """
 
 from __future__ import annotations
@@ -30,13 +30,19 @@ from tqdm import tqdm
 from ymn.data.balance import compute_weights, read_weights_csv
 from ymn.data.metadata import MetadataError, load_metadata
 from ymn.data.multiply import dropped_message, read_multiply_txt
+from ymn.data.shard_writer import (
+    ShardSink,
+    file_sha256,  # noqa: F401  (ymn.data.preflight imports it from here)
+    inputs_fingerprint,
+    remove_stale_shards,
+    up_to_date,
+    write_manifest,
+)
 
 MANIFEST_VERSION = 1
 IMAGE_EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
-TAR_MTIME = 946684800.0  # 2000-01-01: a fixed mtime keeps re-packs byte-identical
 MULTIPLY_SOURCES = ("auto", "txt", "weights", "none")
-SHARD_NAME = "shard-{:06d}.tar"
 
 
 class PackError(RuntimeError):
@@ -210,93 +216,6 @@ def _process(items: list[PackItem], root: Path, max_side: int | None, workers: i
 
 
 # ---------------------------------------------------------------------------------------------
-# Shards and manifest
-# ---------------------------------------------------------------------------------------------
-
-
-class ShardSink:
-    """Write samples into `OUT/shard-NNNNNN.tar`, `shard_size` per shard, recording checksums."""
-
-    def __init__(self, out: Path, shard_size: int) -> None:
-        import webdataset as wds
-
-        self._wds = wds
-        self.out, self.shard_size = out, shard_size
-        self.shards: list[dict[str, Any]] = []
-        self._writer: Any = None
-        self._count = 0
-
-    def write(self, sample: dict[str, Any]) -> None:
-        """Append one sample dict (`__key__` plus bytes values), opening a new shard when full."""
-        if self._writer is None:
-            name = SHARD_NAME.format(len(self.shards))
-            self._tmp = self.out / (name + ".tmp")
-            self._writer = self._wds.TarWriter(
-                str(self._tmp), mtime=TAR_MTIME, user="ymn", group="ymn", encoder=False
-            )
-            self.shards.append({"name": name, "n_samples": 0, "sha256": "", "size": 0})
-        self._writer.write(sample)
-        self.shards[-1]["n_samples"] += 1
-        if self.shards[-1]["n_samples"] >= self.shard_size:
-            self._finish()
-
-    def close(self) -> None:
-        """Finish the open shard, if any."""
-        if self._writer is not None:
-            self._finish()
-
-    def _finish(self) -> None:
-        self._writer.close()
-        self._writer = None
-        final = self.out / self.shards[-1]["name"]
-        os.replace(self._tmp, final)
-        self.shards[-1]["sha256"] = file_sha256(final)
-        self.shards[-1]["size"] = final.stat().st_size
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def inputs_fingerprint(root: Path, options: dict[str, Any]) -> str:
-    """sha256 over every file's relative path, size and mtime under ROOT, plus the options."""
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            st = os.stat(os.path.join(dirpath, name))
-            rel = Path(dirpath, name).relative_to(root).as_posix()
-            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def _up_to_date(out: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The existing manifest when it was built from identical inputs and its shards exist."""
-    path = out / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if manifest.get("inputs", {}).get("fingerprint") != fingerprint:
-        return None
-    if not all((out / s["name"]).is_file() for s in manifest.get("shards", [])):
-        return None
-    return manifest
-
-
-def _remove_stale_shards(out: Path, keep: set[str]) -> None:
-    """Delete shards of an earlier, larger pack so the folder matches the new manifest."""
-    for path in out.glob("shard-*.tar*"):
-        if path.name not in keep:
-            path.unlink()
-
-
-# ---------------------------------------------------------------------------------------------
 # Public entry points
 # ---------------------------------------------------------------------------------------------
 
@@ -334,7 +253,7 @@ def pack_folder(
         "rounding": rounding,
     }
     fingerprint = inputs_fingerprint(root, options)
-    if not force and (existing := _up_to_date(out, fingerprint)) is not None:
+    if not force and (existing := up_to_date(out, fingerprint)) is not None:
         return existing
     out.mkdir(parents=True, exist_ok=True)
     folders = image_folders(root)
@@ -361,7 +280,7 @@ def pack_folder(
         meta = json.dumps(result.meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
         sink.write({"__key__": result.key, result.ext: result.image, "json": meta})
     sink.close()
-    _remove_stale_shards(out, {s["name"] for s in sink.shards})
+    remove_stale_shards(out, {s["name"] for s in sink.shards})
     manifest = {
         "version": MANIFEST_VERSION,
         "total_images": sum(c["n_images"] for c in categories.values()),
@@ -372,10 +291,7 @@ def pack_folder(
         "skipped": skipped,
         "inputs": {"fingerprint": fingerprint},
     }
-    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out / "manifest.json")
+    write_manifest(out, manifest)
     return manifest
 
 
