@@ -8,22 +8,19 @@ from dataclasses import replace
 
 import pytest
 
+from ymn.data.caption_tokens import CUT_MARK, cut_position, mark_cut, token_counts
 from ymn.data.captions import (
-    CUT_MARK,
     GRID_TOKENS,
     CaptionConfig,
     build_caption,
     control_token_report,
     control_tokens,
     count_token,
-    cut_position,
     face_grid_tokens,
     grid_cell,
     load_caption_config,
     main,
-    mark_cut,
     order_tags,
-    token_counts,
 )
 from ymn.data.metadata import normalize_metadata
 from ymn.paths import CONFIG_DIR

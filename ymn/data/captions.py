@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 import tarfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,6 +17,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from ymn.data.caption_tags import apply_tag_controls
+from ymn.data.caption_tokens import CUT_MARK, mark_cut
 from ymn.data.metadata import IMAGE_SUFFIXES, MetadataError, load_metadata, normalize_metadata
 
 DROPOUT_CAPTION = " "
@@ -48,6 +49,8 @@ class CaptionConfig:
 
     keep_*: probability of keeping each part (ASP's `--use_*_prob`; ASP's defaults: 1, and 0
     for copyright). max_tags <= 0 keeps every tag. dropout: probability of the " " caption.
+    fixed_first / shuffle_parts / tag_dropout / protected_tags / prefix: tag-level controls
+    on the comma-separated parts (`ymn.data.caption_tags`; off by default).
     """
 
     keep_count: float = 1.0
@@ -66,10 +69,20 @@ class CaptionConfig:
     drop_hair_tags: bool = False
     drop_eye_tags: bool = False
     dropout: float = 0.15
+    fixed_first: int = 0  # kohya keep_tokens / ED2 keep_tags: parts never moved or dropped
+    shuffle_parts: bool = False  # kohya shuffle_caption: shuffle the parts after those
+    tag_dropout: float = 0.0  # kohya caption_tag_dropout_rate: per part, protected ones kept
+    protected_tags: tuple[str, ...] = ()  # never dropped (names, counts, grid tokens always)
+    prefix: str = ""  # kohya caption_prefix: always first
 
     def __post_init__(self) -> None:
+        self.protected_tags = tuple(str(t) for t in self.protected_tags or ())
+        if not isinstance(self.fixed_first, int) or self.fixed_first < 0:
+            raise ValueError(
+                f"CaptionConfig.fixed_first must be an int >= 0, got {self.fixed_first}"
+            )
         for f in fields(self):
-            if f.name.startswith("keep_") or f.name == "dropout":
+            if f.name.startswith("keep_") or f.name in ("dropout", "tag_dropout"):
                 value = getattr(self, f.name)
                 if not 0.0 <= value <= 1.0:
                     raise ValueError(f"CaptionConfig.{f.name} must be in [0, 1], got {value}")
@@ -200,9 +213,23 @@ def build_caption(
     """
     if dropout and rng.random() < cfg.dropout:
         return DROPOUT_CAPTION
-    if meta.get("caption") is not None:
-        return meta["caption"]
-    return ", ".join(_parts(meta, cfg, rng)).replace("_", " ")
+    text = meta["caption"] if meta.get("caption") is not None else ", ".join(_parts(meta, cfg, rng))
+    if cfg.shuffle_parts or cfg.tag_dropout > 0 or cfg.prefix:
+        text = apply_tag_controls(text, meta, rng, **_tag_settings(cfg), dropout=dropout)
+    return text if meta.get("caption") is not None else text.replace("_", " ")
+
+
+def _tag_settings(cfg: CaptionConfig) -> dict[str, Any]:
+    """The tag-control keyword arguments of `apply_tag_controls` for `cfg`."""
+    return {
+        "fixed_first": cfg.fixed_first,
+        "shuffle_parts": cfg.shuffle_parts,
+        "tag_dropout": cfg.tag_dropout,
+        "protected_tags": cfg.protected_tags,
+        "prefix": cfg.prefix,
+        "number_words": NUMBER_WORDS,
+        "grid_words": [*GRID_TOKENS[cfg.grid][0], *GRID_TOKENS[cfg.grid][1]],
+    }
 
 
 def control_tokens() -> list[str]:
@@ -219,45 +246,6 @@ def control_token_report(tokenizer: Any) -> str:
         pieces = tokenizer.tokenize(token)
         lines.append(f"  {token:<10} -> {' | '.join(pieces)}  ({len(pieces)} pieces)")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------- token limit
-
-CUT_MARK = " <|cut|> "
-
-
-def token_counts(tokenizer: Any, captions: Sequence[str]) -> list[int]:
-    """CLIP tokens of each caption before truncation, start and end tokens included."""
-    if not captions:
-        return []
-    ids = tokenizer(list(captions), truncation=False, verbose=False)["input_ids"]
-    return [len(row) for row in ids]
-
-
-def cut_position(tokenizer: Any, caption: str) -> int | None:
-    """Where CLIP's cut falls in `caption`: the end of the last word it keeps whole (a word
-    split by the cut counts as lost), or None when the caption fits in `model_max_length`."""
-    limit = int(tokenizer.model_max_length)
-    if token_counts(tokenizer, [caption])[0] <= limit:
-        return None
-    ends = [m.end() for m in re.finditer(r"\w+|[^\w\s]+", caption)]
-    low, high = 0, len(ends)  # ends[:low] all fit; binary search (counts grow word by word)
-    while low < high:
-        mid = (low + high + 1) // 2
-        if token_counts(tokenizer, [caption[: ends[mid - 1]]])[0] <= limit:
-            low = mid
-        else:
-            high = mid - 1
-    return ends[low - 1] if low else 0
-
-
-def mark_cut(tokenizer: Any, caption: str) -> tuple[str, int]:
-    """(caption with `CUT_MARK` where CLIP's cut falls, its token count)."""
-    n_tokens = token_counts(tokenizer, [caption])[0]
-    cut = cut_position(tokenizer, caption) if n_tokens > tokenizer.model_max_length else None
-    if cut is None:
-        return caption, n_tokens
-    return caption[:cut] + CUT_MARK + caption[cut:].lstrip(), n_tokens
 
 
 # ---------------------------------------------------------------------------- command line
@@ -319,6 +307,24 @@ def _caption_line(name: str, caption: str, tokenizer: Any) -> str:
     return f"{name}\t{marked}\t{n_tokens}/{limit} tokens{over}"
 
 
+def _with_overrides(
+    cfg: CaptionConfig, pairs: Sequence[str], parser: argparse.ArgumentParser
+) -> CaptionConfig:
+    """`cfg` with `--set key=value` pairs applied (values parsed as YAML: 2, true, [a, b])."""
+    import yaml
+
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in values:
+            parser.error(f"--set {pair!r}: use KEY=VALUE with KEY one of {sorted(values)}")
+        values[key] = yaml.safe_load(value) if value else ""
+    try:
+        return CaptionConfig(**values)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`ymn-caption PATH`: print `path<TAB>caption<TAB>N/77 tokens` per image (CLIP's cut
     marked `<|cut|>` in captions over the limit), then the control-token report."""
@@ -329,11 +335,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-shuffle", action="store_true", help="keep the tag order")
     parser.add_argument("--no-dropout", action="store_true", help="never return ' '")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draws", type=int, default=1, help="captions per image (redraws)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a CaptionConfig key"
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the tokenizer report")
     parser.add_argument("--no-tokens", action="store_true", help="print captions only")
     args = parser.parse_args(argv)
 
     cfg = load_caption_config(args.config) if args.config else CaptionConfig()
+    cfg = _with_overrides(cfg, args.set, parser)
     if args.all_parts:
         for f in fields(cfg):
             if f.name.startswith("keep_"):
@@ -346,8 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = random.Random(args.seed)
     try:
         for name, meta in iter_metadata(args.path):
-            caption = build_caption(meta, cfg, rng, dropout=not args.no_dropout)
-            print(_caption_line(name, caption, None if args.no_tokens else tokenizer))
+            for _ in range(max(args.draws, 1)):
+                caption = build_caption(meta, cfg, rng, dropout=not args.no_dropout)
+                print(_caption_line(name, caption, None if args.no_tokens else tokenizer))
     except (MetadataError, FileNotFoundError) as err:
         print(f"ymn-caption: {err}", file=sys.stderr)
         return 2

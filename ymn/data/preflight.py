@@ -26,7 +26,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from ymn.data.captions import CaptionConfig, build_caption, token_counts
+from ymn.data.caption_tokens import token_counts
+from ymn.data.captions import CaptionConfig, build_caption
 from ymn.data.decode import split_name, tar_samples
 from ymn.data.multiply import Mode, draws_for_sample, dropped_images, plan_epoch, warn_dropped
 
