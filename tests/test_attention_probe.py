@@ -60,7 +60,7 @@ def test_layer_filter_and_restore_after_error(tiny) -> None:
         with capture_cross_attention(unet, layers=["mid_block"]):
             assert (
                 sum(
-                    type(p).__name__ == "RecordingAttnProcessor"
+                    type(p).__name__ == "CapturingAttnProcessor"
                     for p in unet.attn_processors.values()
                 )
                 == 1

@@ -14,13 +14,13 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from ymn.data.captions import CaptionConfig, build_caption
+from ymn.model.attention_hooks import CapturingAttnProcessor, attention_hooks
 from ymn.model.components import build_tiny, load_components
 from ymn.model.module import DiffusionModule
 from ymn.probes.attention import token_indices
 from ymn.probes.runner import ProbeConfig, initial_latents
 from ymn.remedies.attn_localization import (
     AttnLocalizationLoss,
-    LocalizingAttnProcessor,
     cell_box,
     default_layers,
     enlarge_box,
@@ -136,13 +136,13 @@ def test_processor_matches_default_and_leaves_other_layers():
     reference = unet(x, t, ctx).sample
     loss = AttnLocalizationLoss(weight=1.0)
     loss.attach(fake_module(components))
-    chosen = set(loss.processors)
+    chosen = set(loss.capture.layers)
     assert chosen == set(default_layers(unet))
     assert chosen and all(".attn2." in n for n in chosen)
     after = unet.attn_processors
     for name, proc in after.items():
         if name in chosen:
-            assert isinstance(proc, LocalizingAttnProcessor) and proc.fallback is before[name]
+            assert isinstance(proc, CapturingAttnProcessor) and proc.kernel is before[name]
         else:
             assert proc is before[name]
     out = unet(x, t, ctx).sample
@@ -160,12 +160,12 @@ def test_processors_survive_a_later_processor_swap():
     components = build_tiny(2)
     loss = AttnLocalizationLoss()
     loss.attach(fake_module(components))
-    components.unet.set_attn_processor(AttnProcessor())  # e.g. the fast-path callback
+    attention_hooks(components.unet).set_kernel(AttnProcessor())  # e.g. the fast-path callback
     components.unet.train()(*unet_inputs())
     procs = components.unet.attn_processors
-    assert all(isinstance(procs[n], LocalizingAttnProcessor) for n in loss.processors)
-    assert all(isinstance(procs[n].fallback, AttnProcessor) for n in loss.processors)
-    assert set(loss.store) == set(loss.processors)
+    assert all(isinstance(procs[n], CapturingAttnProcessor) for n in loss.capture.layers)
+    assert all(isinstance(procs[n].kernel, AttnProcessor) for n in loss.capture.layers)
+    assert set(loss.store) == set(loss.capture.layers)
 
 
 def test_default_layers_pick_the_finest_levels(tiny):
@@ -207,7 +207,7 @@ def test_loss_has_gradient_on_selected_layers():
     value = loss(batch)
     assert torch.isfinite(value) and 0 < value.item() <= 1
     value.backward()
-    name = next(iter(loss.processors)).removesuffix(".processor")
+    name = loss.capture.layers[0].removesuffix(".processor")
     assert components.unet.get_submodule(name).to_k.weight.grad.abs().sum() > 0
     assert loss(batch).item() == 0.0  # the store is consumed per step
 
@@ -340,7 +340,7 @@ def test_probe_initial_latents_option(tiny):
     )
 
 
-def test_probe_capture_wraps_the_localizing_processors():
+def test_probe_capture_and_the_loss_share_layers():
     from ymn.probes.attention import capture_cross_attention
 
     components = build_tiny(5)
@@ -351,7 +351,7 @@ def test_probe_capture_wraps_the_localizing_processors():
         components.unet.eval()(x, t, ctx)
     assert len(store.maps()) == len(cross_attention_layers_of(components.unet))
     procs = components.unet.attn_processors
-    assert all(procs[n] is p for n, p in loss.processors.items())
+    assert all(procs[n].captures == (loss.capture,) for n in loss.capture.layers)
 
 
 def cross_attention_layers_of(unet) -> list[str]:

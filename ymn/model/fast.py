@@ -3,10 +3,12 @@ AdamW that picks the fused or foreach kernel where the parameters' device suppor
 
 `apply_fast_path` changes a `DiffusionModule` (or anything with `unet`/`vae`/`text_encoder`) in
 place and keeps every parameter name: compilation uses `nn.Module.compile`, so checkpoints and
-exports do not gain an `_orig_mod.` prefix. `FastPath` is the same as a Lightning callback, applied
-at `setup` once the module sits on its device. bf16-mixed is the Trainer's `precision`, gradient
-checkpointing the module's `gradient_checkpointing` flag, pinned memory and persistent workers
-the data config's `pin_memory` / `persistent_workers`.
+exports do not gain an `_orig_mod.` prefix. The attention kernel is set through the models'
+attention-processor owner (`ymn.model.attention_hooks`), so captures registered there (the
+localization loss, the probe recorder) stay in place. `FastPath` is the same as a Lightning
+callback, applied at `setup` once the module sits on its device. bf16-mixed is the Trainer's
+`precision`, gradient checkpointing the module's `gradient_checkpointing` flag, pinned memory
+and persistent workers the data config's `pin_memory` / `persistent_workers`.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ import lightning as L
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+from ymn.model.attention_hooks import attention_hooks
+
 log = logging.getLogger(__name__)
 
 
 def set_attention(module: Any, sdpa: bool = True) -> None:
     """UNet and VAE attention through PyTorch SDPA (`AttnProcessor2_0`) or the classic
-    matmul-softmax `AttnProcessor`; the text encoder through transformers' sdpa / eager."""
+    matmul-softmax `AttnProcessor` (the kernel of every layer, captured or not); the text encoder
+    through transformers' sdpa / eager."""
     for name in ("unet", "vae"):
         model = getattr(module, name, None)
-        if model is not None and hasattr(model, "set_attn_processor"):
-            model.set_attn_processor(AttnProcessor2_0() if sdpa else AttnProcessor())
+        if model is not None and hasattr(model, "attn_processors"):
+            attention_hooks(model).set_kernel(AttnProcessor2_0() if sdpa else AttnProcessor())
     text_encoder = getattr(module, "text_encoder", None)
     if text_encoder is not None and hasattr(text_encoder, "set_attn_implementation"):
         text_encoder.set_attn_implementation("sdpa" if sdpa else "eager")

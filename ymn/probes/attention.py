@@ -1,10 +1,11 @@
 """Cross-attention probe: where do the count and face-grid tokens look?
 
-During a probe pass the UNet's cross-attention (attn2) processors are wrapped by recorders that
-keep a running mean of the head-averaged attention probabilities per layer; the wrapped
-processor still computes the layer's output, so sampling is unchanged. Maps are pooled to the
-caption grid (mean per cell, so a uniform map puts exactly 1/grid² in each cell), averaged over
-layers, and each control token's map is the sum over all its BPE pieces.
+During a probe pass a capture without grad, registered with the UNet's attention hooks
+(`ymn.model.attention_hooks`), keeps a running mean of the head-averaged cross-attention (attn2)
+probabilities per layer; the layers' kernel still computes their output, so sampling is
+unchanged. Maps are pooled to the caption grid (mean per cell, so a uniform map puts exactly
+1/grid² in each cell), averaged over layers, and each control token's map is the sum over all
+its BPE pieces.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from ymn.data.captions import GRID_TOKENS, count_token
+from ymn.model.attention_hooks import attention_hooks, cross_attention_layers
 
 Cell = tuple[int, int]
 
@@ -29,10 +31,9 @@ class AttentionStore:
         self.sums: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
 
-    def add(self, name: str, probs: torch.Tensor, heads: int) -> None:
-        """Add one call's probabilities, shaped [B * heads, Q, T] (diffusers' batch-major)."""
-        batch = probs.shape[0] // heads
-        mean = probs.detach().float().view(batch, heads, *probs.shape[1:]).mean(dim=1)
+    def add(self, name: str, probs: torch.Tensor) -> None:
+        """Add one call's head-averaged probabilities, [B, Q, T]."""
+        mean = probs.detach().float()
         if name in self.sums and self.sums[name].shape != mean.shape:
             raise RuntimeError(
                 f"attention layer {name}: shape changed from {tuple(self.sums[name].shape)} to "
@@ -50,61 +51,6 @@ class AttentionStore:
         return {name: total / self.calls[name] for name, total in self.sums.items()}
 
 
-def cross_attention_probs(
-    attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor
-) -> torch.Tensor:
-    """Softmax(QKᵀ) of a diffusers `Attention` layer, [B * heads, Q, T] (no mask: SD uses none)."""
-    hidden = hidden_states
-    if hidden.ndim == 4:
-        batch, channels, height, width = hidden.shape
-        hidden = hidden.view(batch, channels, height * width).transpose(1, 2)
-    if attn.group_norm is not None:
-        hidden = attn.group_norm(hidden.transpose(1, 2)).transpose(1, 2)
-    context = encoder_hidden_states
-    if attn.norm_cross:
-        context = attn.norm_encoder_hidden_states(context)
-    query = attn.head_to_batch_dim(attn.to_q(hidden))
-    key = attn.head_to_batch_dim(attn.to_k(context))
-    return attn.get_attention_scores(query, key, None)
-
-
-class RecordingAttnProcessor:
-    """Wraps a layer's processor: records its cross-attention probabilities, then delegates."""
-
-    def __init__(self, original: Any, store: AttentionStore, name: str) -> None:
-        self.original = original
-        self.store = store
-        self.name = name
-
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        if encoder_hidden_states is not None:
-            probs = cross_attention_probs(attn, hidden_states, encoder_hidden_states)
-            self.store.add(self.name, probs, attn.heads)
-        if temb is not None:
-            kwargs["temb"] = temb
-        return self.original(
-            attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs
-        )
-
-
-def cross_attention_layers(unet: Any, layers: Sequence[str] | None = None) -> list[str]:
-    """Processor keys of the attn2 layers whose name contains one of `layers` (all if None)."""
-    names = [k for k in unet.attn_processors if ".attn2." in k]
-    selected = [k for k in names if layers is None or any(part in k for part in layers)]
-    if not selected:
-        raise ValueError(f"no cross-attention layer matches {list(layers or [])}; have {names}")
-    return selected
-
-
 @contextmanager
 def capture_cross_attention(
     unet: Any, layers: Sequence[str] | None = None
@@ -112,22 +58,16 @@ def capture_cross_attention(
     """Record cross-attention maps of the selected attn2 layers inside the `with` block.
 
     layers: substrings of processor names, e.g. ["mid_block", "up_blocks.1"]; None = all.
-    The original processors are put back on exit, also after an error.
+    A capture without grad registered with the UNet's attention hooks; it leaves on exit, also
+    after an error.
     """
-    originals = dict(unet.attn_processors)
-    selected = set(cross_attention_layers(unet, layers))
     store = AttentionStore()
-    wrapped = {
-        name: RecordingAttnProcessor(proc, store, name.removesuffix(".processor"))
-        if name in selected
-        else proc
-        for name, proc in originals.items()
-    }
-    unet.set_attn_processor(wrapped)
-    try:
+
+    def keep(name: str, probs: torch.Tensor) -> None:
+        store.add(name.removesuffix(".processor"), probs)
+
+    with attention_hooks(unet).capturing(cross_attention_layers(unet, layers), keep):
         yield store
-    finally:
-        unet.set_attn_processor(dict(originals))  # set_attn_processor pops from its argument
 
 
 # ----------------------------------------------------------------------------- pooling

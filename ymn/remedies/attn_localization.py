@@ -5,9 +5,10 @@ BPE pieces), the loss penalises the cross-attention mass that falls outside the 
 names: the character's face box (optionally enlarged) or the face's grid cell. Face boxes come
 from the batch metadata, which already follows each sample's crop and flip.
 
-Only the selected attn2 layers get a processor that materialises softmax(QKᵀ), and only during
-training forwards (grad enabled, UNet in train mode); every other call, and every other layer,
-goes through the layer's original processor (the fast SDPA kernel by default).
+The loss registers a capture with grad on the selected attn2 layers with the UNet's attention
+hooks (`ymn.model.attention_hooks`): softmax(QKᵀ) is materialised there only during training
+forwards (grad enabled, UNet in train mode); every layer's output, and every other call, stays
+with the layer's kernel (the fast SDPA kernel by default).
 
 Config (`loss.attn_localization`, see conf/loss/attn_localization.yaml): weight (λ), layers
 (substrings of attn2 processor names; null = the two finest levels at most 32x32, e.g. 32 and
@@ -26,7 +27,8 @@ import torch
 
 from ymn.data.batch import Batch
 from ymn.data.captions import GRID_TOKENS, UNKNOWN_CHARACTERS, grid_cell
-from ymn.probes.attention import cross_attention_layers, layer_shape, token_indices
+from ymn.model.attention_hooks import Capture, attention_hooks, cross_attention_layers
+from ymn.probes.attention import layer_shape, token_indices
 
 log = logging.getLogger(__name__)
 
@@ -197,87 +199,6 @@ def default_layers(unet: Any, max_side: int = 32, levels: int = 2) -> list[str]:
     return [n for n in names if sides[n] in kept]
 
 
-class LocalizingAttnProcessor:
-    """attn2 processor that keeps the head-averaged softmax(QKᵀ) of training forwards.
-
-    Outside training (no grad, or the layer in eval mode) it delegates to `fallback`, the
-    layer's previous processor, so sampling and validation keep the fast kernel.
-    """
-
-    def __init__(self, fallback: Any, store: dict[str, torch.Tensor], name: str) -> None:
-        self.fallback = fallback
-        self.store = store
-        self.name = name
-
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        if encoder_hidden_states is None or not (attn.training and torch.is_grad_enabled()):
-            if temb is not None:
-                kwargs["temb"] = temb
-            return self.fallback(
-                attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs
-            )
-        return self.explicit(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-
-    def explicit(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        context: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        temb: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """diffusers' classic attention, keeping the probabilities (with their graph)."""
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = context.shape
-        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        if attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        key = attn.head_to_batch_dim(attn.to_k(context))
-        value = attn.head_to_batch_dim(attn.to_v(context))
-        probs = attn.get_attention_scores(query, key, attention_mask)
-        self.store[self.name] = probs.view(-1, attn.heads, *probs.shape[1:]).mean(dim=1)
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channels, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
-
-
-def _wraps(processor: Any, target: Any, depth: int = 8) -> bool:
-    """Whether `target` is `processor` or sits in its chain of wrapped processors."""
-    for _ in range(depth):
-        if processor is None:
-            return False
-        if processor is target:
-            return True
-        processor = getattr(processor, "original", None) or getattr(processor, "fallback", None)
-    return False
-
-
-def _attention_module(unet: Any, processor_name: str) -> Any:
-    return unet.get_submodule(processor_name.removesuffix(".processor"))
-
-
 # ----------------------------------------------------------------------------- the loss
 
 
@@ -309,12 +230,12 @@ class AttnLocalizationLoss:
         self.grid_tokens = grid_tokens
         self.max_side = max_side
         self.levels = levels
-        self.store: dict[str, torch.Tensor] = {}
-        self.processors: dict[str, LocalizingAttnProcessor] = {}
+        self.store: dict[str, torch.Tensor] = {}  # processor key → probabilities [B, Q, T]
+        self.capture: Capture | None = None
         self.module: Any = None
 
     def attach(self, module: Any) -> None:
-        """Install the localizing processors on the selected attn2 layers of module.unet."""
+        """Capture (with grad) the selected attn2 layers of module.unet."""
         self.module = module
         unet = module.unet
         names = (
@@ -322,24 +243,8 @@ class AttnLocalizationLoss:
             if self.layers
             else default_layers(unet, self.max_side, self.levels)
         )
-        self.processors = {
-            name: LocalizingAttnProcessor(_attention_module(unet, name).processor, self.store, name)
-            for name in names
-        }
-        self.install()
-        # Something may later replace every processor (the fast-path callback at setup): put
-        # ours back, on top of the new ones, before each UNet forward.
-        unet.register_forward_pre_hook(lambda *_: self.install())
+        self.capture = attention_hooks(unet).register(names, self.store.__setitem__, grad=True)
         log.info("attn_localization on %d layers: %s", len(names), names)
-
-    def install(self) -> None:
-        """(Re)install the processors a later swap removed; wrappers around ours (the probes'
-        attention recorders) are left in place."""
-        for name, processor in self.processors.items():
-            layer = _attention_module(self.module.unet, name)
-            if not _wraps(layer.processor, processor):
-                processor.fallback = layer.processor
-                layer.set_processor(processor)
 
     def regions(self, batch: Batch) -> list[TokenRegion]:
         """The (token, region) pairs of a batch, from its captions and metadata."""
