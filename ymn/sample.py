@@ -25,6 +25,9 @@ from tqdm import tqdm
 
 from ymn.model.components import Components, components_pipeline
 from ymn.model.export import load_any
+from ymn.model.prompt_settings import PromptSettings, read_prompt_settings
+from ymn.model.text_encoder_controls import TextEncoderControls, prompt_inputs
+from ymn.model.tokenizer import set_max_token_length
 
 
 @dataclass(frozen=True)
@@ -160,12 +163,18 @@ def generate(
     init: tuple[Image.Image, Image.Image] | None = None,
     strength: float = 1.0,
     keep_unmasked: bool = False,
+    settings: PromptSettings | None = None,
 ) -> Image.Image:
-    """One image; with `init` = (image, mask), inpaint the mask's white area."""
+    """One image; with `init` = (image, mask), inpaint the mask's white area. Prompts are
+    encoded as the model was trained (`settings`: long prompts in chunks, CLIP skip)."""
     generator = torch.Generator(device="cpu").manual_seed(job.seed)
+    text: dict = {"prompt": job.prompt, "negative_prompt": job.negative or None}
+    if settings is not None and not settings.is_default:
+        controls = TextEncoderControls(clip_skip=settings.clip_skip)
+        negative = [job.negative] if job.negative else None
+        text = prompt_inputs(controls, pipe.text_encoder, pipe.tokenizer, [job.prompt], negative)
     kwargs = dict(
-        prompt=job.prompt,
-        negative_prompt=job.negative or None,
+        **text,
         width=job.width,
         height=job.height,
         num_inference_steps=steps,
@@ -199,8 +208,10 @@ def sample_images(
     keep_unmasked: bool = False,
     device: str | None = None,
     allow_pickle: bool = False,
+    settings: PromptSettings | None = None,
 ) -> list[Path]:
-    """Load `model`, make every job's image, write PNGs, grid.png and samples.json into out_dir."""
+    """Load `model`, make every job's image, write PNGs, grid.png and samples.json into out_dir.
+    `settings` (default: what the model's export recorded) say how prompts are encoded."""
     if not Path(model).expanduser().exists():
         raise FileNotFoundError(
             f"model {model}: no such file or folder. Give a diffusers folder, an SD 1.x "
@@ -211,6 +222,8 @@ def sample_images(
     scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
     native = components.unet.config.sample_size * scale
     jobs = [replace(j, width=j.width or native, height=j.height or native) for j in jobs]
+    settings = settings or read_prompt_settings(Path(model))
+    set_max_token_length(components.tokenizer, settings.max_token_length)
     pipe = txt2img_pipeline(components, device, dtype)
     if init is not None:
         pipe = inpaint_pipeline(pipe)
@@ -218,7 +231,7 @@ def sample_images(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths, images, records = [], [], []
     for i, job in enumerate(tqdm(jobs, desc="sampling", unit="img")):
-        image = generate(pipe, job, steps, init, strength, keep_unmasked)
+        image = generate(pipe, job, steps, init, strength, keep_unmasked, settings)
         path = out_dir / image_name(i, job)
         image.save(path)
         paths.append(path)
@@ -226,6 +239,7 @@ def sample_images(
         records.append({"file": path.name, **asdict(job), "steps": steps})
     make_grid(images).save(out_dir / "grid.png")
     meta = {"model": str(model), "inpaint": init is not None, "strength": strength}
+    meta.update(asdict(settings))
     (out_dir / "samples.json").write_text(json.dumps({**meta, "images": records}, indent=2))
     return paths
 
@@ -253,6 +267,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-unmasked", action="store_true", help="paste back unmasked pixels")
     p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     p.add_argument("--allow-pickle", action="store_true", help="accept a .ckpt model")
+    p.add_argument("--max-token-length", type=int, help="77 / 150 / 225 (default: as trained)")
+    p.add_argument("--clip-skip", type=int, help="1 / 2 (default: as trained)")
     args = p.parse_args(argv)
     if not args.prompt and not args.prompt_file:
         p.error("give --prompt TEXT or --prompt-file FILE")
@@ -281,6 +297,10 @@ def run_sample(argv: list[str] | None = None) -> list[Path]:
         base = Job("", args.negative, args.seed, width, height, args.cfg)
         jobs = build_jobs(specs, base, args.n)
         out = args.out or Path("outputs/samples") / time.strftime("%Y%m%d-%H%M%S")
+        recorded = read_prompt_settings(Path(args.model))
+        settings = PromptSettings(
+            args.max_token_length or recorded.max_token_length, args.clip_skip or recorded.clip_skip
+        )
         paths = sample_images(
             args.model,
             jobs,
@@ -291,6 +311,7 @@ def run_sample(argv: list[str] | None = None) -> list[Path]:
             args.keep_unmasked,
             args.device,
             args.allow_pickle,
+            settings,
         )
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"ymn-sample: {error}") from error

@@ -287,12 +287,14 @@ def iter_metadata(path: Path) -> Iterator[tuple[str, dict]]:
         raise FileNotFoundError(f"{path}: no such file or folder")
 
 
-def _load_tokenizer() -> tuple[Any, str | None]:
+def _load_tokenizer(max_token_length: int = 77) -> tuple[Any, str | None]:
     """(CLIP tokenizer, None), or (None, why not) when it cannot be loaded here."""
     try:
-        from ymn.model.tokenizer import load_clip_tokenizer
+        from ymn.model.tokenizer import load_clip_tokenizer, set_max_token_length
 
-        return load_clip_tokenizer(), None
+        tokenizer = load_clip_tokenizer()
+        set_max_token_length(tokenizer, max_token_length)
+        return tokenizer, None
     except (ImportError, FileNotFoundError) as err:
         return None, str(err)
 
@@ -301,8 +303,10 @@ def _caption_line(name: str, caption: str, tokenizer: Any) -> str:
     """`name<TAB>caption` and, with a tokenizer, `<TAB>N tokens` (the cut marked when over)."""
     if tokenizer is None:
         return f"{name}\t{caption}"
-    marked, n_tokens = mark_cut(tokenizer, caption)
-    limit = tokenizer.model_max_length
+    from ymn.model.tokenizer import token_limit
+
+    limit = token_limit(tokenizer)  # 77, or model.max_token_length + 2
+    marked, n_tokens = mark_cut(tokenizer, caption, limit)
     over = f" ({n_tokens - limit} lost after{CUT_MARK.rstrip()})" if n_tokens > limit else ""
     return f"{name}\t{marked}\t{n_tokens}/{limit} tokens{over}"
 
@@ -341,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-report", action="store_true", help="skip the tokenizer report")
     parser.add_argument("--no-tokens", action="store_true", help="print captions only")
+    parser.add_argument("--max-token-length", type=int, default=77, help="model.max_token_length")
     args = parser.parse_args(argv)
 
     cfg = load_caption_config(args.config) if args.config else CaptionConfig()
@@ -351,7 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 setattr(cfg, f.name, 1.0)
     if args.no_shuffle:
         cfg.tag_shuffle = False
-    tokenizer, why = (None, None) if args.no_tokens and args.no_report else _load_tokenizer()
+    tokenizer, why = (
+        (None, None)
+        if args.no_tokens and args.no_report
+        else _load_tokenizer(args.max_token_length)
+    )
     if why is not None:
         print(f"ymn-caption: no token counts ({why})", file=sys.stderr)
     rng = random.Random(args.seed)

@@ -30,6 +30,7 @@ from ymn.data.caption_tokens import token_counts
 from ymn.data.captions import CaptionConfig, build_caption
 from ymn.data.decode import split_name, tar_samples
 from ymn.data.multiply import Mode, draws_for_sample, dropped_images, plan_epoch, warn_dropped
+from ymn.model.tokenizer import token_limit
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def caption_stats(stream: PlannedStream) -> CaptionLengthStats | None:
     if stream.tokenizer is None:
         log.info("caption lengths not checked: no tokenizer set on the data module")
         return None
-    limit = int(stream.tokenizer.model_max_length)
+    limit = token_limit(stream.tokenizer)  # 77, or model.max_token_length + 2
     captions, weights = [], []
     n_samples = 0
     for key, meta, copies in sample_draws(stream):

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from ymn.model.adapters import merged_components
 from ymn.model.components import Components, components_pipeline, load_components
 from ymn.model.lora_export import LORA_FILE_NAME, export_kohya_lora
+from ymn.model.prompt_settings import module_settings, write_model_card
 from ymn.model.single_file import export_single_file, strip_local_paths, text_encoder_state
 from ymn.model.tokenizer import save_tokenizer
 from ymn.run_dir import diffusers_export, latest_checkpoint
@@ -112,11 +113,13 @@ def export_run(
     with ema_weights(module):
         live = module.components()
         components = merged_components(live)  # LoRA folded into the full model (none: as is)
-        return [
+        written = [
             save_diffusers(components, out_dir / "diffusers"),
             export_single_file(components, out_dir / SINGLE_FILE_NAME, dtype),
             *export_kohya_lora(live, out_dir / LORA_FILE_NAME),  # only with model.adapter
         ]
+    settings = module_settings(module)  # the model card: how prompts are encoded
+    return written + (write_model_card(out_dir, settings) if settings else [])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ from ymn.data.batch import Batch
 from ymn.model.adapters import LoraAdapter
 from ymn.model.components import Components, components_pipeline, vae_downsampling
 from ymn.model.grouped_loss import GroupedLoss
-from ymn.model.text_encoder_controls import TextEncoderControls
+from ymn.model.text_encoder_controls import TextEncoderControls, prompt_inputs
 from ymn.model.timesteps import TimestepBias
-from ymn.model.tokenizer import describe_tokens, tokenize
+from ymn.model.tokenizer import describe_tokens, set_max_token_length, tokenize
 from ymn.reliability.rng import step_rng
 from ymn.remedies.face_weighted_loss import face_weight_maps
 
@@ -64,6 +64,7 @@ class DiffusionModule(LightningModule):
         text_encoder_controls: TextEncoderControls | Mapping[str, Any] | None = None,
         face_loss_weight: float = 1.0,
         adapter: LoraAdapter | None = None,
+        max_token_length: int = 77,
     ) -> None:
         super().__init__()
         # `pretrained`/`allow_pickle` already shaped `components`; kept to record where it started.
@@ -81,6 +82,7 @@ class DiffusionModule(LightningModule):
         self.text_controls.freeze(self.text_encoder)
         self.unet = components.unet
         self.tokenizer = components.tokenizer
+        set_max_token_length(self.tokenizer, max_token_length)  # > 77: 75-token chunks
         self.noise_scheduler = components.scheduler
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -345,14 +347,10 @@ class DiffusionModule(LightningModule):
     def prompt_inputs(
         self, prompts: Sequence[str], negative_prompts: Sequence[str] | None
     ) -> dict[str, Any]:
-        """Pipeline text inputs: the prompts, or with CLIP skip our own embeddings of them
-        (diffusers' `clip_skip` path expects transformers 4's `text_model` attribute)."""
-        if self.text_controls.clip_skip == 1:
-            negative = list(negative_prompts) if negative_prompts else None
-            return {"prompt": list(prompts), "negative_prompt": negative}
-        negative = list(negative_prompts) if negative_prompts else [""] * len(prompts)
-        embed = lambda texts: self.encode_text(tokenize(self.tokenizer, texts).to(self.device))  # noqa: E731
-        return {"prompt_embeds": embed(list(prompts)), "negative_prompt_embeds": embed(negative)}
+        """Pipeline text inputs: the prompts, or (CLIP skip, captions over 77 tokens) our own
+        embeddings of them, encoded as in training."""
+        tokenizer, controls = self.tokenizer, self.text_controls
+        return prompt_inputs(controls, self.text_encoder, tokenizer, prompts, negative_prompts)
 
     def log_images(
         self,

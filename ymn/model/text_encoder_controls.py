@@ -8,11 +8,14 @@ Config: `model.text_encoder_controls` (`conf/model/tiny.yaml`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import CLIPTextModel
+
+from ymn.model.tokenizer import merge_chunks, token_limit, tokenize
 
 
 def _transformer(text_encoder: CLIPTextModel) -> torch.nn.Module:
@@ -65,7 +68,14 @@ class TextEncoderControls:
             layer.requires_grad_(False)
 
     def encode(self, text_encoder: CLIPTextModel, input_ids: torch.Tensor) -> torch.Tensor:
-        """The UNet's conditioning: last hidden state, or an earlier one + final layer norm."""
+        """The UNet's conditioning: last hidden state, or an earlier one + final layer norm.
+        Ids wider than the encoder's window (77) are kohya's chunks (`tokenizer.chunk_ids`):
+        each is encoded on its own and the hidden states are joined (`merge_chunks`)."""
+        window = int(text_encoder.config.max_position_embeddings)
+        if input_ids.shape[-1] > window:
+            chunks = input_ids.reshape(-1, window)
+            hidden = self.encode(text_encoder, chunks)
+            return merge_chunks(hidden, input_ids.shape[0], window)
         if self.clip_skip == 1:
             return text_encoder(input_ids)[0]
         out = text_encoder(input_ids, output_hidden_states=True)
@@ -83,3 +93,25 @@ class TextEncoderControls:
                 group["lr"] = self.lr
             groups.append(group)
         return groups
+
+
+def prompt_inputs(
+    controls: TextEncoderControls,
+    text_encoder: CLIPTextModel,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    negative_prompts: Sequence[str] | None,
+) -> dict[str, Any]:
+    """Pipeline text inputs: the prompts as they are when diffusers would encode them as
+    training did, else our own embeddings of them (CLIP skip: diffusers' `clip_skip` expects
+    transformers 4's `text_model`; captions over 77 tokens: diffusers cuts them at 77)."""
+    if controls.clip_skip == 1 and token_limit(tokenizer) <= tokenizer.model_max_length:
+        negative = list(negative_prompts) if negative_prompts else None
+        return {"prompt": list(prompts), "negative_prompt": negative}
+    negative = list(negative_prompts) if negative_prompts else [""] * len(prompts)
+    device = text_encoder.device
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        return controls.encode(text_encoder, tokenize(tokenizer, texts).to(device))
+
+    return {"prompt_embeds": embed(list(prompts)), "negative_prompt_embeds": embed(negative)}

@@ -74,26 +74,83 @@ def load_clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=MODEL_MAX_LENGTH)
 
 
+LONG_CAPTION_ATTR = "ymn_max_token_length"  # set on the tokenizer object: survives pickling
+
+
+def set_max_token_length(tokenizer: Any, max_token_length: int) -> None:
+    """`model.max_token_length`: 77 (CLIP's window, the recipe) or 150 / 225 / ... (kohya): the
+    caption's first `max_token_length` tokens are kept and encoded in 75-token chunks."""
+    window = int(tokenizer.model_max_length)
+    if max_token_length == window:
+        tokenizer.__dict__.pop(LONG_CAPTION_ATTR, None)
+        return
+    if max_token_length < 2 * (window - 2) or max_token_length % (window - 2):
+        raise ValueError(
+            f"model.max_token_length={max_token_length}: use {window} (one CLIP window) or a "
+            f"multiple of {window - 2} from {2 * (window - 2)} on (kohya: 150 or 225)"
+        )
+    setattr(tokenizer, LONG_CAPTION_ATTR, int(max_token_length))
+
+
+def token_limit(tokenizer: Any) -> int:
+    """Token ids a caption keeps, BOS and EOS included: 77, or max_token_length + 2."""
+    long = getattr(tokenizer, LONG_CAPTION_ATTR, None)
+    return int(long) + 2 if long else int(getattr(tokenizer, "model_max_length", 77))
+
+
 def tokenize(tokenizer: Any, captions: Sequence[str]) -> torch.Tensor:
     """Token ids padded/truncated to the tokenizer's max length (77 for CLIP), (batch, length).
 
     Exactly `tokenizer(captions, padding="max_length", truncation=True, ...).input_ids`; for a
     CLIP tokenizer the ids are assembled from cached per-word ids (`WordTokenCache`), which
     takes about a sixth of the time of the batch call. Other tokenizers get the batch call.
+    With `set_max_token_length` > 77 the ids are kohya's chunks side by side, (batch, n * 77):
+    see `chunk_ids`.
     """
+    limit = token_limit(tokenizer)
     cache = _word_cache(tokenizer)
     if cache is not None and all(map(cacheable_caption, captions)):
-        return cache.ids(captions)
-    return _tokenize_call(tokenizer, list(captions))
+        ids = cache.ids(captions, limit)
+    else:
+        ids = _tokenize_call(tokenizer, list(captions), limit)
+    window = int(getattr(tokenizer, "model_max_length", 77))
+    if limit <= window:
+        return ids
+    return chunk_ids(ids, window, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
 
-def _tokenize_call(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+def chunk_ids(ids: torch.Tensor, window: int, eos: int, pad: int) -> torch.Tensor:
+    """(B, n * (window - 2) + 2) ids → (B, n * window): kohya's chunks, each BOS + the next
+    window - 2 tokens + the sequence's last token (EOS, or pad). With pad == eos (SD 1.x) a
+    padding chunk is BOS EOS ... EOS; otherwise (kohya's v2 rules) a chunk cut inside the text
+    ends in EOS and an empty chunk starts BOS EOS pad ...."""
+    step = window - 2
+    chunks = []
+    for start in range(1, ids.shape[1] - 1, step):
+        chunk = torch.cat([ids[:, :1], ids[:, start : start + step], ids[:, -1:]], dim=1)
+        if pad != eos:
+            cut = (chunk[:, -2] != eos) & (chunk[:, -2] != pad)
+            chunk[cut, -1] = eos
+            chunk[chunk[:, 1] == pad, 1] = eos
+        chunks.append(chunk)
+    return torch.cat(chunks, dim=1)
+
+
+def merge_chunks(hidden: torch.Tensor, batch: int, window: int) -> torch.Tensor:
+    """(B * n, window, D) hidden states of the chunks → (B, n * (window - 2) + 2, D): the first
+    chunk's BOS, every chunk without its BOS and EOS, the last chunk's EOS (kohya, SD 1.x)."""
+    states = hidden.reshape(batch, -1, window, hidden.shape[-1])
+    inner = states[:, :, 1:-1].reshape(batch, -1, hidden.shape[-1])
+    return torch.cat([states[:, 0, :1], inner, states[:, -1, -1:]], dim=1)
+
+
+def _tokenize_call(tokenizer: Any, captions: list[str], length: int) -> torch.Tensor:
     """The plain batch call. Only ids are asked for: the attention mask of fixed-length padding
     is unused, and building it cost about a third of the call."""
     out = tokenizer(
         captions,
         padding="max_length",
-        max_length=getattr(tokenizer, "model_max_length", 77),
+        max_length=length,
         truncation=True,
         return_attention_mask=False,
         return_tensors="pt",
@@ -142,10 +199,13 @@ class WordTokenCache:
             return None
         cache = cls(tokenizer)
         probes = list(_PROBES)
-        return cache if torch.equal(cache.ids(probes), _tokenize_call(tokenizer, probes)) else None
+        same = torch.equal(cache.ids(probes), _tokenize_call(tokenizer, probes, cache.length))
+        return cache if same else None
 
-    def ids(self, captions: Sequence[str]) -> torch.Tensor:
-        """(len(captions), length) int64 ids; every caption must pass `cacheable_caption`."""
+    def ids(self, captions: Sequence[str], length: int | None = None) -> torch.Tensor:
+        """(len(captions), length) int64 ids (default length: the tokenizer's max length);
+        every caption must pass `cacheable_caption`."""
+        length = length or self.length
         split = [caption.split() for caption in captions]
         self._learn({w for words in split for w in words if w not in self.words})
         rows = []
@@ -153,11 +213,11 @@ class WordTokenCache:
             row = [self.bos]
             for word in words:
                 row += self.words[word]
-            del row[self.length - 1 :]
+            del row[length - 1 :]
             row.append(self.eos)
-            row += [self.pad] * (self.length - len(row))
+            row += [self.pad] * (length - len(row))
             rows.append(row)
-        return torch.tensor(rows, dtype=torch.long).view(len(rows), self.length)
+        return torch.tensor(rows, dtype=torch.long).view(len(rows), length)
 
     def _learn(self, missing: set[str]) -> None:
         if not missing:
