@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from ymn.data.balance import compute_weights, read_weights_csv
+from ymn.data.balance import compute_weights, loss_scale_meta, read_weights_csv
 from ymn.data.metadata import MetadataError, load_metadata
 from ymn.data.multiply import dropped_message, read_multiply_txt
 from ymn.data.shard_writer import (
@@ -182,6 +182,7 @@ def pack_sample(item: PackItem, root: Path, max_side: int | None) -> PackedSampl
         multiply=item.multiply,
         prob=item.prob,
         size=[int(size[0]), int(size[1])],
+        **loss_scale_meta(path.parent),  # ED2 loss_scale.txt (absent: no key)
     )
     return PackedSample(item, key=sample_key(item.source), ext=ext, image=data, meta=meta)
 

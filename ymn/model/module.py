@@ -21,6 +21,7 @@ from ymn.data.batch import Batch
 from ymn.model.adapters import LoraAdapter
 from ymn.model.components import Components, components_pipeline, vae_downsampling
 from ymn.model.grouped_loss import GroupedLoss
+from ymn.model.loss_scale import weighted_mean
 from ymn.model.text_encoder_controls import TextEncoderControls, prompt_inputs
 from ymn.model.timesteps import TimestepBias
 from ymn.model.tokenizer import describe_tokens, set_max_token_length, tokenize
@@ -220,7 +221,8 @@ class DiffusionModule(LightningModule):
         )
         weight = self.face_weights(batch, latents)
         ids = self.batch_input_ids(batch)
-        loss = self.diffusion_loss(latents, ids, noise, timesteps, weight).mean()
+        per_sample = self.diffusion_loss(latents, ids, noise, timesteps, weight)
+        loss = weighted_mean(self, batch, per_sample)  # per-category loss weights (1: mean)
         self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
         for name, aux in self.aux_losses.items():
             value = aux(batch)
