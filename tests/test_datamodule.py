@@ -127,8 +127,8 @@ def test_synthetic_config_prepares_and_packs(tmp_path: Path) -> None:
         ]
     )
     dm = instantiate(cfg.data)
-    assert isinstance(dm, YmnDataModule) and isinstance(dm.caption, CaptionConfig)
-    assert dm.seed == cfg.seed
+    assert isinstance(dm, YmnDataModule) and isinstance(dm.config.caption, CaptionConfig)
+    assert dm.config.seed == cfg.seed
     dm.prepare_data()
     manifest = json.loads((tmp_path / "synthetic" / "shards" / "manifest.json").read_text())
     assert manifest["total_images"] + len(manifest["skipped"]) == 40

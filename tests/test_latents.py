@@ -12,17 +12,11 @@ from test_stream import make_tree
 
 from ymn.data.buckets import apply_crop, plan_crop
 from ymn.data.decode import SkipCounter, iter_tar, parse_sample, resolve_shards, to_tensor
-from ymn.data.latents import (
-    CachedLatentStream,
-    LatentCacheError,
-    LatentDataModule,
-    cache_latents,
-    cached_crop,
-    check_cache,
-    main,
-    read_index,
-)
+from ymn.data.latent_source import LatentCacheError, LatentSource, check_cache, read_index
+from ymn.data.latents import LatentDataModule, cache_latents, cached_crop, main
 from ymn.data.pack import pack_folder
+from ymn.data.pixels import PixelSource
+from ymn.data.sample_source import StreamConfig
 from ymn.data.stream import TrainStream
 from ymn.model.components import build_tiny
 from ymn.model.module import DiffusionModule
@@ -90,10 +84,11 @@ def test_cache_covers_every_sample_and_records_its_settings(shards, cache, tiny)
 
 def test_stream_draws_match_the_pixel_stream_and_captions_are_per_draw(shards, cache) -> None:
     kw = dict(resolution=RES, batch_size=2, val_fraction=0.2, seed=3, shuffle_buffer=4)
+    pixels = PixelSource(*resolve_shards(str(shards)))
     pixel_keys = sorted(
-        k for b in TrainStream(*resolve_shards(str(shards)), crop="center", **kw) for k in b["keys"]
+        k for b in TrainStream(pixels, StreamConfig(crop="center", **kw)) for k in b["keys"]
     )
-    stream = CachedLatentStream(cache, crop="center", flip_p=0.5, **kw)
+    stream = TrainStream(LatentSource(cache), StreamConfig(crop="center", flip_p=0.5, **kw))
     batches = list(stream)
     # same draw plan and bucket grouping as the pixel stream (drawn copies per key)
     assert sorted(k for b in batches for k in b["keys"]) == pixel_keys
@@ -107,11 +102,11 @@ def test_stream_draws_match_the_pixel_stream_and_captions_are_per_draw(shards, c
 
 
 def test_posterior_sampling_centres_on_the_cached_mean(cache) -> None:
-    kw = dict(resolution=RES, batch_size=1, val_fraction=0.0, seed=0, shuffle_buffer=1)
-    means = {
-        b["keys"][0]: b["latents"] for b in CachedLatentStream(cache, sample_posterior=False, **kw)
-    }
-    sampled = {b["keys"][0]: b["latents"] for b in CachedLatentStream(cache, **kw)}
+    config = StreamConfig(resolution=RES, batch_size=1, crop="center", val_fraction=0.0, seed=0,
+                          shuffle_buffer=1)  # fmt: skip
+    mean_source = LatentSource(cache, sample_posterior=False)
+    means = {b["keys"][0]: b["latents"] for b in TrainStream(mean_source, config)}
+    sampled = {b["keys"][0]: b["latents"] for b in TrainStream(LatentSource(cache), config)}
     key = next(iter(means))
     assert not torch.equal(means[key], sampled[key])
     assert (means[key] - sampled[key]).abs().max() < 1.0
@@ -119,8 +114,8 @@ def test_posterior_sampling_centres_on_the_cached_mean(cache) -> None:
 
 def test_a_training_step_runs_on_cached_batches(cache, tiny) -> None:
     module = DiffusionModule(tiny, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
-    stream = CachedLatentStream(cache, resolution=RES, batch_size=2, val_fraction=0.0,
-                                tokenizer=tiny.tokenizer)  # fmt: skip
+    config = StreamConfig(resolution=RES, batch_size=2, crop="center", val_fraction=0.0)
+    stream = TrainStream(LatentSource(cache), config, tokenizer=tiny.tokenizer)
     batch = next(iter(stream))
     module.log = lambda *a, **k: None
     module.optimizers = lambda: torch.optim.SGD([torch.zeros(1)], lr=0.1)
@@ -152,7 +147,8 @@ def test_no_flip_cache_refuses_flips_and_ed1_crop_is_the_unjittered_edge(shards,
     out = shards.parent / "cache-ed1"
     cache_latents(str(shards), out, tiny.vae, resolution=RES, crop="ed1", progress=False)
     with pytest.raises(LatentCacheError, match="--flip"):
-        CachedLatentStream(out, resolution=RES, batch_size=2, crop="ed1", flip_p=0.5)
+        TrainStream(LatentSource(out), StreamConfig(resolution=RES, batch_size=2, crop="ed1",
+                                                    flip_p=0.5))  # fmt: skip
     _, plan = cached_crop((100, 50), RES, "ed1")
     assert plan.box[:2] == (0, 0)
 
@@ -171,3 +167,25 @@ def test_datamodule_and_cli(shards, cache, tiny, monkeypatch) -> None:
     out = shards.parent / "cli"
     assert main([str(shards), str(out), "--resolution", str(RES)]) == 0
     assert read_index(out)["vae"] == read_index(cache)["vae"]
+
+
+def test_datamodule_builds_the_cache_with_the_model_vae_and_refuses_another(
+    shards, cache, tiny
+) -> None:
+    from types import SimpleNamespace
+
+    def with_vae(vae) -> LatentDataModule:
+        dm = LatentDataModule(str(shards), resolution=RES, batch_size=2, val_fraction=0.3,
+                              latents=str(shards.parent / "built"))  # fmt: skip
+        dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(vae=vae))
+        return dm
+
+    dm = with_vae(tiny.vae)
+    dm.prepare_data()
+    assert read_index(dm.latents)["vae"] == read_index(cache)["vae"]
+    dm.setup("fit")
+    assert (
+        dm.preflight is None and dm.manifest["categories"] == read_index(dm.latents)["categories"]
+    )
+    with pytest.raises(LatentCacheError, match="not the VAE"):
+        with_vae(build_tiny(seed=1).vae).setup("fit")

@@ -8,6 +8,7 @@ import math
 import pickle
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from ymn.data.decode import (
     to_tensor,
 )
 from ymn.data.pack import pack_folder
+from ymn.data.pixels import PixelSource
+from ymn.data.sample_source import StreamConfig
 from ymn.data.stream import (
     TrainStream,
     ValidationDataset,
@@ -92,7 +95,8 @@ def stream(out: Path, **kw) -> TrainStream:
     shards, manifest = resolve_shards(str(out))
     args = dict(resolution=64, batch_size=2, shuffle_buffer=16, val_fraction=0.0, seed=3)
     args.update(kw)
-    return TrainStream(shards, manifest, **args)
+    loader = {k: args.pop(k) for k in ("tokenizer", "rank", "world_size") if k in args}
+    return TrainStream(PixelSource(shards, manifest), StreamConfig(**args), **loader)
 
 
 def all_keys(batches) -> Counter:
@@ -106,12 +110,12 @@ def test_ed1_vs_ed2_epoch_sizes(tmp_path: Path) -> None:
     n = {"a": 5, "b": 3, "c": 4}
     assert ed1.epoch_size() == sum(n[c] * int(mult[c]) for c in n)  # 0.5 -> folder dropped
     assert ed2.epoch_size() == math.floor(sum(n[c] * mult[c] for c in n))
-    for mode, s in (("ed1", ed1), ("ed2", ed2)):
+    for s in (ed1, ed2):
         for epoch in range(3):
-            draws = list(iter_draws(s.shards, s.categories, mode=mode, seed=3, epoch=epoch))
+            draws = list(iter_draws(s.source, s.config, epoch=epoch))
             assert sum(c for _, c in draws) == s.epoch_size(epoch)
             assert len({smp.key for smp, _ in draws}) == len(draws)
-    ed1_draws = iter_draws(ed1.shards, ed1.categories, mode="ed1")
+    ed1_draws = iter_draws(ed1.source, replace(ed1.config, seed=0))
     assert "b" not in {smp.category for smp, _ in ed1_draws}
 
 
@@ -135,14 +139,14 @@ def test_category_frequencies_follow_probabilities(tmp_path: Path) -> None:
     s = stream(out, multiply_mode="ed2")
     counts: Counter = Counter()
     for epoch in range(2):
-        for sample, copies in iter_draws(s.shards, s.categories, mode="ed2", seed=1, epoch=epoch):
+        for sample, copies in iter_draws(s.source, replace(s.config, seed=1), epoch=epoch):
             counts[sample.category] += copies
     total = sum(counts.values())
     assert total >= 100_000
     for category, entry in manifest["categories"].items():
         assert abs(counts[category] / total - entry["prob"]) < 0.01, category
     ed1 = Counter()
-    for sample, copies in iter_draws(s.shards, s.categories, mode="ed1"):
+    for sample, copies in iter_draws(s.source, replace(s.config, multiply_mode="ed1", seed=0)):
         ed1[sample.category] += copies
     assert ed1 == {c: e["n_images"] * int(e["multiply"]) for c, e in manifest["categories"].items()}
 
@@ -182,7 +186,7 @@ def test_workers_and_ranks_split_without_repeats(tmp_path: Path, shard_size: int
     stops at the agreed batches_per_slot (13 samples, batch 1: 6 each)."""
     out = packed(tmp_path, {"a": 7, "b": 6}, shard_size=shard_size)
     s = stream(out, batch_size=1)
-    expected = Counter({smp.key: n for smp, n in iter_draws(s.shards, s.categories, seed=3)})
+    expected = Counter({smp.key: n for smp, n in iter_draws(s.source, s.config)})
     assert set(expected.values()) == {1} and len(expected) == 13
     assert all_keys(DataLoader(s, batch_size=None, num_workers=0)) == expected
     workers = keys_by_slot(DataLoader(s, batch_size=None, num_workers=2))
@@ -226,15 +230,14 @@ def test_resume_position_continues_the_round_robin(n_workers: int) -> None:
 
 def test_val_keys_never_in_training(tmp_path: Path) -> None:
     out = packed(tmp_path, {"a": 12, "b": 12}, {"a": 2})
-    shards, _ = resolve_shards(str(out))
     s = stream(out, batch_size=1, val_fraction=0.3)
     train = set(all_keys(s))
-    val = ValidationDataset(shards, resolution=64, batch_size=4, val_fraction=0.3)
+    val = ValidationDataset(s.source, replace(s.config, batch_size=4))
     val_batches = list(val)
     val_keys = {k for b in val_batches for k in b["keys"]}
     assert val_keys and train and not train & val_keys
     assert all(is_val_key(k, 0.3) for k in val_keys)
-    planned = {smp.key for smp, _ in iter_draws(shards, s.categories, seed=3, val_fraction=0.3)}
+    planned = {smp.key for smp, _ in iter_draws(s.source, s.config)}
     assert train <= planned and len(val_keys) + len(planned) == 24  # the epoch may stop early
     assert [b["captions"] for b in val] == [b["captions"] for b in val_batches]
     assert all(" " != c for b in val_batches for c in b["captions"])

@@ -1,13 +1,17 @@
-"""`YmnDataModule`: packed shards → the weighted bucketed training stream and the val set.
+"""`YmnDataModule`: a sample source → the weighted bucketed training stream and the val set.
 
-Built from the Hydra group `data` (see conf/data/*.yaml). `prepare_data()` can build the demo's
-synthetic shards (ymn-synth + ymn-pack) when they do not exist yet.
+Built from the Hydra group `data` (see ymn/conf/data/*.yaml), whose stream keys become one
+`StreamConfig`. `setup` builds both datasets the same way for every source: the packed shards'
+pixels here, a latent cache in `ymn.data.latents.LatentDataModule` (which only overrides
+`sample_source` and `prepare_data`). `prepare_data()` can build the demo's synthetic shards
+(ymn-synth + ymn-pack) when they do not exist yet.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +21,10 @@ from torch.utils.data import DataLoader
 from ymn.config_values import plain
 from ymn.data.captions import CaptionConfig
 from ymn.data.decode import MANIFEST, resolve_shards
-from ymn.data.stream import (
-    TrainStream,
-    ValidationDataset,
-    caption_config,
-    keep_batch,
-    process_rank,
-)
+from ymn.data.pixels import PixelSource
+from ymn.data.sample_source import SampleSource, StreamConfig
+from ymn.data.slots import process_rank
+from ymn.data.stream import TrainStream, ValidationDataset, keep_batch
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +65,23 @@ class YmnDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.shards, self.manifest_file = str(shards), manifest
-        self.resolution, self.batch_size, self.num_workers = resolution, batch_size, num_workers
-        self.multiply_mode, self.crop, self.flip_p = multiply_mode, crop, flip_p
-        self.shuffle_buffer, self.val_fraction, self.seed = shuffle_buffer, val_fraction, seed
-        self.caption = caption_config(plain(caption))
+        self.config = StreamConfig(
+            resolution=resolution,
+            batch_size=batch_size,
+            multiply_mode=multiply_mode,
+            crop=crop,
+            flip_p=flip_p,
+            shuffle_buffer=shuffle_buffer,
+            val_fraction=val_fraction,
+            seed=seed,
+            caption=plain(caption),
+        )
+        self.num_workers, self.val_batch_size = num_workers, val_batch_size or batch_size
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
-        self.val_batch_size = val_batch_size or batch_size
         self.prepare = plain(prepare)
         self.tokenizer: Any = None
         self.manifest: dict[str, Any] | None = None
+        self.preflight: Any = None  # the PreflightReport (pixel shards only)
         self.train_stream: TrainStream | None = None
         self.val_set: ValidationDataset | None = None
         self._epoch, self._resume = 0, None
@@ -118,48 +127,37 @@ class YmnDataModule(LightningDataModule):
         log.info("packing %s into %s", root, self.shards)
         pack_folder(root, Path(self.shards), weights=rows, **pack)
 
+    def sample_source(self) -> SampleSource:
+        """Where batches come from: the packed shards' pixels. Resolving the shards fails with a
+        hint when none exist."""
+        return PixelSource(*resolve_shards(self.shards, self.manifest_file))
+
     def setup(self, stage: str | None = None) -> None:
-        """Resolve the shards (failing with a hint when none exist) and build the datasets."""
+        """Open the sample source and build the training stream and the validation set on it
+        (each refuses a source that cannot serve the config)."""
         if self.train_stream is not None:
             return
-        shards, self.manifest = resolve_shards(self.shards, self.manifest_file)
-        self.train_stream = TrainStream(
-            shards,
-            self.manifest,
-            resolution=self.resolution,
-            batch_size=self.batch_size,
-            multiply_mode=self.multiply_mode,
-            crop=self.crop,
-            flip_p=self.flip_p,
-            shuffle_buffer=self.shuffle_buffer,
-            val_fraction=self.val_fraction,
-            seed=self.seed,
-            caption=self.caption,
-            tokenizer=self.tokenizer,
-        )
-        self.val_set = ValidationDataset(
-            shards,
-            resolution=self.resolution,
-            batch_size=self.val_batch_size,
-            val_fraction=self.val_fraction,
-            caption=self.caption,
-            tokenizer=self.tokenizer,
-        )
+        source = self.sample_source()
+        self.manifest = source.manifest
+        self.train_stream = TrainStream(source, self.config, tokenizer=self.tokenizer)
+        val_config = replace(self.config, batch_size=self.val_batch_size)
+        self.val_set = ValidationDataset(source, val_config, tokenizer=self.tokenizer)
         stream = self.train_stream
         log.info(
             "data: %d shards, %d images in %d categories; epoch 0 = %d draws (~%d batches of %d)",
-            len(shards),
+            len(source.shards),
             self.manifest.get("total_images", 0),
             len(stream.categories),
             stream.epoch_size(0),
             stream.approx_batches(0),
-            self.batch_size,
+            self.config.batch_size,
         )
         if self.manifest.get("skipped"):
             log.warning("%d images were skipped at pack time", len(self.manifest["skipped"]))
-        from ymn.data.preflight import run_preflight  # ED1 drops, caption lengths, shard sizes
+        if isinstance(source, PixelSource):  # the checks read the tar shards themselves
+            from ymn.data.preflight import run_preflight  # ED1 drops, caption lengths, shards
 
-        self.preflight = run_preflight(self.train_stream, self.manifest)
+            self.preflight = run_preflight(self.train_stream, self.manifest)
 
     # -- loaders ---------------------------------------------------------------------------
     def _loader_kwargs(self) -> dict[str, Any]:
@@ -219,7 +217,7 @@ class YmnDataModule(LightningDataModule):
         world_size = trainer.world_size if trainer is not None else process_rank()[1]
         return {
             "num_workers": self.num_workers,
-            "batch_size": self.batch_size,
+            "batch_size": self.config.batch_size,
             "world_size": int(world_size),
         }
 

@@ -7,62 +7,37 @@ its mirror image with `--flip`) and stores, per sample, the scaled posterior **m
 (`latent_dist.mean/std * scaling_factor`) in one safetensors file per source shard, plus the
 cropped (and flipped) metadata in a JSON beside it and `index.json` for the whole cache.
 
-`CachedLatentStream` yields the same batches as `TrainStream` (same per-epoch draw plan, shard
-split, shuffle buffer, one-bucket batches, captions built per draw), with `latents` instead of
-`pixel_values`; each draw samples `mean + std * eps` as a fresh VAE encode does
-(`sample_posterior=False` uses the mean). Captions still change per draw, and the text encoder
-still runs every step. Combinations that cannot be right raise `LatentCacheError`: a random or
-jittered crop, flips the cache does not hold, another resolution, another VAE.
+Training reads the cache through `ymn.data.latent_source.LatentSource`, one sample source of the
+one training stream (`ymn.data.stream.TrainStream`): the same batches as from pixels (draw plan,
+shard split, shuffle buffer, one-bucket batches, captions built per draw), with `latents`
+instead of `pixel_values`. `LatentDataModule` is `YmnDataModule` with that source, and builds
+the cache with the model's own VAE when it is missing.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import random
-from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from ymn.data.buckets import apply_crop, bucket_table, nearest_bucket, plan_crop, transform_meta
-from ymn.data.captions import build_caption
-from ymn.data.datamodule import EpochDataLoader, YmnDataModule
+from ymn.data.datamodule import YmnDataModule
 from ymn.data.decode import (
     Sample,
     SkipCounter,
     decode,
-    is_val_key,
     iter_tar,
-    manifest_categories,
     parse_sample,
     resolve_shards,
     to_tensor,
 )
-from ymn.data.multiply import draws_for_sample, plan_epoch
-from ymn.data.stream import (
-    EpochPlannedStream,
-    Example,
-    bucket_batches,
-    caption_config,
-    pass_seed,
-    shard_order,
-    shuffle_copies,
-    tokenize,
-    worker_slot,
-)
-from ymn.reliability.rng import derive_seed
+from ymn.data.latent_source import INDEX, LatentCacheError, LatentSource, vae_fingerprint
 
-INDEX = "index.json"
 CACHE_VERSION = 1
 CACHE_CROPS = ("center", "ed1")
-
-
-class LatentCacheError(ValueError):
-    """A latent cache that cannot serve the requested training configuration."""
 
 
 class _NoJitter:
@@ -78,17 +53,6 @@ class _NoJitter:
 # ---------------------------------------------------------------------------------------------
 # Building the cache
 # ---------------------------------------------------------------------------------------------
-
-
-def vae_fingerprint(vae: torch.nn.Module) -> str:
-    """A hash of the VAE's config and weights: a cache only serves the VAE that made it."""
-    digest = hashlib.blake2b(digest_size=16)
-    config = dict(getattr(vae, "config", {}))
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(vae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def cached_crop(size: tuple[int, int], resolution: int, crop: str) -> tuple[tuple[int, int], Any]:
@@ -209,171 +173,9 @@ def cache_latents(
     return index
 
 
-def read_index(cache: str | Path) -> dict[str, Any]:
-    """The cache's index; LatentCacheError naming the folder and the fix when absent."""
-    path = Path(cache) / INDEX
-    if not path.is_file():
-        raise LatentCacheError(
-            f"no latent cache at {cache} (missing {INDEX}): run `ymn-cache-latents SHARDS {cache}`"
-        )
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def check_cache(
-    index: Mapping[str, Any], *, resolution: int, crop: str, flip_p: float,
-    vae: Any = None, where: str = "latent cache",
-) -> None:  # fmt: skip
-    """Raise LatentCacheError if the cache cannot serve this configuration."""
-    if crop == "random" or (crop != index["crop"]):
-        raise LatentCacheError(
-            f"{where}: data.crop={crop!r} but the cache holds {index['crop']!r} crops fixed at "
-            f"cache time. Random or jittered crops cannot come from cached latents: set "
-            f"data.crop={index['crop']!r}, or train from pixels (data=synthetic)."
-        )
-    if flip_p > 0 and not index["flip"]:
-        raise LatentCacheError(
-            f"{where}: data.flip_p={flip_p} but the cache has no flipped latents; "
-            "re-run ymn-cache-latents with --flip, or set data.flip_p=0."
-        )
-    if int(resolution) != int(index["resolution"]):
-        raise LatentCacheError(
-            f"{where}: data.resolution={resolution} but the cache was made at "
-            f"{index['resolution']}; re-run ymn-cache-latents --resolution {resolution}."
-        )
-    if vae is not None and vae_fingerprint(vae) != index["vae"]:
-        raise LatentCacheError(
-            f"{where}: the model's VAE is not the VAE the latents were encoded with; re-run "
-            "ymn-cache-latents with this model (--model PATH)."
-        )
-
-
 # ---------------------------------------------------------------------------------------------
-# Streaming from the cache
+# Training from the cache
 # ---------------------------------------------------------------------------------------------
-
-
-class _CacheShard:
-    """One cached shard: entries from its JSON, tensors read lazily from its safetensors."""
-
-    def __init__(self, folder: Path, name: str) -> None:
-        from safetensors import safe_open
-
-        self.entries = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
-        self.file = safe_open(str(folder / f"{name}.safetensors"), framework="pt")
-
-    def latent(self, i: int, view: int, sample: bool, generator: torch.Generator) -> torch.Tensor:
-        """Entry `i`, view 0 (as cropped) or 1 (flipped): the mean or a posterior sample."""
-        mean = self.file.get_tensor(f"{i}/{view}/mean").float()
-        if not sample:
-            return mean
-        std = self.file.get_tensor(f"{i}/{view}/std").float()
-        return mean + std * torch.randn(mean.shape, generator=generator)
-
-
-def _iter_cached(
-    folder: Path, names: Sequence[str], slot: int, slots: int
-) -> Iterator[tuple[_CacheShard, int, Sample]]:
-    """This slot's (shard, entry index, sample) triples, split as `iter_samples` splits tars."""
-    by_shard = len(names) >= slots
-    index = 0
-    for name in names[slot::slots] if by_shard else names:
-        shard = _CacheShard(folder, name)
-        for i, entry in enumerate(shard.entries):
-            take = by_shard or index % slots == slot
-            index += 1
-            if take:
-                meta = {"category": entry["category"], "category_index": entry["category_index"]}
-                sample = Sample(entry["key"], meta, b"", f"{folder / name}:{entry['key']}")
-                sample.cached = (shard, i)  # type: ignore[attr-defined]
-                yield shard, i, sample
-
-
-class CachedLatentStream(EpochPlannedStream):
-    """`TrainStream`'s batches from a latent cache: `latents` (B, 4, h, w) instead of pixels,
-    captions/meta/input_ids built per draw. Use with `DataLoader(stream, batch_size=None)`."""
-
-    def __init__(
-        self, cache: str | Path, *, resolution: int, batch_size: int, multiply_mode: str = "ed1",
-        crop: str = "center", flip_p: float = 0.0, shuffle_buffer: int = 1000,
-        val_fraction: float = 0.02, seed: int = 0, caption: Any = None, tokenizer: Any = None,
-        sample_posterior: bool = True, train: bool = True, rank: int | None = None,
-        world_size: int | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        self.folder = Path(cache)
-        self.index = read_index(cache)
-        check_cache(self.index, resolution=resolution, crop=crop, flip_p=flip_p, where=str(cache))
-        self.names = [s["name"] for s in self.index["shards"]]
-        self.categories = manifest_categories(self.index)
-        self.batch_size, self.multiply_mode, self.flip_p = batch_size, multiply_mode, flip_p
-        self.shuffle_buffer, self.val_fraction, self.seed = shuffle_buffer, val_fraction, seed
-        self.caption, self.tokenizer = caption_config(caption), tokenizer
-        self.sample_posterior, self.train = sample_posterior, train
-        self.rank, self.world_size = rank, world_size
-        self.resume: tuple[int, int] | None = None
-        self.skipped = SkipCounter()
-
-    def _draws(self, epoch: int, slot: int, slots: int) -> Iterator[tuple[Sample, int]]:
-        names = shard_order(self.names, self.seed, epoch) if self.train else self.names
-        plans = plan_epoch(self.categories, self.multiply_mode, self.seed, epoch)
-        for _, _, sample in _iter_cached(self.folder, names, slot, slots):
-            if is_val_key(sample.key, self.val_fraction) == self.train:
-                continue
-            if not self.train:
-                yield sample, 1
-                continue
-            plan = plans[sample.category]
-            copies = draws_for_sample(
-                sample.category, sample.meta["category_index"], plan, self.seed, epoch
-            )
-            if copies > 0:
-                yield sample, copies
-
-    def _example(
-        self, sample: Sample, rng: random.Random | None, gen: torch.Generator | None
-    ) -> Example:
-        """One draw; validation (`rng` None) seeds its caption by key and uses the mean."""
-        shard, i = sample.cached  # type: ignore[attr-defined]
-        entry = shard.entries[i]
-        if rng is None:
-            rng = random.Random(f"val:{sample.key}")
-        view = int(self.train and self.flip_p > 0 and rng.random() < self.flip_p)
-        meta = dict(entry["metas"][view])
-        caption = build_caption(meta, self.caption, rng, dropout=self.train)
-        latent = shard.latent(i, view, self.sample_posterior and self.train, gen)
-        return Example(sample.key, tuple(entry["bucket"]), latent, caption, meta)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        if not self.train:  # every rank validates the same batches, as ValidationDataset
-            slot, slots = worker_slot(0, 1)
-            draws = self._draws(self.epoch, slot, slots)
-            examples = (self._example(sample, None, None) for sample, _ in draws)
-            for group in bucket_batches(examples, self.batch_size, keep_remainders=True):
-                yield self._batch(group, slot)
-            return
-        for slot, group in self.slot_batches(self._train_examples):
-            yield self._batch(group, slot)
-
-    def _train_examples(self, epoch: int, slot: int, slots: int, p: int) -> Iterator[Example]:
-        """Pass `p` of the slot's draws (as `TrainStream._examples`)."""
-        rng = random.Random(pass_seed("latents", self.seed, epoch, slot, p))
-        gen = torch.Generator().manual_seed(derive_seed("latents", self.seed, epoch, slot, p))
-        copies = shuffle_copies(self._draws(epoch, slot, slots), self.shuffle_buffer, rng)
-        return (self._example(s, rng, gen) for s in copies)
-
-    def _batch(self, group: Sequence[Example], slot: int) -> dict[str, Any]:
-        captions = [e.caption for e in group]
-        batch: dict[str, Any] = {
-            "latents": torch.stack([e.pixels for e in group]),
-            "captions": captions,
-            "keys": [e.key for e in group],
-            "meta": [e.meta for e in group],
-        }
-        if self.tokenizer is not None:
-            batch["input_ids"] = tokenize(self.tokenizer, captions)
-        if self.train:
-            batch["skipped"], batch["slot"] = {}, slot
-        return batch
 
 
 class LatentDataModule(YmnDataModule):
@@ -402,36 +204,14 @@ class LatentDataModule(YmnDataModule):
             vae = self._model_vae()
             if vae is None:
                 raise LatentCacheError(f"no cache at {self.latents} and no model VAE to build it")
-            cache_latents(self.shards, self.latents, vae, resolution=self.resolution,
-                          crop=self.crop, flip=self.flip_p > 0)  # fmt: skip
+            config = self.config
+            cache_latents(self.shards, self.latents, vae, resolution=config.resolution,
+                          crop=config.crop, flip=config.flip_p > 0)  # fmt: skip
 
-    def setup(self, stage: str | None = None) -> None:
-        """Open the cache; LatentCacheError when it does not match the run."""
-        if self.train_stream is not None:
-            return
-        common = dict(
-            resolution=self.resolution, crop=self.crop, val_fraction=self.val_fraction,
-            seed=self.seed, caption=self.caption, tokenizer=self.tokenizer,
-        )  # fmt: skip
-        self.train_stream = CachedLatentStream(
-            self.latents, batch_size=self.batch_size, multiply_mode=self.multiply_mode,
-            flip_p=self.flip_p, shuffle_buffer=self.shuffle_buffer,
-            sample_posterior=self.sample_posterior, **common,
-        )  # fmt: skip
-        self.val_set = CachedLatentStream(
-            self.latents, batch_size=self.val_batch_size, train=False, **common
-        )
-        self.manifest = {"categories": self.train_stream.index["categories"]}
-        vae = self._model_vae()
-        if vae is not None:
-            check_cache(self.train_stream.index, resolution=self.resolution, crop=self.crop,
-                        flip_p=self.flip_p, vae=vae, where=self.latents)  # fmt: skip
-
-    def train_dataloader(self) -> DataLoader:
-        """Batches come from the cached stream itself (`batch_size=None`)."""
-        self.setup("fit")
-        self.train_stream.resume = self._resume
-        return EpochDataLoader(self.train_stream, self._current_epoch, **self._loader_kwargs())
+    def sample_source(self) -> LatentSource:
+        """The cache; LatentCacheError when another VAE made it (the stream checks the rest)."""
+        return LatentSource(self.latents, sample_posterior=self.sample_posterior,
+                            vae=self._model_vae())  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

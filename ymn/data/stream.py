@@ -1,10 +1,14 @@
 """The weighted, bucketed, captioned training stream (and the held-out validation set).
 
-Per epoch: plan the copies per category (`ymn.data.multiply`, ED1 by default), shuffle the
-shard order, split shards (or, with fewer shards than slots, samples) across ranks and
-dataloader workers, read samples sequentially, emit each one `draws_for_sample` times, mix the
-copies in a seeded shuffle buffer, then crop to the nearest aspect bucket, flip, caption and
-group into one-bucket batches. State is per category only, never per image.
+One loop for every sample source. Per epoch: plan the copies per category (`ymn.data.multiply`,
+ED1 by default), shuffle the shard order, split shards (or, with fewer shards than slots,
+samples) across ranks and dataloader workers, read samples sequentially from the source, emit
+each one `draws_for_sample` times, mix the copies in a seeded shuffle buffer, let the source
+render each copy (crop to the nearest aspect bucket, flip, caption), and group into one-bucket
+batches. State is per category only, never per image. Sources: the packed shards' pixels
+(`ymn.data.pixels.PixelSource`) and a latent cache (`ymn.data.latent_source.LatentSource`);
+their settings travel in one `StreamConfig` (`ymn.data.sample_source`). Who reads which
+shards: `ymn.data.slots`.
 
 Batches per epoch, the rule every rank and worker follows: each slot (rank × dataloader worker)
 yields exactly `batches_per_slot` = max(1, planned training draws // (batch_size × slots))
@@ -19,9 +23,7 @@ a worker, which is what makes a mid-epoch resume exact (`resume_position`).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache, partial
+from collections.abc import Iterator, Sequence
 from itertools import count, islice
 from typing import Any
 
@@ -29,103 +31,40 @@ import torch
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from ymn.data.batch import Batch
-from ymn.data.buckets import apply_crop, bucket_table, nearest_bucket, plan_crop, transform_meta
-from ymn.data.captions import CaptionConfig, build_caption
-from ymn.data.decode import (
-    Sample,
-    SkipCounter,
-    decode,
-    is_val_key,
-    iter_tar,
-    manifest_categories,
-    parse_sample,
-    to_tensor,
-)
+from ymn.data.decode import Sample, SkipCounter, is_val_key
 from ymn.data.multiply import draws_for_sample, epoch_size, plan_epoch
+from ymn.data.sample_source import Example, SampleSource, StreamConfig
+from ymn.data.slots import (
+    dataloader_worker,
+    process_rank,
+    resume_position,
+    shard_order,
+    worker_slot,
+)
 from ymn.model.tokenizer import tokenize
+from ymn.reliability.rng import derive_seed
 
 # ---------------------------------------------------------------------------------------------
-# Who reads what
+# Draws: the epoch's plan for this slot, copies mixed in a shuffle buffer
 # ---------------------------------------------------------------------------------------------
-
-
-def process_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world_size) as given, else torch.distributed's, else (0, 1)."""
-    if rank is None or world_size is None:
-        dist = torch.distributed
-        ready = dist.is_available() and dist.is_initialized()
-        rank, world_size = (dist.get_rank(), dist.get_world_size()) if ready else (0, 1)
-    return rank, world_size
-
-
-def dataloader_worker() -> tuple[int, int]:
-    """(worker id, num_workers) of this DataLoader worker; (0, 1) in the main process."""
-    info = get_worker_info()
-    return (info.id, info.num_workers) if info is not None else (0, 1)
-
-
-def worker_slot(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(slot, n_slots) of this process: rank × dataloader workers + worker id."""
-    rank, world_size = process_rank(rank, world_size)
-    worker, n_workers = dataloader_worker()
-    return rank * n_workers + worker, world_size * n_workers
-
-
-def resume_position(worker: int, n_workers: int, consumed: int) -> tuple[int, int]:
-    """(logical worker, batches to skip) for DataLoader worker `worker` when an epoch resumes
-    after `consumed` of its batches.
-
-    A DataLoader takes batches from its workers round-robin and starts every new iterator at
-    worker 0, but the uninterrupted run's next batch is logical worker `consumed % n_workers`'s.
-    Worker w therefore plays logical worker (w + consumed) % n_workers, which has produced
-    consumed // n_workers batches, one more if it comes before the next in line. Exact because
-    every worker yields the same number of batches per epoch (none drops out of the rotation).
-    """
-    logical = (worker + consumed) % n_workers
-    return logical, consumed // n_workers + int(logical < consumed % n_workers)
-
-
-def shard_order(shards: Sequence[str], seed: int, epoch: int) -> list[str]:
-    """The epoch's shard order: a seeded shuffle, the same in every process."""
-    order = list(shards)
-    random.Random(f"shards:{seed}:{epoch}").shuffle(order)
-    return order
-
-
-def iter_samples(
-    shards: Sequence[str], slot: int, slots: int, counter: SkipCounter
-) -> Iterator[Sample]:
-    """This slot's samples: whole shards (round-robin) when there are at least as many shards as
-    slots, else every `slots`-th sample of all shards. No sample goes to two slots."""
-    by_shard = len(shards) >= slots
-    mine = shards[slot::slots] if by_shard else shards
-    index = 0
-    for shard in mine:
-        for key, parts in iter_tar(shard, counter):
-            take = by_shard or index % slots == slot
-            index += 1  # counted before parsing, so every slot numbers samples alike
-            if take and (sample := parse_sample(shard, key, parts, counter)) is not None:
-                yield sample
 
 
 def iter_draws(
-    shards: Sequence[str],
-    categories: Mapping[str, tuple[int, float]],
+    source: SampleSource,
+    config: StreamConfig,
     *,
-    mode: str = "ed1",
-    seed: int = 0,
     epoch: int = 0,
     slot: int = 0,
     slots: int = 1,
-    val_fraction: float = 0.0,
     counter: SkipCounter | None = None,
 ) -> Iterator[tuple[Sample, int]]:
     """(sample, copies) for each training sample this slot reads in `epoch` (copies > 0), in
     shard order, without decoding images: the draw plan, cheap enough to count 100k draws."""
     counter = SkipCounter() if counter is None else counter
-    plans = plan_epoch(categories, mode, seed, epoch)
-    for sample in iter_samples(shard_order(shards, seed, epoch), slot, slots, counter):
-        if is_val_key(sample.key, val_fraction):
+    seed = config.seed
+    plans = plan_epoch(source.categories, config.multiply_mode, seed, epoch)
+    for sample in source.read(shard_order(source.shards, seed, epoch), slot, slots, counter):
+        if is_val_key(sample.key, config.val_fraction):
             continue
         plan = plans.get(sample.category)
         if plan is None:
@@ -161,42 +100,8 @@ def shuffle_copies(
 
 
 # ---------------------------------------------------------------------------------------------
-# One copy -> one training example; examples -> one-bucket batches
+# Examples -> one-bucket batches
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Example:
-    """One rendered copy: bucket, pixels, caption, transformed metadata."""
-
-    key: str
-    bucket: tuple[int, int]
-    pixels: torch.Tensor
-    caption: str
-    meta: dict[str, Any]
-
-
-def render(
-    sample: Sample,
-    image: Any,
-    buckets: Sequence[tuple[int, int]],
-    caption: CaptionConfig,
-    rng: random.Random,
-    *,
-    crop: str = "ed1",
-    flip_p: float = 0.0,
-    dropout: bool = True,
-) -> Example:
-    """Crop `image` to its nearest bucket, maybe flip, move the face boxes, build the caption."""
-    size = image.size
-    bucket = _nearest_bucket(size, tuple(buckets))
-    plan = plan_crop(size, bucket, crop, rng)
-    flip = flip_p > 0 and rng.random() < flip_p
-    pixels = to_tensor(apply_crop(image, bucket, plan, flip))
-    meta = transform_meta(sample.meta, size, plan, flip)
-    meta["flipped"] = flip
-    text = build_caption(meta, caption, rng, dropout=dropout)
-    return Example(sample.key, bucket, pixels, text, meta)
 
 
 def keep_batch(batch: dict[str, Any]) -> dict[str, Any]:
@@ -206,21 +111,18 @@ def keep_batch(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
-@lru_cache(maxsize=4096)
-def _nearest_bucket(size: tuple[int, int], buckets: tuple[tuple[int, int], ...]) -> tuple[int, int]:
-    """`nearest_bucket`, memoised: a pure function of the image size, computed once per size."""
-    return nearest_bucket(size, buckets)
+def make_batch(
+    examples: Sequence[Example], tokenizer: Any = None, key: str = "pixel_values"
+) -> Batch:
+    """Stack one bucket's examples into the batch dict the LightningModule consumes, the
+    tensors under `key` (`pixel_values` or `latents`).
 
-
-def make_batch(examples: Sequence[Example], tokenizer: Any = None) -> Batch:
-    """Stack one bucket's examples into the batch dict the LightningModule consumes.
-
-    Pixels are stacked by `default_collate`, which in a DataLoader worker writes the stack
+    Tensors are stacked by `default_collate`, which in a DataLoader worker writes the stack
     straight into shared memory (no second copy when the batch crosses to the main process).
     """
     captions = [e.caption for e in examples]
     batch: Batch = {
-        "pixel_values": default_collate([e.pixels for e in examples]),
+        key: default_collate([e.tensor for e in examples]),  # type: ignore[misc]
         "captions": captions,
         "keys": [e.key for e in examples],
         "meta": [e.meta for e in examples],
@@ -270,25 +172,38 @@ def bucket_batches(
 # ---------------------------------------------------------------------------------------------
 
 
-def caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> CaptionConfig:
-    """A CaptionConfig from one, a mapping (Hydra keys like `_target_` ignored), or None."""
-    if caption is None:
-        return CaptionConfig()
-    if isinstance(caption, CaptionConfig):
-        return caption
-    return CaptionConfig(**{k: v for k, v in dict(caption).items() if not k.startswith("_")})
+class TrainStream(IterableDataset):
+    """Training batches (dicts, one aspect bucket each) from `source`, deterministic given
+    (seed, epoch, rank, worker). Use with `DataLoader(stream, batch_size=None,
+    collate_fn=keep_batch)` (plain `batch_size=None` works too, only slower). The epoch lives
+    in shared memory, so `set_epoch` in the main process reaches persistent workers too;
+    `resume` is (epoch, batches consumed) or None."""
 
-
-class EpochPlannedStream(IterableDataset):
-    """Epoch bookkeeping shared by the pixel and latent streams: the epoch, the batches per slot
-    and the resume position. Subclasses set `categories`, `multiply_mode`, `seed`,
-    `val_fraction`, `batch_size`, `rank`, `world_size` and `resume` ((epoch, batches consumed)
-    or None). The epoch lives in shared memory, so `set_epoch` in the main process reaches
-    persistent workers too."""
-
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        source: SampleSource,
+        config: StreamConfig,
+        *,
+        tokenizer: Any = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         super().__init__()
+        source.check(config)
+        self.source, self.config, self.tokenizer = source, config, tokenizer
+        self.rank, self.world_size = rank, world_size
+        self.resume: tuple[int, int] | None = None  # (epoch, batches already consumed)
+        self.skipped = SkipCounter()
         self._epoch: Any = _shared_int()
+
+    # -- what the plan and the preflight checks (`ymn.data.preflight`) read ----------------
+    shards = property(lambda self: self.source.shards)
+    categories = property(lambda self: self.source.categories)
+    buckets = property(lambda self: self.config.buckets)
+    multiply_mode = property(lambda self: self.config.multiply_mode)
+    seed = property(lambda self: self.config.seed)
+    val_fraction = property(lambda self: self.config.val_fraction)
+    caption = property(lambda self: self.config.caption)
 
     @property
     def epoch(self) -> int:
@@ -308,19 +223,26 @@ class EpochPlannedStream(IterableDataset):
 
     def approx_batches(self, epoch: int | None = None) -> int:
         """Planned training draws of the epoch in whole batches, all ranks together."""
-        return int(self.epoch_size(epoch) * (1 - self.val_fraction)) // self.batch_size
+        return int(self.epoch_size(epoch) * (1 - self.val_fraction)) // self.config.batch_size
 
     def batches_per_slot(self, slots: int, epoch: int | None = None) -> int:
         """The batches every slot (rank × worker) yields in the epoch (the module docstring's
         rule): a pure function of the plan, so all ranks agree without communicating."""
         return max(1, self.approx_batches(epoch) // slots)
 
-    def slot_batches(
-        self, examples: Callable[[int, int, int, int], Iterator[Example]]
-    ) -> Iterator[tuple[int, list[Example]]]:
+    # -- iteration (each worker) -----------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        counter = self.skipped = SkipCounter()
+        for slot, group in self.slot_batches(counter):
+            batch = make_batch(group, self.tokenizer, self.source.batch_key)
+            batch["skipped"] = dict(counter)
+            batch["slot"] = slot
+            yield batch
+
+    def slot_batches(self, counter: SkipCounter) -> Iterator[tuple[int, list[Example]]]:
         """(slot, one-bucket batch) for this DataLoader worker: exactly `batches_per_slot`,
-        less those consumed before a resume. `examples(epoch, slot, slots, p)` gives pass `p`
-        of the slot's rendered draws; pass 1, 2, ... fill up a slot whose pass 0 runs dry."""
+        less those consumed before a resume. Pass 0 of the slot's draws comes first; pass 1,
+        2, ... fill up a slot whose pass 0 runs dry. Bad input counts into `counter`."""
         epoch = self.epoch
         rank, world_size = process_rank(self.rank, self.world_size)
         worker, n_workers = dataloader_worker()
@@ -331,7 +253,7 @@ class EpochPlannedStream(IterableDataset):
         def passes() -> Iterator[Example]:
             for p in count():
                 empty = True
-                for example in examples(epoch, slot, slots, p):
+                for example in self._examples(counter, epoch, slot, slots, p):
                     empty = False
                     yield example
                 if empty:
@@ -341,9 +263,28 @@ class EpochPlannedStream(IterableDataset):
                         "data.num_workers or devices, a lower data.val_fraction, or more data."
                     )
 
-        groups = bucket_batches(passes(), self.batch_size)
+        groups = bucket_batches(passes(), self.config.batch_size)
         for group in islice(groups, skip, self.batches_per_slot(slots, epoch)):
             yield slot, group
+
+    def _examples(
+        self, counter: SkipCounter, epoch: int, slot: int, slots: int, p: int
+    ) -> Iterator[Example]:
+        """Pass `p` of the slot's draws, rendered. Bad input is counted in pass 0 only."""
+        counter = counter if p == 0 else SkipCounter()
+        name, seed = self.source.seed_name, self.config.seed
+        rng = random.Random(pass_seed(name, seed, epoch, slot, p))
+        noise = torch.Generator().manual_seed(derive_seed(name, seed, epoch, slot, p))
+        draws = iter_draws(
+            self.source, self.config, epoch=epoch, slot=slot, slots=slots, counter=counter
+        )
+        for sample in shuffle_copies(draws, self.config.shuffle_buffer, rng):
+            example = self.source.render(sample, self.config, rng, noise, counter, train=True)
+            sample.pending -= 1
+            if sample.pending <= 0 or example is None:
+                sample.release()  # a bad image is counted once, its other copies pass silently
+            if example is not None:
+                yield example
 
     def __getstate__(self) -> dict[str, Any]:
         from multiprocessing.context import get_spawning_popen
@@ -352,90 +293,6 @@ class EpochPlannedStream(IterableDataset):
         if get_spawning_popen() is None and not isinstance(self._epoch, int):
             state["_epoch"] = self.epoch  # plain copy outside worker start-up (e.g. deepcopy)
         return state
-
-
-class TrainStream(EpochPlannedStream):
-    """Training batches (dicts, one aspect bucket each), deterministic given (seed, epoch, rank,
-    worker). Use with `DataLoader(stream, batch_size=None, collate_fn=keep_batch)` (plain
-    `batch_size=None` works too, only slower)."""
-
-    def __init__(
-        self,
-        shards: Sequence[str],
-        manifest: Mapping[str, Any],
-        *,
-        resolution: int,
-        batch_size: int,
-        multiply_mode: str = "ed1",
-        crop: str = "ed1",
-        flip_p: float = 0.0,
-        shuffle_buffer: int = 1000,
-        val_fraction: float = 0.02,
-        seed: int = 0,
-        caption: CaptionConfig | Mapping[str, Any] | None = None,
-        tokenizer: Any = None,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: use at least 1")
-        self.shards = list(shards)
-        self.categories = manifest_categories(dict(manifest))
-        self.buckets = bucket_table(resolution)
-        self.batch_size, self.multiply_mode, self.crop = batch_size, multiply_mode, crop
-        self.flip_p, self.shuffle_buffer, self.val_fraction = flip_p, shuffle_buffer, val_fraction
-        self.seed, self.caption, self.tokenizer = seed, caption_config(caption), tokenizer
-        self.rank, self.world_size = rank, world_size
-        self.resume: tuple[int, int] | None = None  # (epoch, batches already consumed)
-        self.skipped = SkipCounter()
-
-    # -- iteration (each worker) -----------------------------------------------------------
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        counter = self.skipped = SkipCounter()
-        for slot, group in self.slot_batches(partial(self._examples, counter)):
-            batch = make_batch(group, self.tokenizer)
-            batch["skipped"] = dict(counter)
-            batch["slot"] = slot
-            yield batch
-
-    def _examples(
-        self, counter: SkipCounter, epoch: int, slot: int, slots: int, p: int
-    ) -> Iterator[Example]:
-        """Pass `p` of the slot's draws, rendered. Bad input is counted in pass 0 only."""
-        counter = counter if p == 0 else SkipCounter()
-        rng = random.Random(pass_seed("stream", self.seed, epoch, slot, p))
-        draws = iter_draws(
-            self.shards,
-            self.categories,
-            mode=self.multiply_mode,
-            seed=self.seed,
-            epoch=epoch,
-            slot=slot,
-            slots=slots,
-            val_fraction=self.val_fraction,
-            counter=counter,
-        )
-        return self._render_all(shuffle_copies(draws, self.shuffle_buffer, rng), rng, counter)
-
-    def _render_all(
-        self, copies: Iterator[Sample], rng: random.Random, counter: SkipCounter
-    ) -> Iterator[Example]:
-        for sample in copies:
-            image = decode(sample, counter) if sample.data else None
-            sample.pending -= 1
-            if image is not None:
-                yield render(
-                    sample,
-                    image,
-                    self.buckets,
-                    self.caption,
-                    rng,
-                    crop=self.crop,
-                    flip_p=self.flip_p,
-                )
-            if sample.pending <= 0 or image is None:
-                sample.release()  # a bad image is counted once, its other copies pass silently
 
 
 def pass_seed(name: str, seed: int, epoch: int, slot: int, p: int) -> str:
@@ -451,8 +308,9 @@ def _shared_int() -> Any:
 
 
 class ValidationDataset(IterableDataset):
-    """Held-out samples only, in shard order: center crop, no flip, no caption dropout, captions
-    seeded by key. Batches group one bucket; remainders are kept. Deterministic.
+    """Held-out samples of `source` only, in shard order: center crop, no flip, no caption
+    dropout, captions seeded by key, the posterior mean for latents. Batches group one bucket;
+    remainders are kept. Deterministic.
 
     Not split across ranks unless `rank`/`world_size` are given: every DDP rank validates the
     same batches, so all run the same number of validation steps (a rank without held-out
@@ -461,20 +319,16 @@ class ValidationDataset(IterableDataset):
 
     def __init__(
         self,
-        shards: Sequence[str],
+        source: SampleSource,
+        config: StreamConfig,
         *,
-        resolution: int,
-        batch_size: int,
-        val_fraction: float = 0.02,
-        caption: CaptionConfig | Mapping[str, Any] | None = None,
         tokenizer: Any = None,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
         super().__init__()
-        self.shards, self.buckets = list(shards), bucket_table(resolution)
-        self.batch_size, self.val_fraction = batch_size, val_fraction
-        self.caption, self.tokenizer = caption_config(caption), tokenizer
+        source.check(config)
+        self.source, self.config, self.tokenizer = source, config, tokenizer
         self.rank, self.world_size = rank, world_size
         self.skipped = SkipCounter()
 
@@ -482,19 +336,16 @@ class ValidationDataset(IterableDataset):
         """This slot's rendered held-out examples, in order."""
         slot, slots = worker_slot(self.rank, self.world_size)
         counter = self.skipped = SkipCounter()
-        for sample in iter_samples(self.shards, slot, slots, counter):
-            if not is_val_key(sample.key, self.val_fraction):
-                continue
-            image = decode(sample, counter)
-            if image is None:
+        for sample in self.source.read(self.source.shards, slot, slots, counter):
+            if not is_val_key(sample.key, self.config.val_fraction):
                 continue
             rng = random.Random(f"val:{sample.key}")
-            yield render(
-                sample, image, self.buckets, self.caption, rng, crop="center", dropout=False
-            )
+            example = self.source.render(sample, self.config, rng, None, counter, train=False)
             sample.release()
+            if example is not None:
+                yield example
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        groups = bucket_batches(self.iter_examples(), self.batch_size, keep_remainders=True)
+        groups = bucket_batches(self.iter_examples(), self.config.batch_size, keep_remainders=True)
         for group in groups:
-            yield make_batch(group, self.tokenizer)
+            yield make_batch(group, self.tokenizer, self.source.batch_key)
