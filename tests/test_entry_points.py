@@ -92,6 +92,7 @@ SUCCESS: dict[str, Callable[[Inputs], list[str]]] = {
         "--device",
         "cpu",
     ],  # fmt: skip
+    "ymn-report": lambda i: [str(i.shards), "--out", str(i.tmp / "report"), "--resolution", "64"],
 }
 
 FAILURE: dict[str, Callable[[Inputs], list[str]]] = {
@@ -103,6 +104,7 @@ FAILURE: dict[str, Callable[[Inputs], list[str]]] = {
     "ymn-synth": lambda i: [str(i.missing / "out"), "--n", "1", "--size", "64"],
     "ymn-pack": lambda i: [str(i.missing), str(i.tmp / "o")],
     "ymn-cache-latents": lambda i: [str(i.missing), str(i.tmp / "o")],
+    "ymn-report": lambda i: [str(i.missing), "--out", str(i.tmp / "o")],
 }
 
 
