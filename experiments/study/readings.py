@@ -1,0 +1,202 @@
+"""What a study reads from a finished run: per-probe-image terms, the metrics built from them,
+and the learning curve.
+
+Every metric is a function of a list of probe records (one per probe image), so the same code
+gives a run's value, a seed-pooled arm value and a bootstrap resample. Scoring reuses the
+probes' own matchers (`facegrid_metrics`, `identity_metrics`), so a study reads what the
+training-time probe reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ymn.probes.facegrid import chebyshev, grid_cell, match_cells
+from ymn.probes.identity import identity_metrics
+
+Terms = dict[str, float]
+Metric = Callable[["Columns"], float]
+GRID = 5
+
+
+def _cell_terms(record: Mapping[str, Any]) -> Terms:
+    targets = [tuple(c) for c in record.get("cells") or []]
+    found = [grid_cell(box, GRID) for box in record.get("detected_boxes") or []]
+    hits, distance, matched = 0.0, 0.0, 0.0
+    for target, match in match_cells(targets, found):
+        if match is not None:
+            matched += 1
+            distance += chebyshev(target, match)
+            hits += chebyshev(target, match) == 0
+    return {"cell_hits": hits, "cell_targets": float(len(targets)), "cheb_sum": distance,
+            "cheb_n": matched}  # fmt: skip
+
+
+def _identity_terms(record: Mapping[str, Any]) -> Terms:
+    names, boxes = record.get("characters") or [], record.get("detected_boxes") or []
+    identities = record.get("identities")
+    if not names or identities is None or len(record.get("cells") or []) != len(names):
+        return {"id_matched": 0.0, "id_correct": 0.0, "id_bleed": 0.0}
+    scores = identity_metrics(
+        [names],
+        [boxes],
+        target_cells_per_image=[record["cells"]],
+        identified_per_image=[identities],
+    )
+    matched = float(scores["n_matched"])
+    correct = 0.0 if not matched else scores["char_acc"] * matched
+    bleed = 0.0 if not matched else scores["bleed_rate"] * matched
+    return {"id_matched": matched, "id_correct": correct, "id_bleed": bleed}
+
+
+def _attention_terms(record: Mapping[str, Any]) -> Terms:
+    faces = (record.get("attention") or {}).get("faces") or []
+    return {"attn_mass": float(sum(f["mass"] for f in faces)), "attn_n": float(len(faces))}
+
+
+def record_terms(record: Mapping[str, Any]) -> Terms:
+    """The additive terms of one probe image; every metric is built from sums of these."""
+    asked, seen = int(record["count"]), int(record.get("detected_count", 0))
+    terms: Terms = {"asked": float(asked), "detected": float(seen), "exact": float(asked == seen)}
+    terms |= _cell_terms(record) | _identity_terms(record) | _attention_terms(record)
+    return terms
+
+
+Columns = dict[str, np.ndarray]
+
+
+def columns(rows: Sequence[Terms]) -> Columns:
+    """Rows of terms as one array per term (what the metrics read)."""
+    keys = rows[0].keys() if rows else ()
+    return {k: np.array([r[k] for r in rows], dtype=float) for k in keys}
+
+
+def _ratio(num: str, den: str, where: Callable[[Columns], np.ndarray] | None = None) -> Metric:
+    def metric(cols: Columns) -> float:
+        mask = np.ones(len(cols[den]), bool) if where is None else where(cols)
+        total = cols[den][mask].sum()
+        return float(cols[num][mask].sum() / total) if total else math.nan
+
+    return metric
+
+
+def _mean(
+    key: Callable[[Columns], np.ndarray], where: Callable[[Columns], np.ndarray] | None = None
+) -> Metric:
+    def metric(cols: Columns) -> float:
+        values = key(cols)
+        if where is not None:
+            values = values[where(cols)]
+        return float(values.mean()) if len(values) else math.nan
+
+    return metric
+
+
+def _slope(cols: Columns) -> float:
+    """Least-squares slope of detected on requested count (1 = counts track the prompt)."""
+    x, y = cols["asked"], cols["detected"]
+    if len(x) < 2 or np.ptp(x) == 0:
+        return math.nan
+    x_centred = x - x.mean()
+    return float((x_centred * (y - y.mean())).sum() / (x_centred**2).sum())
+
+
+def _asked(k: int) -> Callable[[Columns], np.ndarray]:
+    return lambda c: c["asked"] == k
+
+
+METRICS: dict[str, tuple[str, Metric]] = {
+    "count/exact": ("exact count accuracy", _mean(lambda c: c["exact"])),
+    "count/abs_err": (
+        "mean |detected − asked|",
+        _mean(lambda c: np.abs(c["detected"] - c["asked"])),
+    ),
+    "count/bias": ("mean detected − asked", _mean(lambda c: c["detected"] - c["asked"])),
+    "count/slope": ("slope of detected on asked", _slope),
+    **{
+        f"count/detected@{k}": (
+            f"mean detected, asked {k}",
+            _mean(lambda c: c["detected"], _asked(k)),
+        )
+        for k in range(1, 6)
+    },
+    **{
+        f"count/exact@{k}": (f"exact accuracy, asked {k}", _mean(lambda c: c["exact"], _asked(k)))
+        for k in range(1, 6)
+    },
+    "grid/cell_acc": ("face-grid cell accuracy", _ratio("cell_hits", "cell_targets")),
+    "grid/chebyshev": ("mean Chebyshev distance (matched faces)", _ratio("cheb_sum", "cheb_n")),
+    "grid/attn_in_target": ("attention mass in the target cell", _ratio("attn_mass", "attn_n")),
+    "identity/char_acc": ("identity accuracy", _ratio("id_correct", "id_matched")),
+    "identity/bleed": ("bleed rate", _ratio("id_bleed", "id_matched")),
+    **{
+        f"identity/char_acc@{k}": (
+            f"identity accuracy, {k} characters",
+            _ratio("id_correct", "id_matched", _asked(k)),
+        )
+        for k in range(1, 6)
+    },
+    **{
+        f"identity/bleed@{k}": (
+            f"bleed rate, {k} characters",
+            _ratio("id_bleed", "id_matched", _asked(k)),
+        )
+        for k in range(1, 6)
+    },
+}
+
+
+@dataclass
+class RunReading:
+    """One finished run: its final probe records (as terms) and its curve."""
+
+    arm: str
+    seed: int
+    step: int
+    terms: Columns
+    records: list[dict[str, Any]]
+    curve: dict[int, dict[str, float]] = field(default_factory=dict)
+    val_loss: dict[int, float] = field(default_factory=dict)
+
+    def value(self, metric: str) -> float:
+        return METRICS[metric][1](self.terms)
+
+
+def probe_files(run_dir: Path) -> list[Path]:
+    """The run's probe passes, in step order."""
+    return sorted((run_dir / "probes").glob("step_*.json"))
+
+
+def _val_losses(run_dir: Path) -> dict[int, float]:
+    import csv
+
+    path = run_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {int(r["step"]): float(r["val/loss"]) for r in csv.DictReader(handle)
+                if r.get("val/loss")}  # fmt: skip
+
+
+def read_run(run_dir: Path, arm: str, seed: int, metrics: Sequence[str]) -> RunReading:
+    """Read a finished run; FileNotFoundError when it wrote no probe pass."""
+    files = probe_files(run_dir)
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no probes/step_*.json; did the run finish?")
+    curve: dict[int, dict[str, float]] = {}
+    final: dict[str, Any] = {}
+    for path in files:
+        payload = json.loads(path.read_text())
+        terms = columns([record_terms(r) for r in payload["records"]])
+        curve[int(payload["step"])] = {m: METRICS[m][1](terms) for m in metrics}
+        final = payload
+    records = final["records"]
+    terms = columns([record_terms(r) for r in records])
+    return RunReading(arm, seed, int(final["step"]), terms, records, curve, _val_losses(run_dir))

@@ -1,0 +1,184 @@
+"""Run a study's arms × seeds as `ymn-train` processes, several at once, resumably.
+
+Each run lives in `RUNS/NAME/ARM/seedK/`. A run whose `study.json` says it finished with the
+same overrides is reused; any other run is (re)started with `ckpt_path=last`, so a run killed
+half-way continues exactly from its last checkpoint and a run never started begins fresh. Runs
+that share a data folder wait until the first of them has built it (shards, latent cache), so
+parallel runs never prepare the same files at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiments.study.spec import StudySpec
+
+MARKER = "study.json"
+Launcher = Callable[[list[str], Path, dict[str, str]], subprocess.Popen]
+
+
+class StaleRunError(RuntimeError):
+    """A run directory holds a finished run made with other settings."""
+
+
+@dataclass
+class Job:
+    """One (arm, seed) run of a study."""
+
+    arm: str
+    seed: int
+    run_dir: Path
+    overrides: list[str]
+    data_marker: Path | None = None
+    started: float = 0.0
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def marker(self) -> dict | None:
+        path = self.run_dir / MARKER
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def is_done(self) -> bool:
+        """Finished with these overrides; StaleRunError when finished with others."""
+        marker = self.marker()
+        if marker is None:
+            return False
+        if marker["overrides"] != self.overrides:
+            raise StaleRunError(
+                f"{self.run_dir} holds a finished run with other overrides "
+                f"({marker['overrides']} vs {self.overrides}); delete it to rerun this arm"
+            )
+        return True
+
+
+def ymn_train() -> str:
+    """The ymn-train console script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("ymn-train")
+    return str(script) if script.is_file() else "ymn-train"
+
+
+def run_overrides(spec: StudySpec, arm: str, seed: int, extra: Sequence[str] = ()) -> list[str]:
+    """The Hydra overrides that define a run (what `study.json` records)."""
+    return [
+        *spec.common,
+        *spec.arms[arm],
+        f"seed={seed}",
+        f"trainer.max_steps={spec.steps}",
+        f"name=study_{spec.name}_{arm}",
+        *extra,
+    ]
+
+
+def _marker_of(cfg) -> Path | None:
+    from omegaconf import OmegaConf
+
+    latents = OmegaConf.select(cfg, "data.latents", default=None)
+    if latents:
+        return Path(latents) / "index.json"
+    shards = OmegaConf.select(cfg, "data.shards", default=None)
+    return Path(shards) / "manifest.json" if shards else None
+
+
+def data_markers(override_lists: Sequence[Sequence[str]]) -> list[Path | None]:
+    """Per override list, the file whose existence means its data is built (the latent index
+    or the shard manifest); composed and validated once per distinct list (seed left out), so a
+    bad arm fails before any run starts."""
+    from hydra import compose, initialize_config_dir
+
+    from ymn.paths import CONFIG_DIR
+    from ymn.reliability.config_schema import validate_config
+
+    keys = [
+        tuple(o for o in overrides if not o.startswith("seed=")) for overrides in override_lists
+    ]
+    found: dict[tuple[str, ...], Path | None] = {}
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        for key in dict.fromkeys(keys):
+            cfg = compose("config", overrides=list(key))
+            validate_config(cfg, choices={}, overrides=list(key))
+            found[key] = _marker_of(cfg)
+    return [found[key] for key in keys]
+
+
+def plan(spec: StudySpec, runs_root: Path, extra: Sequence[str] = ()) -> list[Job]:
+    """Every job of the study, in run order; `extra` overrides go to every run."""
+    pairs = spec.jobs()
+    override_lists = [run_overrides(spec, arm, seed, extra) for arm, seed in pairs]
+    markers = data_markers(override_lists)
+    return [
+        Job(arm, seed, runs_root / spec.name / arm / f"seed{seed}", overrides, marker)
+        for (arm, seed), overrides, marker in zip(pairs, override_lists, markers, strict=True)
+    ]
+
+
+def popen(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start one run, its output appended to its log (a resumed run keeps the first part)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+
+
+def command(job: Job) -> list[str]:
+    return [ymn_train(), *job.overrides, f"hydra.run.dir={job.run_dir}", "ckpt_path=last"]
+
+
+def _may_start(job: Job, running: Sequence[Job]) -> bool:
+    """A job waits while another job that shares its data folder is still building it."""
+    if job.data_marker is None or job.data_marker.is_file():
+        return True
+    return all(other.data_marker != job.data_marker for other in running)
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    parallel: int,
+    on_finish: Callable[[Job], None],
+    launcher: Launcher = popen,
+    poll_s: float = 2.0,
+) -> list[Job]:
+    """Run the unfinished jobs, `parallel` at a time; call on_finish after each success.
+    Returns the jobs that failed (their logs name why)."""
+    pending = [j for j in jobs if not j.is_done()]
+    running: list[Job] = []
+    failed: list[Job] = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    try:
+        while pending or running:
+            for job in list(pending):
+                if len(running) < parallel and _may_start(job, running):
+                    print(f"start {job.arm} seed {job.seed} → {job.run_dir}", flush=True)
+                    job.started = time.perf_counter()
+                    job.process = launcher(command(job), job.run_dir / "study.log", env)
+                    pending.remove(job)
+                    running.append(job)
+            time.sleep(poll_s if running else 0)
+            for job in list(running):
+                code = job.process.poll() if job.process else 1
+                if code is None:
+                    continue
+                running.remove(job)
+                if code == 0:
+                    _write_marker(job, time.perf_counter() - job.started)
+                    on_finish(job)
+                else:
+                    print(f"FAILED {job.arm} seed {job.seed} (exit {code}): "
+                          f"see {job.run_dir / 'study.log'}", flush=True)  # fmt: skip
+                    failed.append(job)
+    except KeyboardInterrupt:
+        for job in running:
+            if job.process is not None:
+                job.process.terminate()  # ymn-train checkpoints on SIGTERM; rerun resumes
+        raise
+    return failed
+
+
+def _write_marker(job: Job, wall_s: float) -> None:
+    """`wall_s` is the last launch's time (a resumed run's earlier part is not in it)."""
+    payload = {"arm": job.arm, "seed": job.seed, "overrides": job.overrides, "wall_s": wall_s}
+    (job.run_dir / MARKER).write_text(json.dumps(payload, indent=1) + "\n")

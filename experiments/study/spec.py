@@ -1,0 +1,104 @@
+"""A study's definition: `ymn/conf/study/NAME.yaml` → `StudySpec` (arms × seeds of one question).
+
+name: count
+question: Does "3people gives 3-5" reproduce?
+common: [experiment=toy_phase1, probes=study]     # overrides every run shares
+steps: 600                                        # trainer.max_steps of every run
+seeds: [1, 2]
+baseline: token_first                             # the arm every other arm is compared to
+arms: {token_first: [caption=asp], token_last: [caption=count_last]}
+metrics: [count/exact, count/bias]                # keys of experiments.study.readings.METRICS
+full_command: ymn-train --multirun ...            # the same study on SD 1.5 (paths are examples)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ymn.paths import CONFIG_DIR
+
+STUDY_DIR = CONFIG_DIR / "study"
+
+
+class StudySpecError(ValueError):
+    """A study file that cannot be run; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One study: the runs it needs and what it reports."""
+
+    name: str
+    question: str
+    arms: dict[str, list[str]]
+    baseline: str
+    seeds: list[int]
+    steps: int
+    common: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    full_command: str = ""
+    notes: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def jobs(self) -> list[tuple[str, int]]:
+        """(arm, seed) of every run, seed-major so early results cover every arm."""
+        return [(arm, seed) for seed in self.seeds for arm in self.arms]
+
+
+def study_path(name_or_path: str) -> Path:
+    """`count` → ymn/conf/study/count.yaml; a path to a .yaml file is taken as is."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"}:
+        return path
+    return STUDY_DIR / f"{name_or_path}.yaml"
+
+
+def shareable_name(path: Path) -> str:
+    """The study file as written into results: package-relative, never a local path."""
+    path = path.resolve()
+    if path.is_relative_to(CONFIG_DIR):
+        return "ymn/conf/" + path.relative_to(CONFIG_DIR).as_posix()
+    return path.name
+
+
+def available_studies() -> list[str]:
+    """The study names shipped in ymn/conf/study."""
+    return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+
+
+def load_study(name_or_path: str) -> StudySpec:
+    """Read and validate a study file; StudySpecError names what is wrong."""
+    from experiments.study.readings import METRICS
+
+    path = study_path(name_or_path)
+    if not path.is_file():
+        known = ", ".join(available_studies())
+        raise StudySpecError(f"no study file {path}; known studies: {known}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    missing = [k for k in ("name", "arms", "baseline", "seeds", "steps") if k not in raw]
+    if missing:
+        raise StudySpecError(f"{path}: missing key(s) {', '.join(missing)}")
+    arms = {str(k): [str(o) for o in (v or [])] for k, v in raw["arms"].items()}
+    if raw["baseline"] not in arms:
+        raise StudySpecError(f"{path}: baseline {raw['baseline']!r} is not one of {list(arms)}")
+    unknown = [m for m in raw.get("metrics", []) if m not in METRICS]
+    if unknown:
+        raise StudySpecError(f"{path}: unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+    if int(raw["steps"]) < 1 or not raw["seeds"]:
+        raise StudySpecError(f"{path}: steps must be ≥ 1 and seeds non-empty")
+    return StudySpec(
+        name=str(raw["name"]),
+        question=str(raw.get("question", "")).strip(),
+        arms=arms,
+        baseline=str(raw["baseline"]),
+        seeds=[int(s) for s in raw["seeds"]],
+        steps=int(raw["steps"]),
+        common=[str(o) for o in raw.get("common", [])],
+        metrics=list(raw.get("metrics") or METRICS),
+        full_command=str(raw.get("full_command", "")).strip(),
+        notes=[str(n) for n in raw.get("notes", [])],
+        source=shareable_name(path),
+    )

@@ -1,0 +1,219 @@
+"""The study runner (experiments/study): shipped studies compose, runs are reused or resumed,
+statistics behave, and the report is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.study.readings import METRICS, RunReading, columns, read_run, record_terms
+from experiments.study.report import cell_accuracy, write_results
+from experiments.study.runner import StaleRunError, command, plan, run_jobs
+from experiments.study.spec import StudySpec, StudySpecError, available_studies, load_study
+from experiments.study.stats import paired_difference, t_interval
+
+
+def spec(**changes) -> StudySpec:
+    base = dict(
+        name="t", question="q", arms={"a": ["caption=asp"], "b": ["caption=count_last"]},
+        baseline="a", seeds=[1, 2], steps=3, common=["experiment=smoke"],
+        metrics=["count/exact", "grid/cell_acc", "identity/char_acc"],
+    )  # fmt: skip
+    return StudySpec(**(base | changes))
+
+
+def record(asked: int, detected: int, cell=(2, 2), found_cell=(2, 2)) -> dict:
+    """A probe record with `detected` faces, the first in found_cell."""
+
+    def box(c):
+        return [c[0] / 5 + 0.05, c[1] / 5 + 0.05, c[0] / 5 + 0.15, c[1] / 5 + 0.15]
+
+    boxes = [box(found_cell)] + [box((0, 0))] * (detected - 1) if detected else []
+    return {"count": asked, "detected_count": detected, "cells": [list(cell)],
+            "detected_boxes": boxes, "characters": ["SaitoMio"],
+            "identities": ["SaitoMio"] + [None] * (detected - 1) if detected else []}  # fmt: skip
+
+
+def test_every_shipped_study_loads_and_its_arms_compose():
+    names = available_studies()
+    assert {"count", "face_grid", "characters", "hands", "timestep_bias"} <= set(names)
+    for name in names:
+        study = load_study(name)
+        assert study.baseline in study.arms and study.full_command.startswith("ymn-train")
+        jobs = plan(study, Path("/nonexistent"))  # composes every arm's overrides
+        assert len(jobs) == len(study.arms) * len(study.seeds)
+        assert all(j.data_marker is not None for j in jobs)
+
+
+def test_bad_study_files_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\narms: {a: []}\nbaseline: z\nseeds: [1]\nsteps: 2\n")
+    with pytest.raises(StudySpecError, match="baseline 'z'"):
+        load_study(str(bad))
+    bad.write_text("name: x\narms: {a: []}\nbaseline: a\nseeds: [1]\nsteps: 2\nmetrics: [nope]\n")
+    with pytest.raises(StudySpecError, match="unknown metric"):
+        load_study(str(bad))
+    with pytest.raises(StudySpecError, match="known studies"):
+        load_study("no_such_study")
+
+
+def test_an_arm_with_an_unknown_key_fails_before_anything_runs(tmp_path):
+    from ymn.reliability.config_schema import ConfigError
+
+    with pytest.raises(ConfigError, match="bogus"):
+        plan(spec(arms={"a": ["+model.bogus=1"]}, baseline="a"), tmp_path)
+
+
+def test_record_terms_score_count_cell_and_identity():
+    hit = record_terms(record(1, 1))
+    assert (hit["exact"], hit["cell_hits"], hit["cell_targets"], hit["id_correct"]) == (1, 1, 1, 1)
+    miss = record_terms(record(1, 3, found_cell=(4, 4)))
+    assert miss["exact"] == 0 and miss["cell_hits"] == 0 and miss["detected"] == 3
+    cols = columns([hit, miss])
+    assert METRICS["count/exact"][1](cols) == 0.5
+    assert METRICS["count/bias"][1](cols) == 1.0
+    assert METRICS["count/detected@1"][1](cols) == 2.0
+
+
+def test_slope_of_detected_on_asked():
+    rows = [record_terms(record(k, 2 * k)) for k in (1, 2, 3)]
+    assert METRICS["count/slope"][1](columns(rows)) == pytest.approx(2.0)
+
+
+def reading(arm: str, seed: int, outcomes: list[bool]) -> RunReading:
+    records = [record(1, 1 if ok else 2) for ok in outcomes]
+    return RunReading(arm, seed, 10, columns([record_terms(r) for r in records]), records)
+
+
+def test_paired_difference_is_zero_for_identical_arms_and_significant_for_a_clear_gain():
+    same = paired_difference("count/exact", [reading("b", 1, [True, False] * 20)],
+                             [reading("a", 1, [True, False] * 20)])  # fmt: skip
+    assert same["diff"] == 0 and same["p"] == 1.0
+    better = paired_difference("count/exact", [reading("b", 1, [True] * 60)],
+                               [reading("a", 1, [False] * 60)])  # fmt: skip
+    assert better["diff"] == 1.0 and better["p"] < 0.01 and better["ci95"][0] > 0.5
+    mixed = paired_difference("count/exact", [reading("b", 1, [True] * 6 + [False] * 4)],
+                              [reading("a", 1, [True] * 5 + [False] * 5)])  # fmt: skip
+    assert mixed["ci95"][0] <= mixed["diff"] <= mixed["ci95"][1] and mixed["p"] > 0.3
+
+
+def test_unpaired_probe_passes_are_refused():
+    other = RunReading("b", 1, 10, columns([record_terms(record(3, 3))]), [record(3, 3)])
+    with pytest.raises(ValueError, match="different probe passes"):
+        paired_difference("count/exact", [other], [reading("a", 1, [True])])
+
+
+def test_t_interval():
+    stat = t_interval([1.0, 2.0, 3.0])
+    assert stat["mean"] == 2.0 and stat["ci95"] == pytest.approx(2.4841, abs=1e-3)
+    assert t_interval([1.0])["ci95"] is None
+
+
+class FakeProcess:
+    def __init__(self, code: int):
+        self.code = code
+
+    def poll(self) -> int:
+        return self.code
+
+    def terminate(self) -> None:
+        pass
+
+
+def fake_launcher(calls: list, fail: set = frozenset()):
+    """Writes a finished-looking run (two probe passes) instead of training."""
+
+    def launch(cmd: list[str], log: Path, env: dict) -> FakeProcess:
+        calls.append(cmd)
+        run_dir = log.parent
+        (run_dir / "probes").mkdir(parents=True, exist_ok=True)
+        good = "caption=count_last" in cmd
+        for step, ok in ((0, False), (3, good)):
+            payload = {"step": step, "records": [record(1, 1 if ok else 2) for _ in range(8)]}
+            (run_dir / "probes" / f"step_{step:06d}.json").write_text(json.dumps(payload))
+        return FakeProcess(1 if run_dir.name in fail else 0)
+
+    return launch
+
+
+def test_finished_runs_are_reused_and_unfinished_ones_resume(tmp_path):
+    study = spec()
+    jobs = plan(study, tmp_path)
+    calls: list = []
+    failed = run_jobs(jobs, 2, lambda job: None, fake_launcher(calls, fail={"seed2"}), poll_s=0)
+    assert len(calls) == 4 and {(j.arm, j.seed) for j in failed} == {("a", 2), ("b", 2)}
+    assert all("ckpt_path=last" in c for c in calls)  # a half-done run continues from its ckpt
+    calls.clear()
+    assert run_jobs(plan(study, tmp_path), 2, lambda job: None, fake_launcher(calls), 0) == []
+    assert sorted(c[-2] for c in calls) == sorted(f"hydra.run.dir={j.run_dir}" for j in jobs
+                                                  if j.seed == 2)  # fmt: skip
+    calls.clear()
+    run_jobs(plan(study, tmp_path), 2, lambda job: None, fake_launcher(calls), 0)
+    assert calls == []  # everything finished: nothing runs again
+
+
+def test_a_finished_run_with_other_settings_is_not_overwritten(tmp_path):
+    run_jobs(plan(spec(), tmp_path), 1, lambda job: None, fake_launcher([]), poll_s=0)
+    with pytest.raises(StaleRunError, match="delete it"):
+        run_jobs(plan(spec(steps=5), tmp_path), 1, lambda job: None, fake_launcher([]), 0)
+
+
+def test_runs_that_share_a_data_folder_wait_for_the_first_to_build_it(tmp_path):
+    jobs = plan(spec(seeds=[1]), tmp_path)
+    marker = tmp_path / "data" / "index.json"
+    for job in jobs:
+        job.data_marker = marker
+    started: list[int] = []
+
+    def launch(cmd, log, env):
+        started.append(len(started))
+        marker.parent.mkdir(exist_ok=True)
+        return fake_launcher([])(cmd, log, env)
+
+    class Slow(FakeProcess):
+        polls = 0
+
+        def poll(self):
+            Slow.polls += 1
+            return 0 if Slow.polls > 2 else None
+
+    def slow_launch(cmd, log, env):
+        launch(cmd, log, env)
+        return Slow(0)
+
+    order: list[str] = []
+    run_jobs(jobs, 2, lambda job: order.append(job.arm), slow_launch, poll_s=0)
+    assert order == ["a", "b"]  # b started only after a finished (no marker was ever written)
+
+
+def test_the_report_has_tables_differences_and_pictures(tmp_path):
+    study = spec()
+    jobs = plan(study, tmp_path / "runs")
+    run_jobs(jobs, 2, lambda job: None, fake_launcher([]), poll_s=0)
+    readings = [read_run(j.run_dir, j.arm, j.seed, study.metrics) for j in jobs]
+    assert readings[0].curve[0]["count/exact"] == 0.0
+    md = write_results(study, readings, {"a": [60.0], "b": [60.0]}, tmp_path / "out", "cmd")
+    text = md.read_text()
+    assert "| b | 1.000 ± 0.000 | 1.000 | +1.000" in text
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert result["arms"]["b"]["metrics"]["count/exact"]["vs_baseline"]["p"] < 0.01
+    assert result["arms"]["a"]["images_per_count"] == {"1": 16}
+    for picture in ("learning_curves.png", "count.png", "cells.png"):
+        assert (tmp_path / "out" / picture).stat().st_size > 1000
+    assert str(tmp_path) not in (tmp_path / "out" / "results.json").read_text()
+
+
+def test_cell_accuracy_map():
+    hit = record(1, 1, cell=(1, 3), found_cell=(1, 3))
+    grid = cell_accuracy([hit, record(1, 1, cell=(1, 3), found_cell=(0, 0))])
+    assert grid[3, 1] == 0.5 and np.isnan(grid[0, 0])
+
+
+def test_command_resumes_in_its_run_dir(tmp_path):
+    job = plan(spec(seeds=[1]), tmp_path)[0]
+    cmd = command(job)
+    assert f"hydra.run.dir={job.run_dir}" in cmd and cmd[-1] == "ckpt_path=last"
+    assert "seed=1" in cmd and "trainer.max_steps=3" in cmd
