@@ -39,7 +39,7 @@ def record(asked: int, detected: int, cell=(2, 2), found_cell=(2, 2)) -> dict:
 
 def test_every_shipped_study_loads_and_its_arms_compose():
     names = available_studies()
-    assert {"count", "face_grid", "characters", "hands", "timestep_bias"} <= set(names)
+    assert {"count", "face_grid", "characters", "hands", "phase2", "timestep_bias"} <= set(names)
     for name in names:
         study = load_study(name)
         assert study.baseline in study.arms and study.full_command.startswith("ymn-train")
@@ -55,6 +55,9 @@ def test_bad_study_files_name_the_problem(tmp_path):
         load_study(str(bad))
     bad.write_text("name: x\narms: {a: []}\nbaseline: a\nseeds: [1]\nsteps: 2\nmetrics: [nope]\n")
     with pytest.raises(StudySpecError, match="unknown metric"):
+        load_study(str(bad))
+    bad.write_text("name: x\narms: {a: [], b: {after: c}}\nbaseline: a\nseeds: [1]\nsteps: 2\n")
+    with pytest.raises(StudySpecError, match="runs after 'c'"):
         load_study(str(bad))
     with pytest.raises(StudySpecError, match="known studies"):
         load_study("no_such_study")
@@ -153,6 +156,24 @@ def test_finished_runs_are_reused_and_unfinished_ones_resume(tmp_path):
     calls.clear()
     run_jobs(plan(study, tmp_path), 2, lambda job: None, fake_launcher(calls), 0)
     assert calls == []  # everything finished: nothing runs again
+
+
+def test_an_arm_after_another_starts_from_its_finished_run_or_is_skipped(tmp_path):
+    chained = spec(
+        arms={"a": ["caption=asp"], "first": ["caption=asp"], "second": ["caption=count_last"]},
+        arm_steps={"first": 1, "second": 2},
+        arm_after={"second": "first"},
+        seeds=[1, 2],
+    )
+    jobs = plan(chained, tmp_path)
+    second = next(j for j in jobs if j.arm == "second" and j.seed == 1)
+    assert f"init_from={tmp_path / 't' / 'first' / 'seed1'}" in second.overrides
+    assert "trainer.max_steps=2" in second.overrides
+    order: list[tuple[str, int]] = []
+    failed = run_jobs(jobs, 3, lambda job: order.append((job.arm, job.seed)),
+                      fake_launcher([], fail={"seed2"}), poll_s=0)  # fmt: skip
+    assert order.index(("second", 1)) > order.index(("first", 1))
+    assert {(j.arm, j.seed) for j in failed} == {("a", 2), ("first", 2), ("second", 2)}
 
 
 def test_a_finished_run_with_other_settings_is_not_overwritten(tmp_path):

@@ -37,6 +37,7 @@ class Job:
     run_dir: Path
     overrides: list[str]
     data_marker: Path | None = None
+    after: Job | None = None  # starts from this job's finished run (init_from)
     started: float = 0.0
     process: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -69,7 +70,7 @@ def run_overrides(spec: StudySpec, arm: str, seed: int, extra: Sequence[str] = (
         *spec.common,
         *spec.arms[arm],
         f"seed={seed}",
-        f"trainer.max_steps={spec.steps}",
+        f"trainer.max_steps={spec.steps_of(arm)}",
         f"name=study_{spec.name}_{arm}",
         *extra,
     ]
@@ -110,11 +111,19 @@ def plan(spec: StudySpec, runs_root: Path, extra: Sequence[str] = ()) -> list[Jo
     """Every job of the study, in run order; `extra` overrides go to every run."""
     pairs = spec.jobs()
     override_lists = [run_overrides(spec, arm, seed, extra) for arm, seed in pairs]
+    run_dirs = {(arm, seed): runs_root / spec.name / arm / f"seed{seed}" for arm, seed in pairs}
+    for (arm, seed), overrides in zip(pairs, override_lists, strict=True):
+        if arm in spec.arm_after:
+            overrides.append(f"init_from={run_dirs[spec.arm_after[arm], seed]}")
     markers = data_markers(override_lists)
-    return [
-        Job(arm, seed, runs_root / spec.name / arm / f"seed{seed}", overrides, marker)
-        for (arm, seed), overrides, marker in zip(pairs, override_lists, markers, strict=True)
-    ]
+    jobs = {
+        pair: Job(pair[0], pair[1], run_dirs[pair], overrides, marker)
+        for pair, overrides, marker in zip(pairs, override_lists, markers, strict=True)
+    }
+    for (arm, seed), job in jobs.items():
+        if arm in spec.arm_after:
+            job.after = jobs[spec.arm_after[arm], seed]
+    return list(jobs.values())
 
 
 def popen(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -129,7 +138,10 @@ def command(job: Job) -> list[str]:
 
 
 def _may_start(job: Job, running: Sequence[Job]) -> bool:
-    """A job waits while another job that shares its data folder is still building it."""
+    """A job waits for the run it starts from, and while another job that shares its data
+    folder is still building it."""
+    if job.after is not None and not job.after.is_done():
+        return False
     if job.data_marker is None or job.data_marker.is_file():
         return True
     return all(other.data_marker != job.data_marker for other in running)
@@ -150,6 +162,10 @@ def run_jobs(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     try:
         while pending or running:
+            for job in [j for j in pending if any(j.after is f for f in failed)]:
+                print(f"SKIPPED {job.arm} seed {job.seed}: the run it starts from failed")
+                pending.remove(job)
+                failed.append(job)
             for job in list(pending):
                 if len(running) < parallel and _may_start(job, running):
                     print(f"start {job.arm} seed {job.seed} → {job.run_dir}", flush=True)

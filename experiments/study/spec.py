@@ -42,6 +42,11 @@ class StudySpec:
     full_command: str = ""
     notes: list[str] = field(default_factory=list)
     source: str = ""
+    arm_steps: dict[str, int] = field(default_factory=dict)
+    arm_after: dict[str, str] = field(default_factory=dict)
+
+    def steps_of(self, arm: str) -> int:
+        return self.arm_steps.get(arm, self.steps)
 
     def jobs(self) -> list[tuple[str, int]]:
         """(arm, seed) of every run, seed-major so early results cover every arm."""
@@ -81,7 +86,7 @@ def load_study(name_or_path: str) -> StudySpec:
     missing = [k for k in ("name", "arms", "baseline", "seeds", "steps") if k not in raw]
     if missing:
         raise StudySpecError(f"{path}: missing key(s) {', '.join(missing)}")
-    arms = {str(k): [str(o) for o in (v or [])] for k, v in raw["arms"].items()}
+    arms, arm_steps, arm_after = _parse_arms(path, raw["arms"])
     if raw["baseline"] not in arms:
         raise StudySpecError(f"{path}: baseline {raw['baseline']!r} is not one of {list(arms)}")
     unknown = [m for m in raw.get("metrics", []) if m not in METRICS]
@@ -101,4 +106,29 @@ def load_study(name_or_path: str) -> StudySpec:
         full_command=str(raw.get("full_command", "")).strip(),
         notes=[str(n) for n in raw.get("notes", [])],
         source=shareable_name(path),
+        arm_steps=arm_steps,
+        arm_after=arm_after,
     )
+
+
+def _parse_arms(
+    path: Path, raw: dict
+) -> tuple[dict[str, list[str]], dict[str, int], dict[str, str]]:
+    arms, steps, after = {}, {}, {}
+    for name, value in raw.items():
+        name = str(name)
+        if isinstance(value, dict):
+            arms[name] = [str(o) for o in value.get("overrides") or []]
+            if "steps" in value:
+                steps[name] = int(value["steps"])
+            if "after" in value:
+                after[name] = str(value["after"])
+        else:
+            arms[name] = [str(o) for o in (value or [])]
+    for name, first in after.items():
+        if first not in arms or first == name or first in after:
+            raise StudySpecError(
+                f"{path}: arm {name!r} runs after {first!r}, which must be another arm that "
+                "does not itself run after one"
+            )
+    return arms, steps, after
