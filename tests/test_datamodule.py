@@ -154,3 +154,12 @@ def test_user_data_configs_compose(name: str) -> None:
     if name == "yamanosusume":
         tree = cfg.data.prepare.tree
         assert tree["regularization"] == 0.5 and tree["regularization/hands"] == 0.05
+
+
+def test_pipe_shards_set_up_and_train(shards: Path) -> None:
+    """`data.shards` as a `pipe:` brace pattern: the manifest read beside it, batches as from
+    the folder, no local manifest path (nothing to prepare or copy), no local-tar checks."""
+    dm = module(f"pipe:cat {shards}/shard-{{000000..000003}}.tar")
+    assert dm.manifest_path is None
+    dm.prepare_data()
+    assert batches(dm) == batches(module(shards)) and dm.preflight is None

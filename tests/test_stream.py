@@ -26,6 +26,7 @@ from ymn.data.decode import (
     ShardSetupError,
     SkipCounter,
     is_val_key,
+    iter_tar,
     resolve_shards,
     to_tensor,
 )
@@ -314,6 +315,63 @@ def test_pattern_matching_nothing_names_it(tmp_path: Path) -> None:
     assert shards == [str(out / "shard-000000.tar")]
     shutil.rmtree(out)
     assert SkipCounter() == {}
+
+
+def same_batches(a: TrainStream, b: TrainStream) -> bool:
+    pairs = list(zip(list(a), list(b), strict=True))
+    return bool(pairs) and all(
+        x["keys"] == y["keys"] and x["captions"] == y["captions"]
+        and torch.equal(x["pixel_values"], y["pixel_values"]) for x, y in pairs
+    )  # fmt: skip
+
+
+def url_stream(pattern: str, **kw) -> TrainStream:
+    shards, manifest = resolve_shards(pattern)
+    args = {**dict(resolution=64, batch_size=2, shuffle_buffer=16, val_fraction=0.0, seed=3), **kw}
+    return TrainStream(PixelSource(shards, manifest), StreamConfig(**args))
+
+
+def test_pipe_shards_stream_what_local_shards_stream(tmp_path: Path) -> None:
+    """`pipe:cat …` with a brace pattern (manifest read beside it by the same command): the
+    same batches as the folder; a command that fails counts as a missing shard."""
+    out = packed(tmp_path, {"a": 7, "b": 6}, {"a": 2}, shard_size=4)
+    pattern = f"pipe:cat {out}/shard-{{000000..000003}}.tar"
+    assert resolve_shards(pattern)[0][1] == f"pipe:cat {out}/shard-000001.tar"
+    assert same_batches(url_stream(pattern, flip_p=0.5), stream(out, flip_p=0.5))
+    counter = SkipCounter()
+    assert not list(iter_tar(f"pipe:cat {out}/shard-000009.tar", counter))
+    assert counter == {"missing_shard": 1}
+    with pytest.raises(ShardSetupError, match="no manifest at pipe:cat"):
+        resolve_shards(f"pipe:cat {tmp_path}/nowhere/shard-{{000000..000001}}.tar")
+
+
+def test_http_shards_stream_what_local_shards_stream(tmp_path: Path) -> None:
+    """Shards and manifest served over HTTP on 127.0.0.1: the same batches as the folder, a
+    shard cut short counted as truncated and the epoch goes on."""
+    import functools
+    import http.server
+    import threading
+
+    out = packed(tmp_path, {"a": 7, "b": 6}, {"a": 2}, shard_size=4)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(out))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert same_batches(url_stream(f"{base}/shard-{{000000..000003}}.tar"), stream(out))
+        data = (out / "shard-000001.tar").read_bytes()
+        (out / "shard-000001.tar").write_bytes(data[: len(data) // 2])
+        cut = url_stream(f"{base}/shard-{{000000..000003}}.tar", batch_size=1)
+        assert all_keys(cut) and cut.skipped["truncated_shard"] == 1
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ymn.config_values import plain
 from ymn.data.captions import CaptionConfig
-from ymn.data.decode import MANIFEST, resolve_shards
+from ymn.data.decode import MANIFEST, is_url, resolve_shards
 from ymn.data.pixels import PixelSource
 from ymn.data.sample_source import SampleSource, StreamConfig
 from ymn.data.slots import process_rank
@@ -90,10 +90,13 @@ class YmnDataModule(LightningDataModule):
 
     # -- set-up ------------------------------------------------------------------------------
     @property
-    def manifest_path(self) -> Path:
-        """Where the manifest is (beside the shards unless `manifest` was given)."""
+    def manifest_path(self) -> Path | None:
+        """Where the manifest is (beside the shards unless `manifest` was given); None when it
+        is read from a URL."""
         if self.manifest_file:
-            return Path(self.manifest_file)
+            return None if is_url(self.manifest_file) else Path(self.manifest_file)
+        if is_url(self.shards):
+            return None
         base = Path(self.shards)
         return (
             base / MANIFEST if not any(c in self.shards for c in "{*?[") else base.parent / MANIFEST
@@ -108,7 +111,7 @@ class YmnDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """With `prepare`, build synthetic shards (ymn-synth + ymn-pack) if they are missing."""
-        if not self.prepare or self.manifest_path.is_file():
+        if not self.prepare or self.manifest_path is None or self.manifest_path.is_file():
             return
         from ymn.data.balance import weights_from_category_tree
         from ymn.data.pack import pack_folder
@@ -154,7 +157,7 @@ class YmnDataModule(LightningDataModule):
         )
         if self.manifest.get("skipped"):
             log.warning("%d images were skipped at pack time", len(self.manifest["skipped"]))
-        if isinstance(source, PixelSource):  # the checks read the tar shards themselves
+        if isinstance(source, PixelSource) and not is_url(self.shards):  # they read local tars
             from ymn.data.preflight import run_preflight  # ED1 drops, caption lengths, shards
 
             self.preflight = run_preflight(self.train_stream, self.manifest)

@@ -1,5 +1,11 @@
 """Reading packed shards: shard patterns, the manifest, tar samples, images and tensors.
 
+Shards are local files (a folder with its manifest, a brace pattern or a glob) or URLs that
+webdataset opens itself (`pipe:COMMAND`, `http(s)://…`, any scheme of `webdataset.gopen`,
+brace patterns expanded), with the manifest fetched beside them. Local tars are read here with
+an end-of-archive check (a tar cut at a block boundary is noticed); URL shards go through
+webdataset's opener (`gopen`) and the same tar reading, with the same checks and counts.
+
 Everything here tolerates bad input: a missing shard, a truncated tar, a missing or broken
 `json`, or an undecodable image is skipped with a warning naming it, and counted in a
 `SkipCounter`, so an epoch goes on.
@@ -13,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -78,13 +85,32 @@ class Sample:
 # ---------------------------------------------------------------------------------------------
 
 
+def is_url(shard: str) -> bool:
+    """True for shards webdataset opens (`pipe:COMMAND`, `http://`, `https://`, `scheme://`)."""
+    return str(shard).startswith("pipe:") or "://" in str(shard)
+
+
 def _expand(pattern: str) -> list[str]:
     from braceexpand import braceexpand
 
     paths: list[str] = []
     for part in braceexpand(pattern):
-        paths.extend(sorted(glob.glob(part)) if glob.has_magic(part) else [part])
+        magic = glob.has_magic(part) and not is_url(part)
+        paths.extend(sorted(glob.glob(part)) if magic else [part])
     return paths
+
+
+def manifest_beside(shard: str) -> str:
+    """The manifest URL beside a shard URL: its last `NAME.tar` replaced by `manifest.json`
+    (`pipe:aws s3 cp s3://b/shard-000000.tar -` -> `pipe:aws s3 cp s3://b/manifest.json -`)."""
+    found = list(re.finditer(r"[^/\s'\"=]+\.tar(?=$|[\s'\"?#])", shard))
+    if not found:
+        raise ShardSetupError(
+            f"shard URL {shard!r} names no NAME.tar to find the manifest beside; "
+            "set data.manifest to the manifest's path or URL"
+        )
+    last = found[-1]
+    return shard[: last.start()] + MANIFEST + shard[last.end() :]
 
 
 def resolve_shards(pattern: str, manifest: str | Path | None = None) -> tuple[list[str], dict]:
@@ -94,6 +120,10 @@ def resolve_shards(pattern: str, manifest: str | Path | None = None) -> tuple[li
     """
     hint = "Build shards with `ymn-pack ROOT OUT` (or `ymn-synth` then `ymn-pack`) first."
     pattern = str(pattern)
+    if is_url(pattern):  # checked when read: a shard that cannot be opened is counted
+        shards = _expand(pattern)
+        where = str(manifest) if manifest else manifest_beside(shards[0])
+        return shards, read_manifest(where, pattern, hint)
     if os.path.isdir(pattern):
         manifest_path = Path(manifest) if manifest else Path(pattern) / MANIFEST
         data = read_manifest(manifest_path, pattern, hint)
@@ -111,10 +141,11 @@ def resolve_shards(pattern: str, manifest: str | Path | None = None) -> tuple[li
     return shards, data
 
 
-def read_manifest(path: Path, pattern: str, hint: str = "") -> dict:
-    """Load `manifest.json`; ShardSetupError naming it (and the pattern) when absent or broken."""
+def read_manifest(path: Path | str, pattern: str, hint: str = "") -> dict:
+    """Load `manifest.json` (a path or a URL); ShardSetupError naming it (and the pattern) when
+    absent or broken."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(_read_bytes(str(path)).decode("utf-8"))
     except FileNotFoundError:
         raise ShardSetupError(
             f"no manifest at {path} for shard pattern {pattern!r}. {hint}"
@@ -123,6 +154,23 @@ def read_manifest(path: Path, pattern: str, hint: str = "") -> dict:
         raise ShardSetupError(f"{path}: unreadable manifest ({exc}); re-run ymn-pack") from exc
     if not isinstance(data.get("categories"), dict):
         raise ShardSetupError(f"{path}: manifest has no 'categories'; re-run ymn-pack")
+    return data
+
+
+def _read_bytes(path: str) -> bytes:
+    """A local file's bytes, or a URL's through webdataset's opener (FileNotFoundError when the
+    URL cannot be read)."""
+    if not is_url(path):
+        return Path(path).read_bytes()
+    from webdataset import gopen
+
+    try:
+        with gopen(path) as stream:
+            data = stream.read()
+    except Exception as exc:  # the opener raises IOError, ValueError, ... for a bad URL
+        raise FileNotFoundError(f"{path}: {exc}") from exc
+    if not data:
+        raise FileNotFoundError(f"{path}: nothing was read")
     return data
 
 
@@ -164,7 +212,11 @@ def tar_samples(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 def iter_tar(path: str, counter: SkipCounter) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {ext: bytes}) per sample of a tar shard, streamed; a missing file or a truncated
-    tar is counted and ends the shard (the incomplete last sample is dropped)."""
+    tar is counted and ends the shard (the incomplete last sample is dropped). URLs are read
+    by `iter_url_tar`."""
+    if is_url(path):
+        yield from iter_url_tar(path, counter)
+        return
     if not os.path.exists(path):
         counter.skip("missing_shard", path, "file not found; re-run ymn-pack or fix the pattern")
         return
@@ -183,6 +235,67 @@ def iter_tar(path: str, counter: SkipCounter) -> Iterator[tuple[str, dict[str, b
         return
     if pending is not None:
         yield pending
+
+
+def iter_url_tar(url: str, counter: SkipCounter) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) per sample of a shard URL opened by webdataset's `gopen`. A shard
+    that yields nothing is counted as `missing_shard`, one that breaks off (no end-of-archive
+    marker, a command's bad exit status) as `truncated_shard`, its incomplete last sample
+    dropped: what `iter_tar` does for local files, and what webdataset's own tar expander
+    would not notice (a stream cut short ends its tar without an error)."""
+    from webdataset import gopen
+
+    pending, read, finished = None, 0, False
+    try:
+        stream = _CountingReader(gopen(url))
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                for sample in tar_samples(tar):
+                    if pending is not None:
+                        yield pending
+                        read += 1
+                    pending = sample
+                finished = True
+                if stream.drain() < tar.offset + 2 * tarfile.BLOCKSIZE:
+                    raise tarfile.ReadError(f"no end-of-archive marker after byte {tar.offset}")
+        finally:
+            try:
+                stream.close()  # waits for a `pipe:` command; raises on a bad exit status
+            except Exception:
+                if finished:  # (not when the reader stopped early and cut the command off)
+                    raise
+    except Exception as exc:  # the openers raise IOError, ValueError, ... for a bad URL
+        reason = "truncated_shard" if read or pending is not None else "missing_shard"
+        counter.skip(reason, url, f"{type(exc).__name__}: {exc}")
+        return
+    if pending is not None:
+        yield pending
+
+
+class _CountingReader(io.RawIOBase):
+    """A read-only stream over another that counts the bytes read (for the end-marker check)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.n_read = stream, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.n_read += len(data)
+        return data
+
+    def drain(self) -> int:
+        """Read what is left (the archive's end blocks); the total bytes read."""
+        while self.read(1 << 16):
+            pass
+        return self.n_read
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self.stream.close()
 
 
 def parse_sample(
