@@ -23,22 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from ymn.data.synthetic import KIND_MIX, render_scene, sample_scene_spec
@@ -53,7 +50,9 @@ from ymn.model.components import (
 )
 from ymn.model.export import save_diffusers
 from ymn.model.module import DiffusionModule
+from ymn.model.stage_training import StageCheckpoint, derived_seed, run_stage, step_generator
 from ymn.model.tokenizer import load_clip_tokenizer, tokenize
+from ymn.model.vae_training import face_centres, random_crops, to_pixels, vae_loss
 
 ENCODE_BATCH = 64
 
@@ -74,7 +73,7 @@ class TinyBaseConfig:
     vae_face_crops: float = 0.5  # share of crops centred on a face
     vae_lr: float = 1.5e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 3000
+    unet_steps: int = 2000
     batch: int = 16
     unet_lr: float = 1e-3
     caption_dropout: float = 0.1
@@ -129,199 +128,9 @@ def make_scenes(data: str, n: int, seed: int, size: int) -> tuple[torch.Tensor, 
     return torch.stack(images).permute(0, 3, 1, 2).contiguous(), metas
 
 
-def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] → float [-1, 1], as SD's VAE expects."""
-    return images.float() / 127.5 - 1.0
-
-
 # ---------------------------------------------------------------------------------------------
 # Stage 1: the VAE
 # ---------------------------------------------------------------------------------------------
-
-
-def warmup_cosine(step: int, total: int, warmup: int = 50, floor: float = 0.1) -> float:
-    """LR multiplier: linear warmup, then cosine decay to `floor`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def gradient_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 between horizontal and vertical finite differences: keeps edges sharp."""
-    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
-    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
-    return F.l1_loss(dx(recon), dx(target)) + F.l1_loss(dy(recon), dy(target))
-
-
-def vae_loss(
-    vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, generator: torch.Generator
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reconstruction (L1 + gradient L1) + kl_weight * KL of one batch in [-1, 1]."""
-    posterior = vae.encode(x).latent_dist
-    recon = vae.decode(posterior.sample(generator)).sample
-    l1 = F.l1_loss(recon, x)
-    grad = gradient_l1(recon, x)
-    kl = posterior.kl().mean()
-    loss = l1 + grad + kl_weight * kl
-    return loss, {"l1": l1.item(), "grad": grad.item(), "kl": kl.item()}
-
-
-def face_centres(metas: list[dict], size: int) -> list[list[tuple[float, float]]]:
-    """Each image's face centres in pixels (y, x), from its `facepos` boxes."""
-    return [
-        [
-            ((top + bot) / 2 * size, (lft + rgt) / 2 * size)
-            for lft, top, rgt, bot in meta.get("facepos") or []
-        ]
-        for meta in metas
-    ]
-
-
-def crop_offsets(
-    idx: list[int],
-    size: int,
-    crop: int,
-    generator: torch.Generator,
-    centres: list[list[tuple[float, float]]] | None,
-    face_share: float,
-) -> list[tuple[int, int]]:
-    """(y, x) of each crop: uniform, or (share face_share) around one of the image's faces.
-
-    Faces are small and what the probes read (count, the hair and outfit colours around a
-    face); centring crops on them spends the VAE's training where its errors cost most.
-    """
-    uniform = torch.randint(0, size - crop + 1, (len(idx), 2), generator=generator).tolist()
-    coin = torch.rand(len(idx), generator=generator).tolist()
-    pick = torch.rand(len(idx), generator=generator).tolist()
-    jitter = (torch.rand(len(idx), 2, generator=generator) - 0.5).mul(crop / 2).tolist()
-    offsets = []
-    for k, i in enumerate(idx):
-        faces = centres[i] if centres is not None else []
-        if faces and coin[k] < face_share:
-            cy, cx = faces[int(pick[k] * len(faces))]
-            y, x = cy - crop / 2 + jitter[k][0], cx - crop / 2 + jitter[k][1]
-            uniform[k] = [min(max(int(y), 0), size - crop), min(max(int(x), 0), size - crop)]
-        offsets.append((uniform[k][0], uniform[k][1]))
-    return offsets
-
-
-def random_crops(
-    images: torch.Tensor,
-    batch: int,
-    crop: int,
-    generator: torch.Generator,
-    centres: list[list[tuple[float, float]]] | None = None,
-    face_share: float = 0.0,
-) -> torch.Tensor:
-    """A batch of random images, each cropped to crop x crop (0: the full image)."""
-    idx = torch.randint(0, images.shape[0], (batch,), generator=generator)
-    picked = images[idx]
-    size = images.shape[-1]
-    if crop <= 0 or crop >= size:
-        return to_pixels(picked)
-    offsets = crop_offsets(idx.tolist(), size, crop, generator, centres, face_share)
-    crops = [
-        img[:, y : y + crop, x : x + crop] for img, (y, x) in zip(picked, offsets, strict=True)
-    ]
-    return to_pixels(torch.stack(crops))
-
-
-def derived_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (seed, stage, step)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
-
-
-def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
-    """The generator of one training step: a resumed run redraws exactly what it would have."""
-    return torch.Generator().manual_seed(derived_seed(seed, stage, step))
-
-
-class StageCheckpoint:
-    """A stage's resumable state: `work/<name>.safetensors` (module weights and optimizer
-    moments) + `work/<name>.json` (step, schedule, optimizer settings, loss history).
-
-    No pickle, so a checkpoint can be shared or committed and read safely; the JSON is
-    written last, atomically, and names the step the tensors belong to.
-    """
-
-    def __init__(self, work: Path, name: str, modules: dict[str, torch.nn.Module]) -> None:
-        self.tensors = Path(work) / f"{name}.safetensors"
-        self.record = Path(work) / f"{name}.json"
-        self.modules = modules
-
-    def save(self, step: int, optimizer, schedule, history: list[dict[str, float]]) -> None:
-        self.record.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            f"module.{name}.{key}": value.contiguous()
-            for name, module in self.modules.items()
-            for key, value in module.state_dict().items()
-        }
-        opt = optimizer.state_dict()
-        for index, values in opt["state"].items():
-            for key, value in values.items():
-                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).contiguous()
-        record = {
-            "step": step,
-            "param_groups": opt["param_groups"],
-            "schedule": schedule.state_dict(),
-            "history": history,
-        }
-        tmp = self.tensors.with_suffix(".tmp")
-        save_file(tensors, tmp)
-        tmp.replace(self.tensors)
-        tmp = self.record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record) + "\n")
-        tmp.replace(self.record)
-
-    def load(self, optimizer, schedule) -> tuple[int, list[dict[str, float]]]:
-        """Restore into the modules and optimizer; returns (next step, history). 0 if none."""
-        if not self.record.is_file():
-            return 0, []
-        record = json.loads(self.record.read_text())
-        tensors = load_file(self.tensors)
-        for name, module in self.modules.items():
-            prefix = f"module.{name}."
-            module.load_state_dict(
-                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            )
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
-        schedule.load_state_dict(record["schedule"])
-        return int(record["step"]), list(record["history"])
-
-
-def run_stage(
-    name: str,
-    checkpoint: StageCheckpoint,
-    params: list[torch.nn.Parameter],
-    loss_of_step: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
-    steps: int,
-    lr: float,
-    weight_decay: float,
-    save_every: int,
-) -> list[dict[str, float]]:
-    """AdamW with warmup + cosine over `steps`, resumed from and saved to `checkpoint`."""
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, total=steps))
-    start, history = checkpoint.load(optimizer, schedule)
-    bar = tqdm(range(start, steps), desc=name, unit="step", initial=start, total=steps)
-    for step in bar:
-        loss, stats = loss_of_step(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        history.append({"loss": loss.item(), **stats})
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % save_every == 0 or step + 1 == steps:
-            checkpoint.save(step + 1, optimizer, schedule, history)
-    return history
 
 
 def load_stage1_vae(work: Path) -> AutoencoderKL:

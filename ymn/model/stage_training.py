@@ -1,0 +1,123 @@
+"""Resumable training stages for the tiny base: seeded per step, checkpointed without pickle.
+
+Every step draws its randomness from a generator seeded by (seed, stage, step), so a stage
+resumed from its checkpoint redraws exactly what an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+
+def warmup_cosine(step: int, total: int, warmup: int = 50, floor: float = 0.1) -> float:
+    """LR multiplier: linear warmup, then cosine decay to `floor`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def derived_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, stage, step)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
+    """The generator of one training step: a resumed run redraws exactly what it would have."""
+    return torch.Generator().manual_seed(derived_seed(seed, stage, step))
+
+
+class StageCheckpoint:
+    """A stage's resumable state: `work/<name>.safetensors` (module weights and optimizer
+    moments) + `work/<name>.json` (step, schedule, optimizer settings, loss history).
+
+    No pickle, so a checkpoint can be shared or committed and read safely; the JSON is
+    written last, atomically, and names the step the tensors belong to.
+    """
+
+    def __init__(self, work: Path, name: str, modules: dict[str, torch.nn.Module]) -> None:
+        self.tensors = Path(work) / f"{name}.safetensors"
+        self.record = Path(work) / f"{name}.json"
+        self.modules = modules
+
+    def save(self, step: int, optimizer, schedule, history: list[dict[str, float]]) -> None:
+        self.record.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            f"module.{name}.{key}": value.contiguous()
+            for name, module in self.modules.items()
+            for key, value in module.state_dict().items()
+        }
+        opt = optimizer.state_dict()
+        for index, values in opt["state"].items():
+            for key, value in values.items():
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).contiguous()
+        record = {
+            "step": step,
+            "param_groups": opt["param_groups"],
+            "schedule": schedule.state_dict(),
+            "history": history,
+        }
+        tmp = self.tensors.with_suffix(".tmp")
+        save_file(tensors, tmp)
+        tmp.replace(self.tensors)
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(self.record)
+
+    def load(self, optimizer, schedule) -> tuple[int, list[dict[str, float]]]:
+        """Restore into the modules and optimizer; returns (next step, history). 0 if none."""
+        if not self.record.is_file():
+            return 0, []
+        record = json.loads(self.record.read_text())
+        tensors = load_file(self.tensors)
+        for name, module in self.modules.items():
+            prefix = f"module.{name}."
+            module.load_state_dict(
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            )
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
+        schedule.load_state_dict(record["schedule"])
+        return int(record["step"]), list(record["history"])
+
+
+def run_stage(
+    name: str,
+    checkpoint: StageCheckpoint,
+    params: list[torch.nn.Parameter],
+    loss_of_step: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    save_every: int,
+) -> list[dict[str, float]]:
+    """AdamW with warmup + cosine over `steps`, resumed from and saved to `checkpoint`."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, total=steps))
+    start, history = checkpoint.load(optimizer, schedule)
+    bar = tqdm(range(start, steps), desc=name, unit="step", initial=start, total=steps)
+    for step in bar:
+        loss, stats = loss_of_step(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        history.append({"loss": loss.item(), **stats})
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            checkpoint.save(step + 1, optimizer, schedule, history)
+    return history
