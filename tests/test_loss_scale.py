@@ -9,8 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ymn.data.balance import category_loss_scale, loss_scale_meta, read_loss_scale_txt
-from ymn.model.loss_scale import check_loss_scale_tree, sample_loss_scales, weighted_mean
+from ymn.data.loss_scales import (
+    category_loss_scale,
+    check_loss_scale_tree,
+    loss_scale_meta,
+    read_loss_scale_txt,
+)
+from ymn.model.loss_scale import sample_loss_scales, weighted_mean
 from ymn.model.module import DiffusionModule
 from ymn.model.tokenizer import tokenize
 
@@ -117,3 +122,18 @@ def test_pack_carries_loss_scale_txt_into_the_shards(tmp_path):
     first = folders[0].relative_to(root).as_posix()
     assert scales[first] == 0.25
     assert all(value is None for category, value in scales.items() if category != first)
+
+
+def test_the_data_config_carries_the_loss_scale_tree_to_the_data_module():
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from ymn.paths import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["data.loss_scale={hands:2}", "paths.run_dir=unused"])
+        bad = compose("config", overrides=["++data.loss_scale.hands=-1", "paths.run_dir=unused"])
+    assert instantiate(cfg.data).loss_scale == {"hands": 2.0}
+    with pytest.raises((ValueError, InstantiationException), match="data.loss_scale.hands"):
+        instantiate(bad.data)

@@ -291,47 +291,6 @@ def weights_from_category_tree(
     return named_rows + [(pattern, weight) for _, pattern, weight in catch_all]
 
 
-# --- per-category loss weight (EveryDream2 loss_scale.txt) ------------------------------------
-
-LOSS_SCALE_FILE = "loss_scale.txt"
-
-
-def read_loss_scale_txt(folder: Path) -> float | None:
-    """The number in `folder/loss_scale.txt` (ED2: the folder's loss weight, not inherited by
-    sub-folders, like multiply.txt), or None when the folder has none."""
-    path = Path(folder) / LOSS_SCALE_FILE
-    if not path.is_file():
-        return None
-    text = path.read_text(encoding="utf-8").strip()
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(
-            f"{path}: cannot read {text!r} as a number; write one such as 0.5"
-        ) from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{path}: a loss scale must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def loss_scale_meta(folder: Path) -> dict[str, float]:
-    """`{"loss_scale": x}` for a sample's metadata when its folder has a loss_scale.txt, else
-    nothing (shards packed without one stay byte-identical)."""
-    value = read_loss_scale_txt(folder)
-    return {} if value is None else {"loss_scale": value}
-
-
-def category_loss_scale(category: str, tree: Mapping[str, float]) -> float | None:
-    """The loss scale the data config gives `category`: the entry of its deepest named folder
-    (`{"regularization": 0.5, "regularization/hands": 2}`: hands 2, the rest 0.5), or None."""
-    parts = category.strip("/").split("/")
-    for depth in range(len(parts), 0, -1):
-        value = tree.get("/".join(parts[:depth]))
-        if value is not None:
-            return float(value)
-    return None
-
-
 # --- CLI ---------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from ymn.config_values import plain
 from ymn.data.captions import CaptionConfig
 from ymn.data.decode import MANIFEST, is_url, resolve_shards
+from ymn.data.loss_scales import check_loss_scale_tree
 from ymn.data.pixels import PixelSource
 from ymn.data.sample_source import SampleSource, StreamConfig
 from ymn.data.slots import process_rank
@@ -62,6 +63,7 @@ class YmnDataModule(LightningDataModule):
         val_batch_size: int | None = None,
         manifest: str | None = None,
         prepare: Mapping[str, Any] | None = None,
+        loss_scale: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.shards, self.manifest_file = str(shards), manifest
@@ -79,6 +81,7 @@ class YmnDataModule(LightningDataModule):
         self.num_workers, self.val_batch_size = num_workers, val_batch_size or batch_size
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.prepare = plain(prepare)
+        self.loss_scale = check_loss_scale_tree(plain(loss_scale) or {})  # category -> weight
         self.tokenizer: Any = None
         self.manifest: dict[str, Any] | None = None
         self.preflight: Any = None  # the PreflightReport (pixel shards only)

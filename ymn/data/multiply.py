@@ -43,9 +43,10 @@ class CategoryPlan:
     extras: int
 
 
-def read_multiply_txt(folder: Path) -> float | None:
-    """The raw number in `folder/multiply.txt`, or None when the folder has none."""
-    path = Path(folder) / MULTIPLY_FILE
+def read_number_file(folder: Path, name: str, what: str, example: str) -> float | None:
+    """The finite number >= 0 in `folder/name` (multiply.txt, loss_scale.txt), or None when the
+    folder has none; ValueError naming the file for anything else."""
+    path = Path(folder) / name
     if not path.is_file():
         return None
     text = path.read_text(encoding="utf-8").strip()
@@ -53,11 +54,16 @@ def read_multiply_txt(folder: Path) -> float | None:
         value = float(text)
     except ValueError:
         raise ValueError(
-            f"{path}: cannot read {text!r} as a number; write one number such as 2 or 1.5"
+            f"{path}: cannot read {text!r} as a number; write one number such as {example}"
         ) from None
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{path}: multiply must be a finite number >= 0, got {text!r}")
+        raise ValueError(f"{path}: {what} must be a finite number >= 0, got {text!r}")
     return value
+
+
+def read_multiply_txt(folder: Path) -> float | None:
+    """The raw number in `folder/multiply.txt`, or None when the folder has none."""
+    return read_number_file(folder, MULTIPLY_FILE, "multiply", "2 or 1.5")
 
 
 def ed1_copies(raw: float) -> int:

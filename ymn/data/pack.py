@@ -27,7 +27,8 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from ymn.data.balance import compute_weights, loss_scale_meta, read_weights_csv
+from ymn.data.balance import compute_weights, read_weights_csv
+from ymn.data.loss_scales import loss_scale_meta
 from ymn.data.metadata import MetadataError, load_metadata
 from ymn.data.multiply import dropped_message, read_multiply_txt
 from ymn.data.shard_writer import (

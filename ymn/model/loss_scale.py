@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ymn.data.balance import category_loss_scale
+from ymn.data.loss_scales import category_loss_scale
 
 
 def sample_loss_scales(
@@ -33,16 +33,6 @@ def sample_loss_scales(
         value = category_loss_scale(str(meta.get("category") or ""), tree) if tree else None
         scales.append(float(meta.get("loss_scale", 1.0) if value is None else value))
     return None if all(scale == 1.0 for scale in scales) else scales
-
-
-def check_loss_scale_tree(tree: Mapping[str, Any] | None) -> dict[str, float]:
-    """`data.loss_scale` as {folder: weight >= 0}, failing with the key at fault."""
-    checked = {}
-    for key, value in (tree or {}).items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"data.loss_scale.{key}={value!r}: use a number >= 0")
-        checked[str(key).strip("/")] = float(value)
-    return checked
 
 
 def _config_tree(module: Any) -> Mapping[str, float] | None:
