@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from experiments.probes import controls, validation
-from experiments.probes.rates import clustered_rate, rate, wilson
 from experiments.probes.report import vae_section, write_markdown
 from experiments.probes.vae_ceiling import vae_round_trip_agreement
 from ymn.data.synthetic import render_layout
 from ymn.probes.detectors import SyntheticFaceDetector
+from ymn.probes.rates import clustered_rate, rate, wilson
 
 DETECTOR = SyntheticFaceDetector()
 

@@ -25,13 +25,13 @@ import torch
 from PIL import Image
 
 from experiments.bench.common import BENCH_DIR, setup_torch, write_result
-from experiments.probes.rates import rate
 from experiments.probes.vae_ceiling import FRESH_SEED, vae_round_trip_agreement
 from ymn.data.synthetic import CHARACTERS
 from ymn.model.components import Components, components_pipeline, load_components
 from ymn.model.tiny_base import synthetic_scene
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.identity import identify_character
+from ymn.probes.rates import rate
 
 SIZE = 128
 TARGETS = {"vae_count_kept": 0.98, "vae_identity_kept": 0.95, "one_person_described": 0.80}

@@ -18,7 +18,6 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image, ImageFilter
 
-from experiments.probes.rates import clustered_rate, rate
 from ymn.data.synthetic import CHARACTERS, render_layout, sample_scene_spec
 from ymn.data.synthetic_draw import draw_scene
 from ymn.paths import CONFIG_DIR
@@ -26,6 +25,7 @@ from ymn.probes.count import count_metrics
 from ymn.probes.facegrid import facegrid_metrics
 from ymn.probes.identity import identify_character, identity_metrics
 from ymn.probes.prompts import LAYOUTS, MANY, build_probe_prompts, layout_centres
+from ymn.probes.rates import clustered_rate, rate
 
 PROBE_FACE = 0.12  # build_probe_prompts' default face_size
 GRID = 5

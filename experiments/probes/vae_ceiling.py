@@ -15,12 +15,12 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from experiments.probes.rates import clustered_rate, rate
 from ymn.data.captions import grid_cell
 from ymn.model.tiny_base import synthetic_scene as fresh_scene
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.facegrid import facegrid_metrics
 from ymn.probes.identity import identify_character, match_faces
+from ymn.probes.rates import clustered_rate, rate
 
 FRESH_SEED = 12345  # never used to train the embedded base (seed 0)
 

@@ -1,10 +1,8 @@
 """What a study reads from a finished run: per-probe-image terms, the metrics built from them,
 and the learning curve.
 
-Every metric is a function of a list of probe records (one per probe image), so the same code
-gives a run's value, a seed-pooled arm value and a bootstrap resample. Scoring reuses the
-probes' own matchers (`facegrid_metrics`, `identity_metrics`), so a study reads what the
-training-time probe reads.
+Every metric is a function of the probe images' scores (`ymn.probes.scores`, one row per
+image), so the same code gives a run's value, a seed-pooled arm value and a bootstrap resample.
 """
 
 from __future__ import annotations
@@ -18,55 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from ymn.probes.facegrid import chebyshev, grid_cell, match_cells
-from ymn.probes.identity import identity_metrics
+from ymn.probes.scores import record_scores
 
 Terms = dict[str, float]
 Metric = Callable[["Columns"], float]
-GRID = 5
-
-
-def _cell_terms(record: Mapping[str, Any]) -> Terms:
-    targets = [tuple(c) for c in record.get("cells") or []]
-    found = [grid_cell(box, GRID) for box in record.get("detected_boxes") or []]
-    hits, distance, matched = 0.0, 0.0, 0.0
-    for target, match in match_cells(targets, found):
-        if match is not None:
-            matched += 1
-            distance += chebyshev(target, match)
-            hits += chebyshev(target, match) == 0
-    return {"cell_hits": hits, "cell_targets": float(len(targets)), "cheb_sum": distance,
-            "cheb_n": matched}  # fmt: skip
-
-
-def _identity_terms(record: Mapping[str, Any]) -> Terms:
-    names, boxes = record.get("characters") or [], record.get("detected_boxes") or []
-    identities = record.get("identities")
-    if not names or identities is None or len(record.get("cells") or []) != len(names):
-        return {"id_matched": 0.0, "id_correct": 0.0, "id_bleed": 0.0}
-    scores = identity_metrics(
-        [names],
-        [boxes],
-        target_cells_per_image=[record["cells"]],
-        identified_per_image=[identities],
-    )
-    matched = float(scores["n_matched"])
-    correct = 0.0 if not matched else scores["char_acc"] * matched
-    bleed = 0.0 if not matched else scores["bleed_rate"] * matched
-    return {"id_matched": matched, "id_correct": correct, "id_bleed": bleed}
-
-
-def _attention_terms(record: Mapping[str, Any]) -> Terms:
-    faces = (record.get("attention") or {}).get("faces") or []
-    return {"attn_mass": float(sum(f["mass"] for f in faces)), "attn_n": float(len(faces))}
 
 
 def record_terms(record: Mapping[str, Any]) -> Terms:
-    """The additive terms of one probe image; every metric is built from sums of these."""
-    asked, seen = int(record["count"]), int(record.get("detected_count", 0))
-    terms: Terms = {"asked": float(asked), "detected": float(seen), "exact": float(asked == seen)}
-    terms |= _cell_terms(record) | _identity_terms(record) | _attention_terms(record)
-    return terms
+    """The additive terms of one probe image (ymn.probes.scores); metrics are sums of these."""
+    return record_scores(record)
 
 
 Columns = dict[str, np.ndarray]

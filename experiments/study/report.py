@@ -19,10 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.study.readings import GRID, METRICS, RunReading, columns  # noqa: E402
+from experiments.study.readings import METRICS, RunReading, columns  # noqa: E402
 from experiments.study.spec import StudySpec  # noqa: E402
 from experiments.study.stats import paired_difference, t_interval  # noqa: E402
 from ymn.probes.facegrid import chebyshev, grid_cell, match_cells  # noqa: E402
+from ymn.probes.scores import GRID  # noqa: E402
 
 CAVEAT = (
     "Toy scale: a tiny SD-shaped model on synthetic scenes. A difference here says what this "
