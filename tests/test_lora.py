@@ -109,7 +109,9 @@ def test_diffusers_load_lora_weights_reproduces_the_trained_model(trained):
 
 def test_the_merged_export_is_the_trained_model(trained):
     module, out, written = trained
-    assert [p.name for p in written] == ["diffusers", "model.safetensors", LORA_FILE_NAME]
+    names = [p.name for p in written]
+    assert names[:3] == ["diffusers", "model.safetensors", LORA_FILE_NAME]
+    assert set(names[3:]) <= {"README.md", "text_encoding.json"}  # the model card, when written
     trained_text, trained_pred = _outputs(module.unet, module.text_encoder, module.tokenizer)
     for source in (out / "diffusers", out / "model.safetensors"):
         merged = load_components(pretrained=str(source))
@@ -133,7 +135,9 @@ def test_ymn_export_rebuilds_a_lora_run_from_its_checkpoint(trained, tmp_path):
     OmegaConf.save(OmegaConf.create({"model": model}), run_dir / "config_resolved.yaml")
     torch.save({"state_dict": module.state_dict()}, run_dir / "checkpoints" / "last.ckpt")
     written = run_export([str(run_dir)])
-    assert [p.name for p in written] == ["diffusers", "model.safetensors", LORA_FILE_NAME]
+    names = [p.name for p in written]
+    assert names[:3] == ["diffusers", "model.safetensors", LORA_FILE_NAME]
+    assert set(names[3:]) <= {"README.md", "text_encoding.json"}  # the model card, when written
     trained_text, trained_pred = _outputs(module.unet, module.text_encoder, module.tokenizer)
     merged = load_components(pretrained=str(written[0]))
     pipe = components_pipeline(build_tiny(0))
