@@ -67,6 +67,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     """Both pipelines at 0, 1 and 2 workers, interleaved repeats."""
     setup_torch()
     from ymn.data.decode import resolve_shards
+    from ymn.data.pixels import PixelSource
+    from ymn.data.sample_source import StreamConfig
     from ymn.data.stream import TrainStream, keep_batch
     from ymn.model.tokenizer import load_clip_tokenizer
 
@@ -80,8 +82,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             return rate(loader, len)
 
         def full(workers: int, **loader_kw: Any) -> float:
-            stream = TrainStream(shards, manifest, resolution=RES, batch_size=BATCH,
-                                 val_fraction=0.0, tokenizer=load_clip_tokenizer())  # fmt: skip
+            config = StreamConfig(resolution=RES, batch_size=BATCH, val_fraction=0.0)
+            stream = TrainStream(PixelSource(shards, manifest), config,
+                                 tokenizer=load_clip_tokenizer())  # fmt: skip
             loader = DataLoader(stream, batch_size=None, num_workers=workers, **loader_kw)
             return rate(loader, lambda b: len(b["captions"]))
 

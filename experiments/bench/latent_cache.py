@@ -38,7 +38,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     """Build the cache, then alternate pixel and cached steps."""
     setup_torch()
     from ymn.data.decode import resolve_shards
-    from ymn.data.latents import CachedLatentStream, cache_latents
+    from ymn.data.latent_source import LatentSource
+    from ymn.data.latents import cache_latents
+    from ymn.data.pixels import PixelSource
+    from ymn.data.sample_source import StreamConfig
     from ymn.data.stream import TrainStream
     from ymn.model.components import build_tiny
     from ymn.model.module import DiffusionModule
@@ -55,9 +58,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         with Timer() as build:
             cache_latents(str(folder), Path(tmp) / "cache", components.vae, resolution=RES,
                           flip=True, progress=False)  # fmt: skip
-        kw = dict(resolution=RES, batch_size=BATCH, val_fraction=0.0, tokenizer=tok)
-        pixel_stream = TrainStream(shards, manifest, crop="center", **kw)
-        cached_stream = CachedLatentStream(Path(tmp) / "cache", crop="center", **kw)
+        config = StreamConfig(resolution=RES, batch_size=BATCH, val_fraction=0.0, crop="center")
+        pixel_stream = TrainStream(PixelSource(shards, manifest), config, tokenizer=tok)
+        cached_stream = TrainStream(LatentSource(Path(tmp) / "cache"), config, tokenizer=tok)
         data = {"pixels": [], "cached": []}
         with Timer() as t_pixels:
             pixel_batches = list(pixel_stream)

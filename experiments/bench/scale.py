@@ -61,6 +61,8 @@ def time_planning(root: Path, repeats: int) -> dict[str, Any]:
 RSS_CHILD = """
 import json, resource, sys
 from ymn.data.decode import resolve_shards
+from ymn.data.pixels import PixelSource
+from ymn.data.sample_source import StreamConfig
 from ymn.data.stream import TrainStream
 shards, manifest = resolve_shards(sys.argv[1])
 n_images, per = int(sys.argv[2]), 50
@@ -68,8 +70,9 @@ real = sum(c["n_images"] for c in manifest["categories"].values())
 for i in range((n_images - real) // per):  # padding categories the shards never reach
     manifest["categories"][f"pad/{i:06d}"] = {"n_images": per, "multiply": 1.5, "prob": 0.0}
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-stream = TrainStream(shards, manifest, resolution=128, batch_size=8, multiply_mode="ed2",
-                     val_fraction=0.0)
+stream = TrainStream(PixelSource(shards, manifest),
+                     StreamConfig(resolution=128, batch_size=8, multiply_mode="ed2",
+                                  val_fraction=0.0))
 batches = sum(1 for _ in stream) + sum(1 for _ in stream)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"manifest_images": sum(c["n_images"] for c in manifest["categories"].values()),
