@@ -75,7 +75,7 @@ def summary(out: Path, names: list[str], failures: dict[str, str]) -> str:
             )
     lines += ["", f"JSON per benchmark beside this file ({', '.join(n + '.json' for n in names)})."]
     if info["gpu"] == NO_GPU:
-        lines.append("No GPU figures: this task had no device machine (CPU benchmarks only).")
+        lines.append("No CUDA device found: CPU figures only.")
     return "\n".join(lines) + "\n"
 
 
