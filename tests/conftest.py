@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -60,6 +64,56 @@ def small_train_command(
         f"hydra.run.dir={run_dir}",
         *extra,
     ]
+
+
+def smoke_command(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
+    """`ymn-train experiment=smoke` for 2 steps and one validation, its own samples and loggers."""
+    return [
+        sys.executable,
+        "-m",
+        "ymn.train",
+        "experiment=smoke",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        f"hydra.run.dir={run_dir}",
+        f"paths.data_dir={data_dir}",
+        *extra,
+    ]
+
+
+def run_training(
+    args: list[str], ok: bool = True, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run a command to its end (exit, kill, refusal), output captured; `ok`: assert exit 0."""
+    done = subprocess.run(
+        args,
+        cwd=ROOT,
+        env=env or subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if ok:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def start_training(args: list[str], log: Path) -> subprocess.Popen:
+    """Start a command in the background with its output in `log`: a file never fills up and
+    stalls the child the way an unread pipe does."""
+    with log.open("w") as handle:
+        return subprocess.Popen(
+            args, cwd=ROOT, env=subprocess_env(), stdout=handle, stderr=subprocess.STDOUT
+        )
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Block until `path` exists; fail if the process ends first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training exited early with {proc.returncode}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
 
 
 def make_batch(n: int = 2, size: int = 64, seed: int = 0) -> dict:

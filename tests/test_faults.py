@@ -8,28 +8,26 @@ import io
 import os
 import subprocess
 import tarfile
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from tests.conftest import small_train_command, subprocess_env
+from tests.conftest import (
+    run_training,
+    small_train_command,
+    start_training,
+    subprocess_env,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def run(args: list[str], ok: bool = True, **kw) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        args,
-        cwd=ROOT,
-        env=kw.pop("env", subprocess_env()),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if ok:
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done
+def train(
+    tmp: Path, model: Path, *extra: str, **run_kw: Any
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """A small training run in `tmp/run`; returns its folder and the finished process."""
+    run_dir = tmp / "run"
+    return run_dir, run_training(small_train_command(tmp, model, run_dir, *extra), **run_kw)
 
 
 def metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -53,17 +51,13 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_model):
-    run_dir = tmp_path / "run"
-    run(
-        small_train_command(
-            tmp_path,
-            tiny_model,
-            run_dir,
-            "trainer.max_steps=4",
-            "callbacks.checkpoint.every_n_train_steps=1",
-            "callbacks.checkpoint.keep_last=10",
-            "faults.inject_nan_at_step=2",
-        )
+    run_dir, _ = train(
+        tmp_path,
+        tiny_model,
+        "trainer.max_steps=4",
+        "callbacks.checkpoint.every_n_train_steps=1",
+        "callbacks.checkpoint.keep_last=10",
+        "faults.inject_nan_at_step=2",
     )
     ckpt = run_dir / "checkpoints"
     before, after, later = (weights(ckpt / f"step{s:07d}.ckpt") for s in (2, 3, 4))
@@ -75,16 +69,12 @@ def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_model):
 
 
 def test_nan_loss_stop_saves_and_names_step_and_keys(tmp_path, tiny_model):
-    run_dir = tmp_path / "run"
-    done = run(
-        small_train_command(
-            tmp_path,
-            tiny_model,
-            run_dir,
-            "trainer.max_steps=4",
-            "faults.nan=stop",
-            "faults.inject_nan_at_step=1",
-        ),
+    run_dir, done = train(
+        tmp_path,
+        tiny_model,
+        "trainer.max_steps=4",
+        "faults.nan=stop",
+        "faults.inject_nan_at_step=1",
         ok=False,
     )
     assert done.returncode != 0
@@ -128,8 +118,8 @@ def test_corrupt_inputs_and_vanishing_shard_are_skipped_and_counted(tmp_path, ti
     corrupt_shard(tars[0])
     data = tars[1].read_bytes()
     tars[1].write_bytes(data[: len(data) // 2 + 77])  # a truncated tar
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    proc = start_training(
         small_train_command(
             tmp_path,
             tiny_model,
@@ -142,18 +132,15 @@ def test_corrupt_inputs_and_vanishing_shard_are_skipped_and_counted(tmp_path, ti
             "callbacks.checkpoint.every_n_train_steps=2",
             "callbacks.checkpoint.keep_last=1",
         ),
-        cwd=ROOT,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        log,
     )
-    deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoints" / "step0000002.ckpt").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-4000:]
-        time.sleep(0.05)
-    tars[3].unlink()  # a shard disappears mid-run
-    output, _ = proc.communicate(timeout=300)
+    try:
+        wait_for(run_dir / "checkpoints" / "step0000002.ckpt", proc)
+        tars[3].unlink()  # a shard disappears mid-run
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    output = log.read_text()
     assert proc.returncode == 0, output[-4000:]
     for reason in ("bad_image", "bad_json", "truncated_shard", "missing_shard"):
         assert f"({reason})" in output, f"{reason} not reported"
@@ -188,16 +175,12 @@ class FailsOnWrite(Logger):
 
 def test_failing_loggers_never_stop_training(tmp_path, tiny_model):
     (tmp_path / "broken_loggers.py").write_text(BROKEN_LOGGERS)
-    run_dir = tmp_path / "run"
-    done = run(
-        small_train_command(
-            tmp_path,
-            tiny_model,
-            run_dir,
-            "trainer.max_steps=3",
-            "+logger.wandb._target_=broken_loggers.wandb_down",
-            "+logger.broken._target_=broken_loggers.FailsOnWrite",
-        ),
+    run_dir, done = train(
+        tmp_path,
+        tiny_model,
+        "trainer.max_steps=3",
+        "+logger.wandb._target_=broken_loggers.wandb_down",
+        "+logger.broken._target_=broken_loggers.FailsOnWrite",
         env=subprocess_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"),
     )
     log = done.stdout + done.stderr

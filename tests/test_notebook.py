@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import smoke_command
 from ymn.analysis import runs as analysis
 from ymn.analysis.wandb_files import load_offline_run, offline_run_dirs
 
@@ -37,18 +38,8 @@ def base_model(folder: Path) -> list[str]:
 
 
 def smoke(run_dir: Path, data_dir: Path, extra: list[str]) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "ymn.train",
-        "experiment=smoke",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        f"hydra.run.dir={run_dir}",
-        f"paths.data_dir={data_dir}",
-        *extra,
-    ]
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    command = smoke_command(run_dir, data_dir, *extra)
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
 

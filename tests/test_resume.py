@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import pytest
 import torch
 from lightning import Callback, LightningModule, Trainer
 
-from tests.conftest import small_train_command, subprocess_env
+from tests.conftest import run_training, small_train_command, start_training, wait_for
 
 # 60 synthetic images: enough batches for a kill at an arbitrary step.
 train_args = partial(small_train_command, synth_n=60)
@@ -26,8 +24,6 @@ train_args = partial(small_train_command, synth_n=60)
 SHORT_EPOCHS = ("data.prepare.tree=null", "data.prepare.pack.max_multiply=1")
 short_train_args = partial(small_train_command, synth_n=24)
 EPOCH_BATCHES = {0: 10, 1: 10, 2: 10, 4: 8}
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class KillAt(Callback):
@@ -52,14 +48,6 @@ def kill_at(step: int) -> tuple[str, str]:
     )
 
 
-def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        args, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done
-
-
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -81,14 +69,6 @@ def assert_same_tensors(a, b, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"training exited early: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("workers", [2])
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model, workers):
     """A SIGKILL wherever the run is after its second checkpoint; the resume crosses the end of
@@ -101,16 +81,12 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model, workers)
         "callbacks.checkpoint.keep_last=20",
         f"data.num_workers={workers}",
     )
-    run(short_train_args(tmp_path, tiny_model, tmp_path / "A", *common))
+    run_training(short_train_args(tmp_path, tiny_model, tmp_path / "A", *common))
     uninterrupted = load(tmp_path / "A" / "checkpoints" / f"step{steps:07d}.ckpt")
 
     run_b = tmp_path / "B"
-    proc = subprocess.Popen(
-        short_train_args(tmp_path, tiny_model, run_b, *common),
-        cwd=ROOT,
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    proc = start_training(
+        short_train_args(tmp_path, tiny_model, run_b, *common), tmp_path / "B.log"
     )
     try:
         wait_for(run_b / "checkpoints" / "step0000002.ckpt", proc)
@@ -121,7 +97,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model, workers)
     killed_at = os.path.realpath(run_b / "checkpoints" / "last.ckpt")
     assert not killed_at.endswith(f"step{steps:07d}.ckpt"), "killed too late to test resume"
 
-    resumed = run(short_train_args(tmp_path, tiny_model, run_b, *common, "ckpt_path=last"))
+    resumed = run_training(short_train_args(tmp_path, tiny_model, run_b, *common, "ckpt_path=last"))
     assert "Resuming from" in resumed.stdout + resumed.stderr
     final = load(run_b / "checkpoints" / f"step{steps:07d}.ckpt")
     assert final["global_step"] == uninterrupted["global_step"] == steps
@@ -157,28 +133,23 @@ def test_killed_twice_near_epoch_ends_resumes_bitwise_identical(
         "callbacks.checkpoint.keep_last=20",
     )
     args = partial(short_train_args, tmp_path, tiny_model)
-    run(args(tmp_path / "A", *common, f"data.num_workers={workers}"))
+    run_training(args(tmp_path / "A", *common, f"data.num_workers={workers}"))
     uninterrupted = load(tmp_path / "A" / "checkpoints" / f"step{steps:07d}.ckpt")
     assert uninterrupted["epoch"] == 1, "the reference run should end in its second epoch"
 
     run_b = partial(args, tmp_path / "B", *common)
     for i, kill in enumerate(EPOCH_BATCHES[workers] + k for k in kills):
         resume = ("ckpt_path=last",) if i else ()
-        killed = start(run_b(f"data.num_workers={workers}", *resume, *kill_at(kill)))
+        killed = run_training(
+            run_b(f"data.num_workers={workers}", *resume, *kill_at(kill)), ok=False
+        )
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
         assert load(tmp_path / "B" / "checkpoints" / "last.ckpt")["global_step"] == kill
-    refused = start(run_b("data.num_workers=2", "ckpt_path=last"))
+    refused = run_training(run_b("data.num_workers=2", "ckpt_path=last"), ok=False)
     assert f"saved with data.num_workers={workers}, this run has 2" in refused.stderr
-    run(run_b(f"data.num_workers={workers}", "ckpt_path=last"))
+    run_training(run_b(f"data.num_workers={workers}", "ckpt_path=last"))
     final = load(tmp_path / "B" / "checkpoints" / f"step{steps:07d}.ckpt")
     assert_same_training_state(uninterrupted, final)
-
-
-def start(args: list[str]) -> subprocess.CompletedProcess:
-    """Run to whatever end (a kill, a refusal), output captured."""
-    return subprocess.run(
-        args, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300
-    )
 
 
 def test_a_checkpoint_between_epochs_records_no_consumed_batches():
@@ -228,12 +199,7 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
     from ymn.reliability.checkpointing import remove_stale_temps
 
     path = tmp_path / "checkpoints" / "last.ckpt"
-    done = subprocess.run(
-        [sys.executable, "-c", DIE_DURING_SAVE, str(path)],
-        cwd=ROOT,
-        env=subprocess_env(),
-        timeout=120,
-    )
+    done = run_training([sys.executable, "-c", DIE_DURING_SAVE, str(path)], ok=False, timeout=120)
     assert done.returncode == -signal.SIGKILL
     state = load(path)
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(4))
@@ -243,7 +209,8 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model):
     run_b = tmp_path / "run"
-    proc = subprocess.Popen(
+    log = tmp_path / "run.log"
+    proc = start_training(
         train_args(
             tmp_path,
             tiny_model,
@@ -252,18 +219,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model):
             "trainer.val_check_interval=1000",
             "callbacks.checkpoint.every_n_train_steps=3",
         ),
-        cwd=ROOT,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        log,
     )
     try:
         wait_for(run_b / "checkpoints" / "step0000003.ckpt", proc)
         proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         proc.kill()
+    output = log.read_text()
     assert proc.returncode == 0, output[-3000:]
     state = load(run_b / "checkpoints" / "last.ckpt")
     assert 3 <= state["global_step"] < 500

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ymn.callbacks.samples import image_grid
 from ymn.model.components import build_tiny
 from ymn.model.export import export_both
-from ymn.sample import Job, build_jobs, make_grid, parse_size, paste_unmasked, read_prompt_file
+from ymn.sample import Job, build_jobs, parse_size, paste_unmasked, read_prompt_file
 from ymn.sample import run_sample as sample_main
 
 
@@ -82,7 +83,7 @@ def test_jobs_keep_explicit_values_and_seed_ranges():
 
 def test_grid_places_every_image():
     colours = ["red", "green", "blue"]
-    grid = make_grid([Image.new("RGB", (8, 16), c) for c in colours])
+    grid = image_grid([Image.new("RGB", (8, 16), c) for c in colours])
     assert grid.size == (16, 32)
     assert [grid.getpixel(xy) for xy in ((0, 0), (8, 0), (0, 16))] == [
         (255, 0, 0),

@@ -3,11 +3,12 @@
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import smoke_command
 
 
 def offline_command(command: list[str]) -> list[str]:
@@ -32,16 +33,7 @@ def smoke_run(tmp_path_factory) -> Path:
         "TRANSFORMERS_OFFLINE": "1",
         "WANDB_MODE": "offline",
     }
-    command = [
-        sys.executable,
-        "-m",
-        "ymn.train",
-        "experiment=smoke",
-        "trainer.max_steps=2",
-        "trainer.val_check_interval=2",
-        f"hydra.run.dir={run_dir}",
-        f"paths.data_dir={root / 'data'}",
-    ]
+    command = smoke_command(run_dir, root / "data")
     result = subprocess.run(offline_command(command), env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
     return run_dir

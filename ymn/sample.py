@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,7 +22,8 @@ from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, StableDiffu
 from PIL import Image
 from tqdm import tqdm
 
-from ymn.model.components import Components, components_pipeline
+from ymn.callbacks.samples import image_grid
+from ymn.model.components import Components, components_pipeline, vae_downsampling
 from ymn.model.export import load_any
 from ymn.model.prompt_settings import PromptSettings, read_prompt_settings
 from ymn.model.text_encoder_controls import TextEncoderControls, prompt_inputs
@@ -107,18 +107,6 @@ def build_jobs(specs: list[dict], base: Job, n: int) -> list[Job]:
 
 def image_name(index: int, job: Job) -> str:
     return f"{index:03d}_seed{job.seed}.png"
-
-
-def make_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:
-    """Images in a near-square grid; cells as large as the largest image, top-left aligned."""
-    cols = cols or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    cell_w = max(im.width for im in images)
-    cell_h = max(im.height for im in images)
-    grid = Image.new("RGB", (cols * cell_w, rows * cell_h), "black")
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % cols) * cell_w, (i // cols) * cell_h))
-    return grid
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +207,7 @@ def sample_images(
         )
     device, dtype = pick_device(device)
     components = load_any(model, allow_pickle=allow_pickle)
-    scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
+    scale = vae_downsampling(components.vae)
     native = components.unet.config.sample_size * scale
     jobs = [replace(j, width=j.width or native, height=j.height or native) for j in jobs]
     settings = settings or read_prompt_settings(Path(model))
@@ -237,7 +225,7 @@ def sample_images(
         paths.append(path)
         images.append(image)
         records.append({"file": path.name, **asdict(job), "steps": steps})
-    make_grid(images).save(out_dir / "grid.png")
+    image_grid(images).save(out_dir / "grid.png")
     meta = {"model": str(model), "inpaint": init is not None, "strength": strength}
     meta.update(asdict(settings))
     (out_dir / "samples.json").write_text(json.dumps({**meta, "images": records}, indent=2))

@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from ymn.data.captions import grid_cell
+from ymn.model.components import vae_downsampling
 from ymn.model.tiny_base import synthetic_scene as fresh_scene
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.facegrid import facegrid_metrics
@@ -112,6 +113,6 @@ def vae_round_trip_agreement(
         "vae": {
             "block_out_channels": list(vae.config.block_out_channels),
             "latent_channels": int(vae.config.latent_channels),
-            "downsampling": 2 ** (len(vae.config.block_out_channels) - 1),
+            "downsampling": vae_downsampling(vae),
         },
     }

@@ -20,7 +20,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -120,42 +120,57 @@ def _rename_prefix(key: str, pairs: list[tuple[str, str]], part: str) -> tuple[s
     raise ValueError(f"{part} key {key!r} does not fit the SD 1.x LDM layout; cannot export it.")
 
 
-def unet_to_ldm(state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
-    """A diffusers UNet state dict in LDM names (without the `model.diffusion_model.` prefix)."""
-    top = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
-    pairs = unet_block_prefixes(config)
+Inner = Callable[[str, str, torch.Tensor], tuple[str, torch.Tensor]]
+
+
+def _to_ldm(
+    state_dict: dict[str, torch.Tensor],
+    top: dict[str, str],
+    pairs: list[tuple[str, str]],
+    part: str,
+    inner: Inner,
+) -> dict[str, torch.Tensor]:
+    """Rename every key: top-level ones from `top`, block ones by prefix, then `inner` renames
+    inside the block (given the new key, the matched diffusers prefix and the tensor)."""
     out = {}
     for key, value in state_dict.items():
         if key in top:
             out[top[key]] = value
             continue
-        new, matched = _rename_prefix(key, pairs, "UNet")
-        if ".resnets." in matched:
-            for old, ldm in UNET_RESNET_RENAMES:
-                new = new.replace(f".{old}.", f".{ldm}.")
+        new, matched = _rename_prefix(key, pairs, part)
+        new, value = inner(new, matched, value)
         out[new] = value
     return out
+
+
+def _unet_inner(key: str, matched: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    if ".resnets." in matched:
+        for old, ldm in UNET_RESNET_RENAMES:
+            key = key.replace(f".{old}.", f".{ldm}.")
+    return key, value
+
+
+def _vae_inner(key: str, matched: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    if ".resnets." in matched:
+        key = key.replace(".conv_shortcut.", ".nin_shortcut.")
+    elif ".attentions." in matched:
+        for old, ldm in VAE_ATTENTION_RENAMES:
+            key = key.replace(f".{old}", f".{ldm}")
+        if value.ndim == 2:
+            value = value[:, :, None, None]
+    return key, value
+
+
+def unet_to_ldm(state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """A diffusers UNet state dict in LDM names (without the `model.diffusion_model.` prefix)."""
+    top = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]
+    return _to_ldm(state_dict, top, unet_block_prefixes(config), "UNet", _unet_inner)
 
 
 def vae_to_ldm(state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
     """A diffusers VAE state dict in LDM names; attention projections become 1x1 convolutions."""
     top = DIFFUSERS_TO_LDM_MAPPING["vae"]
-    pairs = vae_block_prefixes(config)
-    out = {}
-    for key, value in state_dict.items():
-        if key in top:
-            out[top[key]] = value
-            continue
-        new, matched = _rename_prefix(key, pairs, "VAE")
-        if ".resnets." in matched:
-            new = new.replace(".conv_shortcut.", ".nin_shortcut.")
-        elif ".attentions." in matched:
-            for old, ldm in VAE_ATTENTION_RENAMES:
-                new = new.replace(f".{old}", f".{ldm}")
-            if value.ndim == 2:
-                value = value[:, :, None, None]
-        out[new] = value
-    return out
+    return _to_ldm(state_dict, top, vae_block_prefixes(config), "VAE", _vae_inner)
 
 
 def text_encoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

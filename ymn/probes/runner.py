@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ymn.data.batch import Batch
 from ymn.data.captions import build_caption, grid_cell
+from ymn.model.components import vae_downsampling
 from ymn.model.tokenizer import tokenize
 from ymn.probes.attention import (
     capture_cross_attention,
@@ -45,7 +46,7 @@ def probe_paths(out_dir: str | Path, step: int) -> tuple[Path, Path]:
 
 
 def _latent_hw(module: Any, size: tuple[int, int] | None) -> tuple[int, int]:
-    factor = 2 ** (len(module.vae.config.block_out_channels) - 1)
+    factor = vae_downsampling(module.vae)
     width, height = size or (module.unet.config.sample_size * factor,) * 2
     return height // factor, width // factor
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ import torch
 from ymn.data.batch import Batch
 from ymn.data.captions import GRID_TOKENS, UNKNOWN_CHARACTERS, grid_cell
 from ymn.model.attention_hooks import Capture, attention_hooks, cross_attention_layers
+from ymn.model.components import vae_downsampling
 from ymn.probes.attention import layer_shape, token_indices
 
 log = logging.getLogger(__name__)
@@ -202,37 +203,33 @@ def default_layers(unet: Any, max_side: int = 32, levels: int = 2) -> list[str]:
 # ----------------------------------------------------------------------------- the loss
 
 
+@dataclass(eq=False)
 class AttnLocalizationLoss:
     """λ · mean leak of every (token, region) pair over the selected layers; see module doc."""
 
-    def __init__(
-        self,
-        weight: float = 0.01,
-        layers: Sequence[str] | None = None,
-        enlarge: float = 0.0,
-        mode: str = "mass_outside",
-        grid: str = "asp5",
-        characters: bool = True,
-        grid_tokens: bool = True,
-        max_side: int = 32,
-        levels: int = 2,
-    ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"loss.attn_localization.mode must be one of {MODES}, got {mode!r}")
-        if grid not in GRID_TOKENS:
+    weight: float = 0.01
+    layers: Sequence[str] | None = None
+    enlarge: float = 0.0
+    mode: str = "mass_outside"
+    grid: str = "asp5"
+    characters: bool = True
+    grid_tokens: bool = True
+    max_side: int = 32
+    levels: int = 2
+    store: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+    capture: Capture | None = field(default=None, init=False, repr=False)
+    module: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(
+                f"loss.attn_localization.mode must be one of {MODES}, got {self.mode!r}"
+            )
+        if self.grid not in GRID_TOKENS:
             raise ValueError(f"loss.attn_localization.grid must be one of {sorted(GRID_TOKENS)}")
-        self.weight = float(weight)
-        self.layers = list(layers) if layers else None
-        self.enlarge = float(enlarge)
-        self.mode = mode
-        self.grid = grid
-        self.characters = characters
-        self.grid_tokens = grid_tokens
-        self.max_side = max_side
-        self.levels = levels
-        self.store: dict[str, torch.Tensor] = {}  # processor key → probabilities [B, Q, T]
-        self.capture: Capture | None = None
-        self.module: Any = None
+        self.weight = float(self.weight)
+        self.layers = list(self.layers) if self.layers else None
+        self.enlarge = float(self.enlarge)
 
     def attach(self, module: Any) -> None:
         """Capture (with grad) the selected attn2 layers of module.unet."""
@@ -268,7 +265,7 @@ class AttnLocalizationLoss:
     def latent_hw(self, batch: Batch) -> tuple[int, int]:
         if "latents" in batch:
             return int(batch["latents"].shape[-2]), int(batch["latents"].shape[-1])
-        factor = 2 ** (len(self.module.vae.config.block_out_channels) - 1)
+        factor = vae_downsampling(self.module.vae)
         height, width = batch["pixel_values"].shape[-2:]
         return int(height) // factor, int(width) // factor
 
