@@ -38,8 +38,9 @@ def module(shards: Path, **kw) -> YmnDataModule:
 def test_loaders_give_bucketed_batches_with_token_ids(shards: Path) -> None:
     from ymn.model.tokenizer import load_clip_tokenizer
 
-    dm = module(shards, caption={"dropout": 0.0, "_target_": "ignored"})
-    dm.set_tokenizer(load_clip_tokenizer())
+    dm = module(
+        shards, caption={"dropout": 0.0, "_target_": "ignored"}, tokenizer=load_clip_tokenizer()
+    )
     dm.setup("fit")
     train = list(dm.train_dataloader())
     assert train

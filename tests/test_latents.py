@@ -155,8 +155,7 @@ def test_no_flip_cache_refuses_flips_and_ed1_crop_is_the_unjittered_edge(shards,
 
 def test_datamodule_and_cli(shards, cache, tiny, monkeypatch) -> None:
     dm = LatentDataModule(str(shards), resolution=RES, batch_size=2, latents=str(cache),
-                          val_fraction=0.3, flip_p=0.5)  # fmt: skip
-    dm.set_tokenizer(tiny.tokenizer)
+                          val_fraction=0.3, flip_p=0.5, tokenizer=tiny.tokenizer)  # fmt: skip
     dm.setup("fit")
     train = list(dm.train_dataloader())
     val = list(dm.val_dataloader())

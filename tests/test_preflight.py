@@ -66,8 +66,9 @@ def corrupt_first_image(path: Path) -> str:
 
 
 def setup_module_on(shards: Path, tokenizer) -> YmnDataModule:
-    dm = YmnDataModule(str(shards), resolution=64, batch_size=2, val_fraction=0.0, seed=0)
-    dm.set_tokenizer(tokenizer)
+    dm = YmnDataModule(
+        str(shards), resolution=64, batch_size=2, val_fraction=0.0, seed=0, tokenizer=tokenizer
+    )
     dm.setup("fit")
     return dm
 

@@ -22,7 +22,6 @@ from ymn.callbacks.carry_optimizer import CarryOptimizerState, previous_phase_ch
 from ymn.paths import CONFIG_DIR
 from ymn.reliability.checkpointing import AtomicCheckpointIO, ResumeState
 from ymn.reliability.config_schema import validate_config
-from ymn.reliability.faults import loss_guard_from_config
 from ymn.reliability.logging_guard import guard_logger
 from ymn.reliability.resume import resolve_ckpt_path
 from ymn.reliability.rng import RngState
@@ -77,11 +76,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     apply_init_from(cfg)
 
-    datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.model)
-    if hasattr(datamodule, "set_tokenizer"):
-        datamodule.set_tokenizer(module.tokenizer)
-    module.loss_guard = loss_guard_from_config(cfg.get("faults"))
+    # a partial, so the guard arrives as itself: Hydra would turn a dataclass kwarg into a config
+    module = instantiate(cfg.model, _partial_=True)(loss_guard=instantiate(cfg.faults))
+    datamodule = instantiate(cfg.data, tokenizer=module.tokenizer)
     callbacks = [*build_callbacks(cfg), RecordDataManifest(run_dir), RngState(), ResumeState()]
     if cfg.get("carry_optimizer") and cfg.get("init_from"):
         callbacks.append(CarryOptimizerState(previous_phase_checkpoint(cfg.init_from)))

@@ -64,7 +64,10 @@ class YmnDataModule(LightningDataModule):
         manifest: str | None = None,
         prepare: Mapping[str, Any] | None = None,
         loss_scale: Mapping[str, float] | None = None,
+        tokenizer: Any = None,
     ) -> None:
+        """`tokenizer`: the model's; batches then carry `input_ids` (B, 77) and setup checks
+        caption lengths (`ymn-train` passes it; None leaves both out)."""
         super().__init__()
         self.shards, self.manifest_file = str(shards), manifest
         self.config = StreamConfig(
@@ -82,7 +85,7 @@ class YmnDataModule(LightningDataModule):
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.prepare = plain(prepare)
         self.loss_scale = check_loss_scale_tree(plain(loss_scale) or {})  # category -> weight
-        self.tokenizer: Any = None
+        self.tokenizer = tokenizer
         self.manifest: dict[str, Any] | None = None
         self.preflight: Any = None  # the PreflightReport (pixel shards only)
         self.train_stream: TrainStream | None = None
@@ -104,13 +107,6 @@ class YmnDataModule(LightningDataModule):
         return (
             base / MANIFEST if not any(c in self.shards for c in "{*?[") else base.parent / MANIFEST
         )
-
-    def set_tokenizer(self, tokenizer: Any) -> None:
-        """Use the model's tokenizer: batches then carry `input_ids` (B, 77)."""
-        self.tokenizer = tokenizer
-        for dataset in (self.train_stream, self.val_set):
-            if dataset is not None:
-                dataset.tokenizer = tokenizer
 
     def prepare_data(self) -> None:
         """With `prepare`, build synthetic shards (ymn-synth + ymn-pack) if they are missing."""

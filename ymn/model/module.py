@@ -25,6 +25,7 @@ from ymn.model.loss_scale import weighted_mean
 from ymn.model.text_encoder_controls import TextEncoderControls, prompt_inputs
 from ymn.model.timesteps import TimestepBias
 from ymn.model.tokenizer import describe_tokens, set_max_token_length, tokenize
+from ymn.reliability.faults import LossGuard
 from ymn.reliability.rng import step_rng
 from ymn.remedies.face_weighted_loss import face_weight_maps
 
@@ -66,6 +67,7 @@ class DiffusionModule(LightningModule):
         face_loss_weight: float = 1.0,
         adapter: LoraAdapter | None = None,
         max_token_length: int = 77,
+        loss_guard: LossGuard | None = None,
     ) -> None:
         super().__init__()
         # `pretrained`/`allow_pickle` already shaped `components`; kept to record where it started.
@@ -102,10 +104,9 @@ class DiffusionModule(LightningModule):
             if train_text_encoder:
                 self.text_encoder.gradient_checkpointing_enable()
         self._batch_started_at: float | None = None
-        # Reliability (set by ymn.train): the seed of per-step training randomness, and the
-        # NaN/inf loss guard (ymn.reliability.faults.LossGuard).
+        # The seed of per-step training randomness (ymn.train seeds everything first).
         self.train_seed = int(torch.initial_seed())
-        self.loss_guard: Any = None
+        self.loss_guard = loss_guard  # NaN/inf losses: skipped or stopped (root `faults` node)
         self.aux_losses = dict(losses or {})
         for aux in self.aux_losses.values():
             aux.attach(self)

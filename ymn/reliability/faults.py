@@ -9,7 +9,7 @@ and stop with a message naming the step and the batch keys.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,28 +29,24 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class LossGuard:
-    """Checks each training loss. `inject_nan_at_steps` is a TEST HOOK: it replaces the loss of
-    those global steps by NaN so tests can exercise the fault path; leave it empty."""
+    """Checks each training loss; built from the root `faults` node. `nan`: what a NaN/inf
+    loss does, `skip` or `stop`."""
 
-    policy: str = "skip"
-    inject_nan_at_steps: tuple[int, ...] = ()
-    skipped: int = 0
-    skipped_steps: list[int] = field(default_factory=list)
+    nan: str = "skip"
+    skipped: int = field(default=0, init=False)
+    skipped_steps: list[int] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"faults.nan={self.policy!r}: use one of {', '.join(POLICIES)}")
-        self.inject_nan_at_steps = tuple(int(s) for s in self.inject_nan_at_steps or ())
+        if self.nan not in POLICIES:
+            raise ValueError(f"faults.nan={self.nan!r}: use one of {', '.join(POLICIES)}")
 
     def check(self, module: Any, loss: torch.Tensor, batch: Batch) -> Any:
         """`loss` when finite; else None (skip) or raise NonFiniteLossError (stop)."""
-        step = int(module.global_step)
-        if step in self.inject_nan_at_steps:  # TEST HOOK
-            loss = loss * float("nan")
         if bool(torch.isfinite(loss.detach()).all()):
             return loss
+        step = int(module.global_step)
         keys = batch_keys(batch)
-        if self.policy == "stop":
+        if self.nan == "stop":
             saved = save_fault_checkpoint(module, step)
             raise NonFiniteLossError(
                 f"training loss is {float(loss.detach())} at step {step} (batch keys: {keys}). "
@@ -90,17 +86,3 @@ def save_fault_checkpoint(module: Any, step: int) -> Path | None:
     path = folder / f"nonfinite-step{step:07d}.ckpt"
     trainer.save_checkpoint(path, weights_only=False)
     return path
-
-
-def loss_guard_from_config(cfg: Mapping[str, Any] | None) -> LossGuard:
-    """A LossGuard from the root `faults` config (`nan`, `inject_nan_at_step`)."""
-    cfg = dict(cfg or {})
-    inject = cfg.get("inject_nan_at_step")
-    steps: Iterable[int] = () if inject is None else (inject if _is_seq(inject) else [inject])
-    return LossGuard(policy=str(cfg.get("nan", "skip")), inject_nan_at_steps=tuple(steps))
-
-
-def _is_seq(value: Any) -> bool:
-    return isinstance(value, list | tuple) or (
-        hasattr(value, "__iter__") and not isinstance(value, str | bytes)
-    )
