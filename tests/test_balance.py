@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from ymn.data.balance import (
     FolderWeight,
     compute_weights,
-    count_images,
     format_multiply,
+    is_image,
     main,
     read_weights_csv,
     weights_from_category_tree,
@@ -85,7 +85,8 @@ def test_fixture_tree_matches_log(logged):
     assert len(rows) == 521
     assert sum(r["n_images"] for r in rows) == 35817
     for row in rows[:20]:
-        assert count_images(root / row["dir"]) == row["n_images"]
+        images = [f for f in (root / row["dir"]).iterdir() if f.is_file() and is_image(f)]
+        assert len(images) == row["n_images"]
 
 
 def test_compute_weights_reproduces_logged_probs_and_multiply(logged):
@@ -133,12 +134,23 @@ def test_cli_prints_summary(logged, capsys):
 # --- small units -------------------------------------------------------------------------------
 
 
-def test_count_images_by_extension_only_direct_children(tmp_path):
-    for name in ["a.PNG", "b.jpg", "c.JpEg", "d.webp", "e.txt", "f.json", "g.gif"]:
+def test_images_are_known_suffixes_in_any_case_and_never_hidden_files():
+    names = ["a.PNG", "b.jpg", "c.JpEg", "d.webp", "e.txt", "f.json", "g.gif", ".h.png", "._i.jpg"]
+    assert [n for n in names if is_image(n)] == ["a.PNG", "b.jpg", "c.JpEg", "d.webp"]
+
+
+def test_weights_and_packing_see_the_same_images(tmp_path):
+    """balance (weights) and pack (shards) count the same files: hidden ones in neither."""
+    from ymn.data.balance import compute_weights
+    from ymn.data.pack import image_folders
+
+    for name in ["x/a.png", "x/b.jpg", "x/.c.png", "x/d.txt", ".cache/e.png"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).touch()
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "h.png").touch()
-    assert count_images(tmp_path) == 4
+    packed = image_folders(tmp_path)
+    weighed = {rel: w.n_images for rel, w in compute_weights(tmp_path).items()}
+    assert packed == {"x": ["a.png", "b.jpg"]}
+    assert weighed == {"x": 2}
 
 
 def test_read_weights_csv_names_file_and_line(tmp_path):

@@ -7,7 +7,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from ymn.model.components import build_tiny
-from ymn.model.fast import FastPath, adamw_kernel, apply_fast_path, make_adamw
+from ymn.model.fast import FastPath, apply_fast_path
 
 
 class Holder(torch.nn.Module):
@@ -61,29 +61,6 @@ def test_compile_is_in_place_and_keeps_state_dict_keys(holder, monkeypatch) -> N
     keys = list(holder.state_dict())
     apply_fast_path(holder, compile_unet=True, compile_kwargs={"mode": "default"})
     assert calls == [{"mode": "default"}] and list(holder.state_dict()) == keys
-
-
-def test_adamw_kernel_choice() -> None:
-    cpu = [torch.nn.Parameter(torch.zeros(3))]
-    assert adamw_kernel(cpu) == {"fused": True}
-    assert adamw_kernel(cpu, "foreach") == {"foreach": True}
-    assert adamw_kernel(cpu, "loop") == {"foreach": False}
-    assert adamw_kernel([torch.zeros(2, dtype=torch.long)]) == {"foreach": True}
-
-
-def test_make_adamw_steps_like_the_plain_loop() -> None:
-    def run(kernel: str) -> torch.Tensor:
-        torch.manual_seed(0)
-        layer = torch.nn.Linear(4, 3)
-        opt = make_adamw(layer.parameters(), lr=1e-2, kernel=kernel)
-        for _ in range(3):
-            opt.zero_grad()
-            layer(torch.ones(2, 4)).pow(2).sum().backward()
-            opt.step()
-        return layer.weight.detach()
-
-    assert make_adamw([torch.nn.Parameter(torch.zeros(1))]).defaults["fused"] is True
-    torch.testing.assert_close(run("fused"), run("loop"), rtol=1e-5, atol=1e-6)
 
 
 def test_callback_applies_once(monkeypatch) -> None:

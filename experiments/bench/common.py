@@ -122,7 +122,8 @@ def write_result(name: str, payload: dict[str, Any], out_dir: Path = BENCH_DIR) 
 def synthetic_shards(root: Path, n: int, size: int, shard_size: int = 100) -> Path:
     """`generate_dataset` + `pack_folder` in `root`, every folder's multiply 1 (so one draw is
     one image and stream vs bare decode compare per image). Returns the shard folder."""
-    from ymn.data.pack import is_image, pack_folder
+    from ymn.data.balance import is_image
+    from ymn.data.pack import pack_folder
     from ymn.data.synthetic import generate_dataset
 
     images, shards = root / "images", root / "shards"

@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+# The files ymn reads as images (suffix, any case) and the shard member each is packed as.
+IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 MULTIPLY_FILE = "multiply.txt"
 Rounding = Literal["int", "2"]
 
@@ -55,14 +56,10 @@ class _Node:
     children: list[_Node] = field(default_factory=list)
 
 
-def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def count_images(folder: Path) -> int:
-    """Number of images directly in `folder` (by extension, any case; never decoded)."""
-    with os.scandir(folder) as entries:
-        return sum(1 for e in entries if e.is_file() and _is_image(e.name))
+def is_image(path: str | Path) -> bool:
+    """True for the files ymn weighs and packs as images: by suffix (never decoded), not hidden."""
+    name = Path(path).name
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
 
 
 def read_weights_csv(path: Path) -> list[tuple[str, float]]:
@@ -93,9 +90,9 @@ def _scan(folder: Path, rel: str) -> _Node | None:
     subdirs: list[str] = []
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.is_dir():
+            if entry.is_dir() and not entry.name.startswith("."):  # as ymn-pack skips them
                 subdirs.append(entry.name)
-            elif entry.is_file() and _is_image(entry.name):
+            elif entry.is_file() and is_image(entry.name):
                 node.n_images += 1
     for name in sorted(subdirs):
         child = _scan(folder / name, name if rel == "." else f"{rel}/{name}")

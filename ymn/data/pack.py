@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from ymn.data.balance import compute_weights, read_weights_csv
+from ymn.data.balance import IMAGE_SUFFIXES, compute_weights, is_image, read_weights_csv
 from ymn.data.loss_scales import loss_scale_meta
 from ymn.data.metadata import MetadataError, load_metadata
 from ymn.data.multiply import dropped_message, read_multiply_txt
@@ -41,7 +41,6 @@ from ymn.data.shard_writer import (
 )
 
 MANIFEST_VERSION = 1
-IMAGE_EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 MULTIPLY_SOURCES = ("auto", "txt", "weights", "none")
 
@@ -75,11 +74,6 @@ class PackedSample:
 # ---------------------------------------------------------------------------------------------
 # Walking the tree
 # ---------------------------------------------------------------------------------------------
-
-
-def is_image(path: Path) -> bool:
-    """True for files ymn packs as images (jpg/jpeg/png/webp, not hidden)."""
-    return path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
 
 
 def image_folders(root: Path) -> dict[str, list[str]]:
@@ -160,7 +154,7 @@ def _folder_multiply(folder: Path, weight: Any, multiply_from: str) -> float:
 def pack_sample(item: PackItem, root: Path, max_side: int | None) -> PackedSample:
     """Verify, optionally downscale and load the metadata of one image; never raises."""
     path = root / item.source
-    ext = IMAGE_EXTS[path.suffix.lower()]
+    ext = IMAGE_SUFFIXES[path.suffix.lower()]
     try:
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as im:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from ymn.data.caption_tokens import token_counts
 from ymn.data.captions import CaptionConfig, build_caption
-from ymn.data.decode import split_name, tar_samples
+from ymn.data.decode import IMAGE_KEYS, split_name, tar_samples
 from ymn.data.multiply import Mode, draws_for_sample, dropped_images, plan_epoch, warn_dropped
 from ymn.model.tokenizer import token_limit
 
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 CAPTION_SAMPLE_SIZE = 512  # about this many packed samples have their captions measured
 CAPTIONS_PER_SAMPLE = 4  # captions built per sampled sample (each weighted by its copies)
 HASH_AT_SETUP_BYTES = 256 << 20  # hash every shard at setup when all together are this small
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 class PlannedStream(Protocol):
@@ -308,7 +307,7 @@ def _iter_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 def _sample_faults(parts: Mapping[str, bytes], categories: Mapping[str, Any]) -> list[str]:
     faults = _json_faults(parts["json"], categories) if "json" in parts else ["no json member"]
-    data = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+    data = next((parts[e] for e in IMAGE_KEYS if e in parts), None)
     if data is None:
         return [*faults, "no image"]
     try:

@@ -1,5 +1,6 @@
-"""The fast training path: SDPA attention, channels_last, `torch.compile` of the UNet, and an
-AdamW that picks the fused or foreach kernel where the parameters' device supports it.
+"""The fast training path: SDPA attention, channels_last and `torch.compile` of the UNet.
+torch's AdamW already takes its foreach kernel on CUDA; `+model.optimizer.fused=true` asks for
+the fused one.
 
 `apply_fast_path` changes a `DiffusionModule` (or anything with `unet`/`vae`/`text_encoder`) in
 place and keeps every parameter name: compilation uses `nn.Module.compile`, so checkpoints and
@@ -13,9 +14,7 @@ and persistent workers the data config's `pin_memory` / `persistent_workers`.
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -62,42 +61,6 @@ def apply_fast_path(
     if compile_unet:
         module.unet.compile(**(compile_kwargs or {}))
     return module
-
-
-def adamw_kernel(params: Iterable[torch.Tensor], prefer: str = "auto") -> dict[str, bool]:
-    """The AdamW implementation flags for these parameters: `fused` when every parameter is a
-    floating tensor on a device with a fused kernel (CUDA, CPU in torch >= 2.4), else `foreach`
-    on CUDA, else the default loop. `prefer` = auto | fused | foreach | loop."""
-    params = list(params)
-    if prefer == "loop":
-        return {"foreach": False}
-    accepts_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters
-    devices = {p.device.type for p in params}
-    fusable = devices <= {"cuda", "cpu", "xpu", "mps"} and all(
-        p.is_floating_point() for p in params
-    )
-    if prefer in ("auto", "fused") and accepts_fused and fusable and params:
-        return {"fused": True}
-    if prefer == "fused":
-        log.warning("fused AdamW not available for devices %s; using foreach", sorted(devices))
-    return {"foreach": True}
-
-
-def make_adamw(
-    params: Iterable[Any],
-    lr: float = 1e-4,
-    weight_decay: float = 0.01,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    kernel: str = "auto",
-) -> torch.optim.AdamW:
-    """AdamW with the fastest kernel these parameters allow (Hydra: `_partial_: true`)."""
-    params = list(params)
-    flat = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
-    flags = adamw_kernel(flat, kernel)
-    return torch.optim.AdamW(
-        params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, **flags
-    )
 
 
 class FastPath(L.Callback):
