@@ -175,3 +175,16 @@ def test_load_prompt_file_text_and_json(tmp_path) -> None:
     bad.write_text(json.dumps([{"text": "x"}]))
     with pytest.raises(ValueError, match=r"bad.json\[0\]"):
         load_prompt_file(bad)
+
+
+def test_prompt_file_defaults_apply_to_every_sample(tmp_path) -> None:
+    """One reader for ymn-sample and the sample callback: ED2's file-level seed, cfgs and size
+    fill what a sample leaves unset, and a cfg list gives one entry per value."""
+    ed2 = tmp_path / "sample_prompts.json"
+    samples = ["a", {"prompt": "b", "seed": 1, "cfg": 2}]
+    ed2.write_text(json.dumps({"seed": 555, "cfgs": [4, 7], "size": "64x96", "samples": samples}))
+    got = [(e["prompt"], e["seed"], e["cfg"], e["size"]) for e in load_prompt_file(ed2)]
+    assert got == [("a", 555, 4.0, [64, 96]), ("a", 555, 7.0, [64, 96]), ("b", 1, 2.0, [64, 96])]
+    ed2.write_text(json.dumps({"samples": [{"prompt": "c", "size": [64, 90]}]}))
+    with pytest.raises(ValueError, match=r"sample_prompts.json\[0\]: size"):
+        load_prompt_file(ed2)

@@ -11,7 +11,8 @@ from PIL import Image
 from ymn.callbacks.samples import image_grid
 from ymn.model.components import build_tiny
 from ymn.model.export import export_both
-from ymn.sample import Job, build_jobs, parse_size, paste_unmasked, read_prompt_file
+from ymn.probes.prompts import load_prompt_file, parse_size
+from ymn.sample import Job, build_jobs, paste_unmasked
 from ymn.sample import run_sample as sample_main
 
 
@@ -44,10 +45,11 @@ def test_parse_size():
 def test_prompt_file_formats(tmp_path):
     text = tmp_path / "p.txt"
     text.write_text("1person, aoi\n\n# a comment\n2people, aoi, hinata\n")
-    assert [s["prompt"] for s in read_prompt_file(text)] == ["1person, aoi", "2people, aoi, hinata"]
+    assert [s["prompt"] for s in load_prompt_file(text)] == ["1person, aoi", "2people, aoi, hinata"]
     plain = tmp_path / "p.json"
     plain.write_text(json.dumps(["a", {"prompt": "b", "negative": "bad", "seed": 9, "cfg": 3}]))
-    assert read_prompt_file(plain)[1] == {"prompt": "b", "negative": "bad", "seed": 9, "cfg": 3}
+    b = {"prompt": "b", "negative": "bad", "seed": 9, "size": None, "cfg": 3.0}
+    assert load_prompt_file(plain)[1] == b
     ed2 = tmp_path / "ed2.json"
     ed2.write_text(
         json.dumps(
@@ -60,18 +62,18 @@ def test_prompt_file_formats(tmp_path):
             }
         )
     )
-    jobs = build_jobs(read_prompt_file(ed2), Job("", seed=0, cfg=5.0), n=2)
+    jobs = build_jobs(load_prompt_file(ed2), Job("", seed=0, cfg=5.0), n=2)
     assert [(j.seed, j.cfg) for j in jobs] == [(0, 4.0), (1, 4.0), (0, 7.0), (1, 7.0)]
     assert {(j.prompt, j.negative, j.width, j.height) for j in jobs} == {("c", "n", 64, 128)}
     missing = tmp_path / "bad.json"
     missing.write_text(json.dumps([{"seed": 1}]))
-    with pytest.raises(ValueError, match="entry 0 has no 'prompt'"):
-        read_prompt_file(missing)
+    with pytest.raises(ValueError, match=r"bad.json\[0\]: needs a 'prompt'"):
+        load_prompt_file(missing)
 
 
 def test_jobs_keep_explicit_values_and_seed_ranges():
     base = Job("", negative="lowres", seed=10, width=64, height=64, cfg=6.0)
-    jobs = build_jobs([{"prompt": "a"}, {"prompt": "b", "seed": 3, "size": "64x128"}], base, 2)
+    jobs = build_jobs([{"prompt": "a"}, {"prompt": "b", "seed": 3, "size": [64, 128]}], base, 2)
     assert [(j.prompt, j.seed, j.height) for j in jobs] == [
         ("a", 10, 64),
         ("a", 11, 64),

@@ -28,6 +28,7 @@ from ymn.model.export import load_any
 from ymn.model.prompt_settings import PromptSettings, read_prompt_settings
 from ymn.model.text_encoder_controls import TextEncoderControls, prompt_inputs
 from ymn.model.tokenizer import set_max_token_length
+from ymn.probes.prompts import load_prompt_file, parse_size
 
 
 @dataclass(frozen=True)
@@ -47,57 +48,15 @@ class Job:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_size(text: str | list | tuple) -> tuple[int, int]:
-    """'512x768' or [512, 768] → (width, height), both positive multiples of 8."""
-    if isinstance(text, str):
-        parts = text.lower().replace("*", "x").split("x")
-    else:
-        parts = list(text)
-    if len(parts) != 2:
-        raise ValueError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 512x768.")
-    width, height = (int(p) for p in parts)
-    if width <= 0 or height <= 0 or width % 8 or height % 8:
-        raise ValueError(f"size {text!r}: width and height must be positive multiples of 8.")
-    return width, height
-
-
-def read_prompt_file(path: Path) -> list[dict]:
-    """Prompt specs from a file: one prompt per line, or JSON (a list, or EveryDream2's object).
-
-    JSON items are strings or objects with prompt, negative (or negative_prompt), seed, size
-    ("WxH" or [w, h]), cfg (a number, or a list: one image per value). EveryDream2's
-    `{"samples": [...], "seed": ..., "cfgs": [...]}` gives defaults for its samples.
-    """
-    text = Path(path).read_text()
-    if Path(path).suffix != ".json":
-        lines = (line.strip() for line in text.splitlines())
-        return [{"prompt": line} for line in lines if line and not line.startswith("#")]
-    data = json.loads(text)
-    defaults: dict = {}
-    if isinstance(data, dict):
-        defaults = {k: v for k, v in data.items() if k in ("seed", "cfg", "cfgs", "size")}
-        data = data.get("samples", [])
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of prompts or an object with 'samples'.")
-    specs = []
-    for i, item in enumerate(data):
-        spec = {"prompt": item} if isinstance(item, str) else dict(item)
-        if not spec.get("prompt"):
-            raise ValueError(f"{path}: entry {i} has no 'prompt'.")
-        specs.append({**defaults, **spec})
-    return specs
-
-
 def jobs_from_spec(spec: dict, base: Job, n: int) -> list[Job]:
-    """The n jobs of one prompt spec: seeds seed..seed+n-1, one set per cfg value."""
-    seed = spec.get("seed", base.seed)
-    seed = base.seed if seed is None or int(seed) < 0 else int(seed)  # ED2: -1 = unset
-    width, height = parse_size(spec["size"]) if spec.get("size") else (base.width, base.height)
-    cfgs = spec.get("cfg", spec.get("cfgs", base.cfg))
-    cfgs = cfgs if isinstance(cfgs, list) else [cfgs]
-    negative = spec.get("negative", spec.get("negative_prompt", base.negative)) or ""
+    """The n jobs of one prompt entry (`load_prompt_file`'s, or {"prompt": ...} from the command
+    line): seeds seed..seed+n-1; what the entry leaves unset comes from `base`."""
+    seed = base.seed if spec.get("seed") is None else int(spec["seed"])
+    width, height = spec["size"] if spec.get("size") else (base.width, base.height)
+    cfg = base.cfg if spec.get("cfg") is None else float(spec["cfg"])
+    negative = spec.get("negative") or base.negative or ""
     job = replace(base, prompt=spec["prompt"], negative=negative, width=width, height=height)
-    return [replace(job, seed=seed + k, cfg=float(cfg)) for cfg in cfgs for k in range(n)]
+    return [replace(job, seed=seed + k, cfg=cfg) for k in range(n)]
 
 
 def build_jobs(specs: list[dict], base: Job, n: int) -> list[Job]:
@@ -280,7 +239,7 @@ def run_sample(argv: list[str] | None = None) -> list[Path]:
     try:
         init = load_init_pair(args.init_image, args.mask) if args.init_image else None
         specs = [{"prompt": p} for p in args.prompt]
-        specs += read_prompt_file(args.prompt_file) if args.prompt_file else []
+        specs += load_prompt_file(args.prompt_file) if args.prompt_file else []
         width, height = default_size(args, init)
         base = Job("", args.negative, args.seed, width, height, args.cfg)
         jobs = build_jobs(specs, base, args.n)

@@ -26,6 +26,8 @@ PROMPT_FILE_KEYS = {"prompt", "negative", "seed", "size", "cfg"}
 # the default probe set also measures identity (ymn.probes.identity) on the default data
 AUTO_CHARACTERS = tuple(list(CHARACTERS)[:5])
 ALIASES = {"negative_prompt": "negative", "scale": "cfg", "guidance_scale": "cfg"}
+# keys of an EveryDream2 sample_prompts.json object that hold defaults for all its samples
+FILE_DEFAULTS = {"seed": "seed", "size": "size", "cfgs": "cfg", "cfg": "cfg", "scale": "cfg"}
 
 
 def caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> CaptionConfig:
@@ -157,33 +159,52 @@ def build_probe_prompts(
     return records
 
 
-def _prompt_entry(item: Any, where: str) -> dict[str, Any]:
+def parse_size(text: str | Sequence[int]) -> tuple[int, int]:
+    """'512x768' or [512, 768] → (width, height), both positive multiples of 8."""
+    parts = text.lower().replace("*", "x").split("x") if isinstance(text, str) else list(text)
+    if len(parts) != 2:
+        raise ValueError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 512x768.")
+    width, height = (int(p) for p in parts)
+    if width <= 0 or height <= 0 or width % 8 or height % 8:
+        raise ValueError(f"size {text!r}: width and height must be positive multiples of 8.")
+    return width, height
+
+
+def _prompt_entries(item: Any, defaults: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    """One entry per cfg value of a prompt-file item (a string or an object over `defaults`)."""
     if isinstance(item, str):
-        return {"prompt": item, "negative": None, "seed": None, "size": None, "cfg": None}
+        item = {"prompt": item}
     if not isinstance(item, Mapping):
         raise ValueError(f"{where}: expected a prompt string or an object, got {item!r}")
-    entry = {ALIASES.get(k, k): v for k, v in item.items()}
-    unknown = sorted(set(entry) - PROMPT_FILE_KEYS)
-    if unknown or "prompt" not in entry:
+    own = {ALIASES.get(k, k): v for k, v in item.items()}
+    if set(own) - PROMPT_FILE_KEYS or "prompt" not in own:
         raise ValueError(
             f"{where}: needs a 'prompt' and only keys {sorted(PROMPT_FILE_KEYS)}; "
             f"got {sorted(item)}"
         )
-    seed = entry.get("seed")
-    size = entry.get("size")
-    return {
-        "prompt": str(entry["prompt"]),
-        "negative": entry.get("negative"),
-        "seed": None if seed is None or int(seed) < 0 else int(seed),  # ED2: -1 = random
-        "size": None if size is None else [int(size[0]), int(size[1])],
-        "cfg": None if entry.get("cfg") is None else float(entry["cfg"]),
-    }
+    entry = {**defaults, **own}
+    seed, size, cfg = entry.get("seed"), entry.get("size"), entry.get("cfg")
+    try:
+        fixed = {
+            "prompt": str(entry["prompt"]),
+            "negative": entry.get("negative"),
+            "seed": None if seed is None or int(seed) < 0 else int(seed),  # ED2: -1 = random
+            "size": None if size is None else list(parse_size(size)),
+        }
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    cfgs = cfg if isinstance(cfg, list | tuple) else [cfg]  # a list: one image per value
+    return [{**fixed, "cfg": None if c is None else float(c)} for c in cfgs]
 
 
 def load_prompt_file(path: str | Path) -> list[dict[str, Any]]:
     """Prompts from a text file (one per line; blank lines and `#` comments skipped) or a JSON
     file: a list of strings / {prompt, negative, seed, size, cfg} objects, or EveryDream2's
-    sample_prompts.json ({"samples": [{prompt, negative_prompt, seed, size}], ...}).
+    sample_prompts.json ({"samples": [{prompt, negative_prompt, seed, size}], "seed", "cfgs",
+    "size": defaults for every sample}).
+
+    Returns {prompt, negative, seed, size ([w, h]), cfg} entries, None where unset; a cfg list
+    gives one entry per value; seed -1 (ED2's random) reads as unset.
     """
     path = Path(path)
     if not path.is_file():
@@ -191,13 +212,24 @@ def load_prompt_file(path: str | Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() != ".json":
         lines = [line.strip() for line in text.splitlines()]
-        return [_prompt_entry(line, str(path)) for line in lines if line and line[0] != "#"]
+        return [
+            e
+            for line in lines
+            if line and line[0] != "#"
+            for e in _prompt_entries(line, {}, str(path))
+        ]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
+    defaults: dict[str, Any] = {}
     if isinstance(data, Mapping):
+        defaults = {FILE_DEFAULTS[k]: v for k, v in data.items() if k in FILE_DEFAULTS}
         data = data.get("samples")
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of prompts or an object with 'samples'")
-    return [_prompt_entry(item, f"{path}[{i}]") for i, item in enumerate(data)]
+    return [
+        entry
+        for i, item in enumerate(data)
+        for entry in _prompt_entries(item, defaults, f"{path}[{i}]")
+    ]
