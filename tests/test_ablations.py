@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.ablations import collect, run_ablation
 from ymn.paths import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "experiments" / "ablations"))
-
-import collect  # noqa: E402
-import run_ablation  # noqa: E402
 
 # experiment → (arm key, the arms its sweep must produce)
 EXPECTED = {
@@ -48,8 +44,13 @@ def sweep_jobs(experiment: str, extra: list[str] | None = None) -> list[list[str
             return_hydra_config=True,
         )
     args = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
-    parsed = OverridesParser.create().parse_overrides(args)
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    axes = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [f"{o.get_key_element()}={o.get_value_element_as_str()}"]
+        for o in OverridesParser.create().parse_overrides(args)
+    ]
+    return [list(job) for job in itertools.product(*axes)]  # the basic sweeper's order
 
 
 def compose_job(experiment: str, job: list[str]) -> DictConfig:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,7 +26,6 @@ from ymn.probes.identity import (
 from ymn.probes.prompts import AUTO_CHARACTERS, build_probe_prompts, layout_centres
 from ymn.probes.runner import ProbeConfig, run_probe_pass
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(CHARACTERS)
 DETECTOR = SyntheticFaceDetector()
 
@@ -233,8 +230,7 @@ def test_default_probe_config_measures_identity() -> None:
 
 
 def test_collector_rows_name_the_identity_metrics() -> None:
-    sys.path.insert(0, str(ROOT / "experiments" / "ablations"))
-    import collect
+    from experiments.ablations import collect
 
     run = collect.RunResult(
         "all", 1, "x", {"probe/identity/char_acc": 0.5, "probe/identity/char_acc/n3": 0.25}

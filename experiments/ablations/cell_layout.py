@@ -5,7 +5,7 @@ into `<kind>/cell_r<row>c<col>/`, the 5x5 cell of its largest face; images witho
 `<kind>/noface/`. `<kind>` is the top folder of the source (screenshots, fanart,
 regularization, hands). Hard links when possible, copies otherwise; idempotent.
 
-    python experiments/ablations/cell_layout.py SRC DST
+    python -m experiments.ablations.cell_layout SRC DST
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each run directory (a Hydra sweep job) holds `config_resolved.yaml` (its `ablati
 `seed`), `probes/step_XXXXXX.json` (flat `probe/...` metrics and per-image records) and
 `csv/metrics.csv` (`val/loss`, `perf/images_per_sec`). The last probe pass is the one reported.
 
-    python experiments/ablations/collect.py NAME SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
+    python -m experiments.ablations.collect NAME SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
 """
 
 from __future__ import annotations

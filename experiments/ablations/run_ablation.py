@@ -1,7 +1,7 @@
 """Run one failure ablation (DESIGN.md §5) at toy scale on CPU and tabulate it.
 
-    python experiments/ablations/run_ablation.py count --seeds 1 2 --steps 4
-    python experiments/ablations/run_ablation.py count --full-command   # the SD 1.5 GPU command
+    python -m experiments.ablations.run_ablation count --seeds 1 2 --steps 4
+    python -m experiments.ablations.run_ablation count --full-command   # the SD 1.5 GPU command
 
 Runs `ymn-train --multirun experiment=ablation_NAME seed=... trainer.max_steps=N ...` into
 `multirun/ablation_NAME/<time>/`, then writes experiments/ablations/NAME.{md,json} (mean ± 95 %
@@ -19,14 +19,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from experiments.ablations.collect import find_runs, read_run, write_tables
+from ymn.paths import CONFIG_DIR
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from collect import find_runs, read_run, write_tables  # noqa: E402
-
-from ymn.paths import CONFIG_DIR  # noqa: E402
 
 ABLATIONS = (
     "count",
@@ -76,9 +73,9 @@ def step_overrides(steps: int) -> list[str]:
 
 def prepare_cells() -> None:
     """Ablation 2b: generate the toy images if needed, then link them by face cell."""
-    from cell_layout import layout_by_cell
     from hydra import compose, initialize_config_dir
 
+    from experiments.ablations.cell_layout import layout_by_cell
     from ymn.data.synthetic import generate_dataset
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
