@@ -7,19 +7,17 @@ import pytest
 import torch
 
 from ymn.data.captions import CaptionConfig
+from ymn.data.tokenizer import token_indices, token_spans, tokenize
+from ymn.model.attention_hooks import layer_shape
 from ymn.model.components import build_tiny
-from ymn.model.tokenizer import tokenize
 from ymn.probes.attention import (
     capture_cross_attention,
     grid_token_maps,
     image_attention_record,
-    layer_shape,
     mass_in_cell,
     normalized_entropy,
     pool_to_grid,
     summarize_attention,
-    token_indices,
-    token_spans,
 )
 
 

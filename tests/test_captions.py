@@ -239,7 +239,7 @@ def test_cli_reports_malformed_json(tmp_path, capsys):
 
 def test_control_token_report_with_clip_tokenizer():
     tokenizer_module = pytest.importorskip(
-        "ymn.model.tokenizer", reason="ymn.model.tokenizer (load_clip_tokenizer) not written yet"
+        "ymn.data.tokenizer", reason="ymn.data.tokenizer (load_clip_tokenizer) not written yet"
     )
     report = control_token_report(tokenizer_module.load_clip_tokenizer())
     lines = report.splitlines()[1:]
@@ -274,7 +274,7 @@ def test_cli_counts_tokens_and_marks_the_cut(tmp_path, capsys):
 
 
 def test_cut_falls_after_the_last_word_clip_keeps():
-    tokenizer = pytest.importorskip("ymn.model.tokenizer").load_clip_tokenizer()
+    tokenizer = pytest.importorskip("ymn.data.tokenizer").load_clip_tokenizer()
     caption = ", ".join(f"tag{i} word" for i in range(40))
     cut = cut_position(tokenizer, caption)
     assert cut is not None and caption[cut:].startswith(" tag")

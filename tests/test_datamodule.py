@@ -36,7 +36,7 @@ def module(shards: Path, **kw) -> YmnDataModule:
 
 
 def test_loaders_give_bucketed_batches_with_token_ids(shards: Path) -> None:
-    from ymn.model.tokenizer import load_clip_tokenizer
+    from ymn.data.tokenizer import load_clip_tokenizer
 
     dm = module(
         shards, caption={"dropout": 0.0, "_target_": "ignored"}, tokenizer=load_clip_tokenizer()

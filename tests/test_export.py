@@ -13,6 +13,7 @@ from safetensors import safe_open
 from tokenizers import AddedToken
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPTokenizerFast
 
+from ymn.data.tokenizer import load_clip_tokenizer, save_tokenizer
 from ymn.model.components import TINY_BASE_DIR, Components, build_tiny, load_components
 from ymn.model.export import SINGLE_FILE_NAME, export_both, export_run, save_diffusers
 from ymn.model.export import run_export as export_main
@@ -23,7 +24,6 @@ from ymn.model.single_file import (
     export_single_file,
     load_single_file,
 )
-from ymn.model.tokenizer import load_clip_tokenizer, save_tokenizer
 
 PARTS = ("unet", "vae", "text_encoder")
 SD15_KEYS = (  # names as they appear in SD 1.5's original checkpoint

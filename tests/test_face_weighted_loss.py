@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ymn.data.buckets import CropPlan, transform_meta
+from ymn.model.face_weighted_loss import face_mask, face_weight_maps
 from ymn.model.module import DiffusionModule
-from ymn.remedies.face_weighted_loss import face_mask, face_weight_maps
 
 
 def test_mask_covers_the_latent_pixels_a_box_touches():

@@ -9,10 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import small_train_command, subprocess_env
-from ymn.model.module import DiffusionModule
-from ymn.model.prompt_settings import PromptSettings, read_prompt_settings, write_model_card
-from ymn.model.text_encoder_controls import TextEncoderControls
-from ymn.model.tokenizer import (
+from ymn.data.tokenizer import (
     WordTokenCache,
     _tokenize_call,
     chunk_ids,
@@ -21,6 +18,9 @@ from ymn.model.tokenizer import (
     token_limit,
     tokenize,
 )
+from ymn.model.module import DiffusionModule
+from ymn.model.prompt_settings import PromptSettings, read_prompt_settings, write_model_card
+from ymn.model.text_encoder_controls import TextEncoderControls
 from ymn.sample import run_sample
 
 NAMES = "SaitoMio KonoRina AobaKokona KuraueHinata YukimuraAoi"

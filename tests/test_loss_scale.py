@@ -15,9 +15,9 @@ from ymn.data.loss_scales import (
     loss_scale_meta,
     read_loss_scale_txt,
 )
+from ymn.data.tokenizer import tokenize
 from ymn.model.loss_scale import sample_loss_scales, weighted_mean
 from ymn.model.module import DiffusionModule
-from ymn.model.tokenizer import tokenize
 
 
 class Recorder:

@@ -46,7 +46,7 @@ def shards(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return pytest.importorskip("ymn.model.tokenizer").load_clip_tokenizer()
+    return pytest.importorskip("ymn.data.tokenizer").load_clip_tokenizer()
 
 
 def truncate_half(path: Path) -> None:

@@ -14,10 +14,10 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from ymn.data.captions import CaptionConfig, build_caption
+from ymn.data.tokenizer import token_indices
 from ymn.model.attention_hooks import CapturingAttnProcessor, attention_hooks
 from ymn.model.components import build_tiny, load_components
 from ymn.model.module import DiffusionModule
-from ymn.probes.attention import token_indices
 from ymn.probes.runner import ProbeConfig, initial_latents
 from ymn.remedies.attn_localization import (
     AttnLocalizationLoss,

@@ -70,7 +70,7 @@ def crafted(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return pytest.importorskip("ymn.model.tokenizer").load_clip_tokenizer()
+    return pytest.importorskip("ymn.data.tokenizer").load_clip_tokenizer()
 
 
 def report_of(folder: Path, settings: ReportSettings = SETTINGS, **kwargs):

@@ -40,7 +40,7 @@ from ymn.data.stream import (
     keep_batch,
     resume_position,
 )
-from ymn.model.tokenizer import (
+from ymn.data.tokenizer import (
     WordTokenCache,
     _word_cache,
     cacheable_caption,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ymn.data.tokenizer import tokenize
 from ymn.model.module import DiffusionModule
 from ymn.model.text_encoder_controls import TextEncoderControls
-from ymn.model.tokenizer import tokenize
 
 
 def _module(components, **controls) -> DiffusionModule:

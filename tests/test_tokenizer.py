@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import CLIPTokenizer
 
-from ymn.model.tokenizer import clip_bpe_path, load_clip_tokenizer, save_tokenizer
+from ymn.data.tokenizer import clip_bpe_path, load_clip_tokenizer, save_tokenizer
 
 CAPTIONS = [
     "3people, KuraueHinata AobaKokona, anishot yamaS2EP04, fhml fvmd fhmr fvmt, brown hair",

@@ -23,11 +23,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from ymn.callbacks.samples import image_grid
+from ymn.data.tokenizer import set_max_token_length
 from ymn.model.components import Components, components_pipeline, vae_downsampling
 from ymn.model.export import load_any
 from ymn.model.prompt_settings import PromptSettings, read_prompt_settings
 from ymn.model.text_encoder_controls import TextEncoderControls, prompt_inputs
-from ymn.model.tokenizer import set_max_token_length
 from ymn.probes.prompts import load_prompt_file, parse_size
 
 

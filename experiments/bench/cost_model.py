@@ -57,7 +57,7 @@ def tiny_measured(steps: int) -> dict[str, Any]:
     """FLOPs and measured seconds of one tiny training step (batch 4 at 128, as train_step)."""
     from experiments.bench.train_step import BATCH as TB
     from experiments.bench.train_step import RES, BareLoop, make_batch
-    from ymn.model.tokenizer import load_clip_tokenizer
+    from ymn.data.tokenizer import load_clip_tokenizer
 
     batch = make_batch(load_clip_tokenizer())
     loop = BareLoop(batch)

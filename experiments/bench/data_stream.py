@@ -70,7 +70,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     from ymn.data.pixels import PixelSource
     from ymn.data.sample_source import StreamConfig
     from ymn.data.stream import TrainStream, keep_batch
-    from ymn.model.tokenizer import load_clip_tokenizer
+    from ymn.data.tokenizer import load_clip_tokenizer
 
     n_images, repeats = (120, 2) if quick else (480, 5)
     with tempfile.TemporaryDirectory() as tmp:

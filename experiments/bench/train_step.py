@@ -20,7 +20,7 @@ BATCH, RES = 4, 128
 
 def make_batch(tokenizer: Any) -> dict[str, Any]:
     """A fixed batch shaped like the data module's (pixels, captions, token ids)."""
-    from ymn.model.tokenizer import tokenize
+    from ymn.data.tokenizer import tokenize
 
     gen = torch.Generator().manual_seed(0)
     captions = [f"{i + 1}people, fhml fvmd, mountain" for i in range(BATCH)]
@@ -106,7 +106,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     setup_torch()
     import logging
 
-    from ymn.model.tokenizer import load_clip_tokenizer
+    from ymn.data.tokenizer import load_clip_tokenizer
 
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

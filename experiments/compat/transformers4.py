@@ -23,8 +23,8 @@ import torch
 import transformers
 
 from experiments.bench.common import git_commit
+from ymn.data.tokenizer import load_clip_tokenizer, save_tokenizer
 from ymn.model.components import build_tiny
-from ymn.model.tokenizer import load_clip_tokenizer, save_tokenizer
 from ymn.remedies.control_tokens import CONTROL_TOKENS
 
 HERE = Path(__file__).resolve().parent

@@ -2,7 +2,7 @@
 
 `limit` is the number of token ids the model reads, BOS and EOS included: the tokenizer's
 `model_max_length` (77), or `max_token_length + 2` when the model encodes long captions in
-75-token chunks (`ymn.model.tokenizer.token_limit`).
+75-token chunks (`ymn.data.tokenizer.token_limit`).
 """
 
 from __future__ import annotations

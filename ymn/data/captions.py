@@ -290,7 +290,7 @@ def iter_metadata(path: Path) -> Iterator[tuple[str, dict]]:
 def _load_tokenizer(max_token_length: int = 77) -> tuple[Any, str | None]:
     """(CLIP tokenizer, None), or (None, why not) when it cannot be loaded here."""
     try:
-        from ymn.model.tokenizer import load_clip_tokenizer, set_max_token_length
+        from ymn.data.tokenizer import load_clip_tokenizer, set_max_token_length
 
         tokenizer = load_clip_tokenizer()
         set_max_token_length(tokenizer, max_token_length)
@@ -303,7 +303,7 @@ def _caption_line(name: str, caption: str, tokenizer: Any) -> str:
     """`name<TAB>caption` and, with a tokenizer, `<TAB>N tokens` (the cut marked when over)."""
     if tokenizer is None:
         return f"{name}\t{caption}"
-    from ymn.model.tokenizer import token_limit
+    from ymn.data.tokenizer import token_limit
 
     limit = token_limit(tokenizer)  # 77, or model.max_token_length + 2
     marked, n_tokens = mark_cut(tokenizer, caption, limit)

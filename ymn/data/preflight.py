@@ -30,7 +30,7 @@ from ymn.data.caption_tokens import token_counts
 from ymn.data.captions import CaptionConfig, build_caption
 from ymn.data.decode import IMAGE_KEYS, split_name, tar_samples
 from ymn.data.multiply import Mode, draws_for_sample, dropped_images, plan_epoch, warn_dropped
-from ymn.model.tokenizer import token_limit
+from ymn.data.tokenizer import token_limit
 
 log = logging.getLogger(__name__)
 

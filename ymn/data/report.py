@@ -184,7 +184,7 @@ def build_report(
 ) -> DatasetReport:
     """The report of `shards` (with their `manifest`) as a run with `settings` draws epoch 0.
     With a tokenizer, captions of every k-th sample (about `max_captions`) are built without
-    dropout and measured against `ymn.model.tokenizer.token_limit`. `check` compares the
+    dropout and measured against `ymn.data.tokenizer.token_limit`. `check` compares the
     shards with the manifest (size, samples; sha256 when small) first."""
     report = DatasetReport(list(shards), settings, n_manifest=int(manifest.get("total_images", 0)))
     categories = manifest_categories(manifest)
@@ -289,7 +289,7 @@ def _bucket_rows(images: Counter, draws: Counter, batch_size: int) -> list[Bucke
 
 
 def _measure_captions(report: DatasetReport, tokenizer: Any, captions: list[tuple[str, int]]):
-    from ymn.model.tokenizer import token_limit
+    from ymn.data.tokenizer import token_limit
 
     report.token_limit = token_limit(tokenizer)
     report.captions_measured = len(captions)
@@ -326,7 +326,7 @@ def _parser() -> argparse.ArgumentParser:
 def _tokenizer(max_token_length: int) -> Any:
     """SD's CLIP tokenizer at `max_token_length`, or None (said once) when it cannot load."""
     try:
-        from ymn.model.tokenizer import load_clip_tokenizer, set_max_token_length
+        from ymn.data.tokenizer import load_clip_tokenizer, set_max_token_length
 
         tokenizer = load_clip_tokenizer()
     except (ImportError, FileNotFoundError) as exc:

@@ -41,7 +41,7 @@ from ymn.data.slots import (
     shard_order,
     worker_slot,
 )
-from ymn.model.tokenizer import tokenize
+from ymn.data.tokenizer import tokenize
 from ymn.reliability.rng import derive_seed
 
 # ---------------------------------------------------------------------------------------------

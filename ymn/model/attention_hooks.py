@@ -19,6 +19,7 @@ a direct `set_attn_processor` on the model drops the captures until the next `re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -189,3 +190,13 @@ def attention_hooks(model: Any) -> AttentionHooks:
         hooks = AttentionHooks(model)
         model.__dict__["_attention_hooks"] = hooks
     return hooks
+
+
+def layer_shape(n_queries: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a layer with n_queries positions, for a latent of latent_hw (ceil halving)."""
+    height, width = latent_hw
+    for factor in (1, 2, 4, 8, 16, 32, 64):
+        h, w = math.ceil(height / factor), math.ceil(width / factor)
+        if h * w == n_queries:
+            return h, w
+    raise ValueError(f"{n_queries} attention queries do not fit a {height}x{width} latent")

@@ -20,7 +20,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ymn.model.tokenizer import MODEL_MAX_LENGTH, load_clip_tokenizer
+from ymn.data.tokenizer import MODEL_MAX_LENGTH, load_clip_tokenizer
 from ymn.paths import ASSETS_DIR
 from ymn.run_dir import diffusers_export
 

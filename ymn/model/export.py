@@ -20,12 +20,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from ymn.data.tokenizer import save_tokenizer
 from ymn.model.adapters import merged_components
 from ymn.model.components import Components, components_pipeline, load_components
 from ymn.model.lora_export import LORA_FILE_NAME, export_kohya_lora
 from ymn.model.prompt_settings import module_settings, write_model_card
 from ymn.model.single_file import export_single_file, strip_local_paths, text_encoder_state
-from ymn.model.tokenizer import save_tokenizer
 from ymn.run_dir import diffusers_export, latest_checkpoint
 
 log = logging.getLogger(__name__)

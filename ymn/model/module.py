@@ -18,16 +18,16 @@ from lightning import LightningModule
 from PIL import Image
 
 from ymn.data.batch import Batch
+from ymn.data.tokenizer import describe_tokens, set_max_token_length, tokenize
 from ymn.model.adapters import LoraAdapter
 from ymn.model.components import Components, components_pipeline, vae_downsampling
+from ymn.model.face_weighted_loss import face_weight_maps
 from ymn.model.grouped_loss import GroupedLoss
 from ymn.model.loss_scale import weighted_mean
 from ymn.model.text_encoder_controls import TextEncoderControls, prompt_inputs
 from ymn.model.timesteps import TimestepBias
-from ymn.model.tokenizer import describe_tokens, set_max_token_length, tokenize
 from ymn.reliability.faults import LossGuard
 from ymn.reliability.rng import step_rng
-from ymn.remedies.face_weighted_loss import face_weight_maps
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ class PromptSettings:
 
 def module_settings(module: Any) -> PromptSettings | None:
     """A DiffusionModule's settings (None for objects without a tokenizer and controls)."""
-    from ymn.model.tokenizer import LONG_CAPTION_ATTR
+    from ymn.data.tokenizer import LONG_CAPTION_ATTR
 
     tokenizer, controls = getattr(module, "tokenizer", None), getattr(module, "text_controls", None)
     if tokenizer is None or controls is None:

@@ -35,8 +35,8 @@ from diffusers.loaders.single_file_utils import (
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ymn.data.tokenizer import load_clip_tokenizer
 from ymn.model.components import PICKLE_SUFFIXES, Components, resolve_model_path
-from ymn.model.tokenizer import load_clip_tokenizer
 from ymn.paths import ASSETS_DIR
 
 log = logging.getLogger(__name__)

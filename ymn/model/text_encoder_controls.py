@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import CLIPTextModel
 
-from ymn.model.tokenizer import merge_chunks, token_limit, tokenize
+from ymn.data.tokenizer import merge_chunks, token_limit, tokenize
 
 
 def _transformer(text_encoder: CLIPTextModel) -> torch.nn.Module:

@@ -39,6 +39,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from ymn.data.synthetic import KIND_MIX, render_scene, sample_scene_spec
+from ymn.data.tokenizer import load_clip_tokenizer, tokenize
 from ymn.model.components import (
     TINY_BASE_DIR,
     TINY_RESOLUTION,
@@ -51,7 +52,6 @@ from ymn.model.components import (
 from ymn.model.export import save_diffusers
 from ymn.model.module import DiffusionModule
 from ymn.model.stage_training import StageCheckpoint, derived_seed, run_stage, step_generator
-from ymn.model.tokenizer import load_clip_tokenizer, tokenize
 from ymn.model.vae_training import face_centres, random_crops, to_pixels, vae_loss
 
 ENCODE_BATCH = 64

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ymn.data.captions import GRID_TOKENS, count_token
-from ymn.model.attention_hooks import attention_hooks, cross_attention_layers
+from ymn.data.tokenizer import token_indices
+from ymn.model.attention_hooks import attention_hooks, cross_attention_layers, layer_shape
 
 Cell = tuple[int, int]
 
@@ -73,16 +74,6 @@ def capture_cross_attention(
 # ----------------------------------------------------------------------------- pooling
 
 
-def layer_shape(n_queries: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) of a layer with n_queries positions, for a latent of latent_hw (ceil halving)."""
-    height, width = latent_hw
-    for factor in (1, 2, 4, 8, 16, 32, 64):
-        h, w = math.ceil(height / factor), math.ceil(width / factor)
-        if h * w == n_queries:
-            return h, w
-    raise ValueError(f"{n_queries} attention queries do not fit a {height}x{width} latent")
-
-
 def _cell_means(length: int, grid: int, device: torch.device) -> torch.Tensor:
     """[grid, length] averaging weights: each cell's overlap with each position, rows sum to 1.
 
@@ -117,21 +108,6 @@ def grid_token_maps(
 
 
 # ----------------------------------------------------------------------------- tokens
-
-
-def token_spans(tokenizer: Any, prompt: str, phrase: str) -> list[list[int]]:
-    """Positions (in the encoded prompt, BOS = 0) of each occurrence of phrase's BPE pieces."""
-    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
-    pieces = tokenizer(phrase, add_special_tokens=False).input_ids
-    if not pieces:
-        return []
-    n = len(pieces)
-    return [list(range(i, i + n)) for i in range(len(ids) - n + 1) if ids[i : i + n] == pieces]
-
-
-def token_indices(tokenizer: Any, prompt: str, phrase: str) -> list[int]:
-    """All BPE-piece positions of every occurrence of `phrase` in `prompt` (sorted, unique)."""
-    return sorted({i for span in token_spans(tokenizer, prompt, phrase) for i in span})
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from ymn.data.batch import Batch
 from ymn.data.captions import build_caption, grid_cell
+from ymn.data.tokenizer import tokenize
 from ymn.model.components import vae_downsampling
-from ymn.model.tokenizer import tokenize
 from ymn.probes.attention import (
     capture_cross_attention,
     grid_token_maps,

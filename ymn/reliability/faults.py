@@ -16,8 +16,6 @@ from typing import Any
 
 import torch
 
-from ymn.data.batch import Batch
-
 log = logging.getLogger(__name__)
 
 POLICIES = ("skip", "stop")
@@ -40,7 +38,7 @@ class LossGuard:
         if self.nan not in POLICIES:
             raise ValueError(f"faults.nan={self.nan!r}: use one of {', '.join(POLICIES)}")
 
-    def check(self, module: Any, loss: torch.Tensor, batch: Batch) -> Any:
+    def check(self, module: Any, loss: torch.Tensor, batch: Mapping[str, Any]) -> Any:
         """`loss` when finite; else None (skip) or raise NonFiniteLossError (stop)."""
         if bool(torch.isfinite(loss.detach()).all()):
             return loss
@@ -71,7 +69,7 @@ class LossGuard:
         self.skipped_steps = [int(s) for s in state.get("skipped_steps", [])]
 
 
-def batch_keys(batch: Batch, limit: int = 16) -> list[str]:
+def batch_keys(batch: Mapping[str, Any], limit: int = 16) -> list[str]:
     """The sample keys of a batch (at most `limit`), for messages."""
     keys = batch.get("keys") if isinstance(batch, Mapping) else None
     return [str(k) for k in list(keys or [])[:limit]]

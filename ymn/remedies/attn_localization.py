@@ -27,9 +27,14 @@ import torch
 
 from ymn.data.batch import Batch
 from ymn.data.captions import GRID_TOKENS, UNKNOWN_CHARACTERS, grid_cell
-from ymn.model.attention_hooks import Capture, attention_hooks, cross_attention_layers
+from ymn.data.tokenizer import token_indices
+from ymn.model.attention_hooks import (
+    Capture,
+    attention_hooks,
+    cross_attention_layers,
+    layer_shape,
+)
 from ymn.model.components import vae_downsampling
-from ymn.probes.attention import layer_shape, token_indices
 
 log = logging.getLogger(__name__)
 

@@ -286,3 +286,18 @@ def _added_tokens(tokenizer: CLIPTokenizer) -> dict[str, dict[str, Any]]:
         str(index): {name: getattr(token, name) for name in fields}
         for index, token in sorted(tokenizer.added_tokens_decoder.items())
     }
+
+
+def token_spans(tokenizer: Any, prompt: str, phrase: str) -> list[list[int]]:
+    """Positions (in the encoded prompt, BOS = 0) of each occurrence of phrase's BPE pieces."""
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    pieces = tokenizer(phrase, add_special_tokens=False).input_ids
+    if not pieces:
+        return []
+    n = len(pieces)
+    return [list(range(i, i + n)) for i in range(len(ids) - n + 1) if ids[i : i + n] == pieces]
+
+
+def token_indices(tokenizer: Any, prompt: str, phrase: str) -> list[int]:
+    """All BPE-piece positions of every occurrence of `phrase` in `prompt` (sorted, unique)."""
+    return sorted({i for span in token_spans(tokenizer, prompt, phrase) for i in span})
