@@ -164,3 +164,24 @@ def test_pipe_shards_set_up_and_train(shards: Path) -> None:
     assert dm.manifest_path is None
     dm.prepare_data()
     assert batches(dm) == batches(module(shards)) and dm.preflight is None
+
+
+def test_the_data_module_logs_skips_when_their_total_changes(shards: Path) -> None:
+    """Skip counters come off each batch (workers' only channel back); the data module itself
+    logs `data/skipped`, once per change, at the trainer's step."""
+    from types import SimpleNamespace
+
+    logged: list[tuple[dict, int]] = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((metrics, step)))
+    dm = module(shards)
+    dm.trainer = SimpleNamespace(loggers=[logger], global_step=7, current_epoch=0)
+    for slot, counts in [
+        (0, {"bad_image": 1}),
+        (1, {}),
+        (0, {"bad_image": 1}),
+        (1, {"bad_json": 2}),
+    ]:
+        batch = dm.on_before_batch_transfer({"skipped": counts, "slot": slot, "keys": []}, 0)
+        assert "skipped" not in batch and "slot" not in batch
+    assert logged == [({"data/skipped": 1.0}, 7), ({"data/skipped": 3.0}, 7)]
+    assert dm.skipped_total == {"bad_image": 1, "bad_json": 2}

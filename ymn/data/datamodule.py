@@ -93,6 +93,7 @@ class YmnDataModule(LightningDataModule):
         self._epoch, self._resume = 0, None
         # (epoch, slot) -> that worker's latest counts in that epoch (each epoch counts anew)
         self.skipped: dict[tuple[int, int], dict[str, int]] = {}
+        self._logged_skips = 0  # the `data/skipped` total last logged
 
     # -- set-up ------------------------------------------------------------------------------
     @property
@@ -188,11 +189,22 @@ class YmnDataModule(LightningDataModule):
 
     # -- monitoring and resume -------------------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Collect the per-worker skip counters that ride along with each training batch."""
+        """Take the skip counters off each training batch (a batch is the one channel back from
+        a worker process) and log `data/skipped` when the total changes."""
         if isinstance(batch, dict) and "skipped" in batch:
             slot = int(batch.pop("slot", 0))
             self.skipped[(self._epoch, slot)] = dict(batch.pop("skipped"))
+            self._log_skipped()
         return batch
+
+    def _log_skipped(self) -> None:
+        trainer = getattr(self, "trainer", None)
+        total = sum(self.skipped_total.values())
+        if trainer is None or total == self._logged_skips:
+            return
+        self._logged_skips = total
+        for logger in trainer.loggers:  # rank 0's loggers write; the others are no-ops
+            logger.log_metrics({"data/skipped": float(total)}, step=trainer.global_step)
 
     @property
     def skipped_total(self) -> dict[str, int]:

@@ -251,13 +251,6 @@ class DiffusionModule(LightningModule):
             seconds = time.perf_counter() - self._batch_started_at
             n = len(batch["captions"]) if "captions" in batch else batch["latents"].shape[0]
             self.log("perf/images_per_sec", n / max(seconds, 1e-9), batch_size=n)
-        self.log_skipped_inputs()
-
-    def log_skipped_inputs(self) -> None:
-        """`data/skipped`: inputs the data pipeline skipped so far (corrupt images, bad JSON...)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "skipped_total"):
-            self.log("data/skipped", float(sum(datamodule.skipped_total.values())))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """val/loss with noise and timesteps fixed per batch index: runs compare like for like."""
