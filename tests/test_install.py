@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -18,8 +19,12 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "ymn"
 # A relative path that climbs out of the repository (`../name` from the repo root), and the
 # absolute folders around this clone (its parent, the user's home): a user's clone has neither.
+# A clone in the temp folder or at the root does not make every /tmp/... or /... suspect.
 RELATIVE_ESCAPE = re.compile(r"(?<![\w.])(?:\.\./)+[\w-]+")
-AROUND_THE_CLONE = tuple(str(p) + "/" for p in (REPO.parent, Path.home()) if p != Path("/"))
+GENERIC_FOLDERS = {Path("/"), Path(tempfile.gettempdir()).resolve()}
+AROUND_THE_CLONE = tuple(
+    str(p) + "/" for p in (REPO.parent, Path.home()) if p.resolve() not in GENERIC_FOLDERS
+)
 
 
 def points_outside(line: str) -> bool:
@@ -107,7 +112,8 @@ def _text_files(*folders: Path) -> list[Path]:
 
 
 def test_the_outside_path_check_catches_what_it_should() -> None:
-    assert points_outside(f"FIXTURE = Path({str(REPO.parent / 'shared' / 'fixtures')!r})")
+    assert AROUND_THE_CLONE, "neither the clone's parent nor the home folder is checked"
+    assert points_outside(f"FIXTURE = Path({AROUND_THE_CLONE[0] + 'shared/fixtures'!r})")
     escape = "/".join(["..", "shared", "DESIGN.md"])  # built, so this file reads nothing outside
     assert points_outside(f'read("{escape}")')
     assert not points_outside("init_from=multirun/ablation_phase2/.../N")
