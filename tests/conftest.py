@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lightning import Callback, LightningModule, Trainer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,6 +38,28 @@ def tiny_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny"
     save_diffusers(build_tiny(0), path)
     return path
+
+
+class AtStep(Callback):
+    """Test-only: `act` on the batch that starts once `step` steps are done; `overrides` adds
+    the subclass to an `ymn-train` run by its import path."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self.step:
+            self.act(batch)
+
+    def act(self, batch: Any) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def overrides(cls, step: int) -> tuple[str, str]:
+        key = "callbacks." + re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()  # NanAt: nan_at
+        return (f"+{key}._target_={cls.__module__}.{cls.__qualname__}", f"+{key}.step={step}")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning import Callback, LightningModule, Trainer
 
 from tests.conftest import (
+    AtStep,
     run_training,
     small_train_command,
     start_training,
@@ -23,25 +23,14 @@ from tests.conftest import (
 )
 
 
-class NanAt(Callback):
-    """Test-only: fill one step's input with NaN, so that step's loss is NaN (a broken sample
-    or an overflow upstream of the loss)."""
+class NanAt(AtStep):
+    """Fill one step's input with NaN, so that step's loss is NaN (a broken sample or an
+    overflow upstream of the loss)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if trainer.global_step == self.step:
-            for key in ("pixel_values", "latents"):
-                if key in batch:
-                    batch[key].fill_(float("nan"))
-
-
-def nan_at(step: int) -> tuple[str, str]:
-    """Overrides that add `NanAt(step)` to a run."""
-    return ("+callbacks.nan_at._target_=tests.test_faults.NanAt", f"+callbacks.nan_at.step={step}")
+    def act(self, batch: Any) -> None:
+        for key in ("pixel_values", "latents"):
+            if key in batch:
+                batch[key].fill_(float("nan"))
 
 
 def train(
@@ -79,7 +68,7 @@ def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_model):
         "trainer.max_steps=4",
         "callbacks.checkpoint.every_n_train_steps=1",
         "callbacks.checkpoint.keep_last=10",
-        *nan_at(2),
+        *NanAt.overrides(2),
     )
     ckpt = run_dir / "checkpoints"
     before, after, later = (weights(ckpt / f"step{s:07d}.ckpt") for s in (2, 3, 4))
@@ -96,7 +85,7 @@ def test_nan_loss_stop_saves_and_names_step_and_keys(tmp_path, tiny_model):
         tiny_model,
         "trainer.max_steps=4",
         "faults.nan=stop",
-        *nan_at(1),
+        *NanAt.overrides(1),
         ok=False,
     )
     assert done.returncode != 0

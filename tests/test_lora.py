@@ -16,7 +16,7 @@ from safetensors import safe_open
 from tests.conftest import small_train_command, subprocess_env
 from tests.test_config import compose_config
 from ymn.data.tokenizer import tokenize
-from ymn.model.adapters import LoraAdapter, adapter_parameters, has_adapters
+from ymn.model.adapters import LoraAdapter, has_adapters
 from ymn.model.components import build_tiny, components_pipeline, load_components
 from ymn.model.export import export_run, run_export
 from ymn.model.lora_export import LORA_FILE_NAME
@@ -24,6 +24,11 @@ from ymn.model.module import DiffusionModule
 from ymn.reliability.config_schema import iter_problems
 
 LOCON = dict(rank=4, alpha=2.0, conv_rank=2, conv_alpha=1.0)
+
+
+def adapter_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The LoRA matrices of `model` by name (what the optimizer should see)."""
+    return [p for name, p in model.named_parameters() if ".lora_" in name]
 
 
 def _module(components, train_text_encoder: bool = True, **adapter) -> DiffusionModule:

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 import torch
-from lightning import Callback, LightningModule, Trainer
 
-from tests.conftest import run_training, small_train_command, start_training, wait_for
+from tests.conftest import AtStep, run_training, small_train_command, start_training, wait_for
 
 # 60 synthetic images: enough batches for a kill at an arbitrary step.
 train_args = partial(small_train_command, synth_n=60)
@@ -26,26 +25,12 @@ short_train_args = partial(small_train_command, synth_n=24)
 EPOCH_BATCHES = {0: 10, 1: 10, 2: 10, 4: 8}
 
 
-class KillAt(Callback):
-    """Test-only: SIGKILL this process when `step` steps are done (their checkpoint written),
-    as a preempted job dies: no exception handler, no final save."""
+class KillAt(AtStep):
+    """SIGKILL this process when `step` steps are done (their checkpoint written), as a
+    preempted job dies: no exception handler, no final save."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def kill_at(step: int) -> tuple[str, str]:
-    """Overrides that add `KillAt(step)` to a run."""
-    return (
-        "+callbacks.kill_at._target_=tests.test_resume.KillAt",
-        f"+callbacks.kill_at.step={step}",
-    )
+    def act(self, batch: Any) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load(path: Path) -> dict:
@@ -141,7 +126,7 @@ def test_killed_twice_near_epoch_ends_resumes_bitwise_identical(
     for i, kill in enumerate(EPOCH_BATCHES[workers] + k for k in kills):
         resume = ("ckpt_path=last",) if i else ()
         killed = run_training(
-            run_b(f"data.num_workers={workers}", *resume, *kill_at(kill)), ok=False
+            run_b(f"data.num_workers={workers}", *resume, *KillAt.overrides(kill)), ok=False
         )
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
         assert load(tmp_path / "B" / "checkpoints" / "last.ckpt")["global_step"] == kill

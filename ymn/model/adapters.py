@@ -139,11 +139,6 @@ def has_adapters(model: torch.nn.Module) -> bool:
     return next(adapter_layers(model), None) is not None
 
 
-def adapter_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The LoRA matrices of `model` (what the optimizer should see)."""
-    return [p for name, p in model.named_parameters() if ".lora_" in name]
-
-
 # ---------------------------------------------------------------------------------------------
 # Merging (the exported full model)
 # ---------------------------------------------------------------------------------------------
