@@ -59,7 +59,10 @@ class AtStep(Callback):
     @classmethod
     def overrides(cls, step: int) -> tuple[str, str]:
         key = "callbacks." + re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()  # NanAt: nan_at
-        return (f"+{key}._target_={cls.__module__}.{cls.__qualname__}", f"+{key}.step={step}")
+        # pytest imports a test file by its base name; the training subprocess, started at the
+        # repository root, imports it from the `tests` folder
+        target = f"tests.{cls.__module__.rsplit('.', 1)[-1]}.{cls.__qualname__}"
+        return (f"+{key}._target_={target}", f"+{key}.step={step}")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
