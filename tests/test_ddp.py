@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 from lightning import Callback, LightningModule, Trainer
 
-from tests.conftest import small_train_command, subprocess_env
-from tests.test_resume import SHORT_EPOCHS, assert_same_training_state, kill_at, load, run
+from tests.conftest import run_training, small_train_command
+from tests.test_resume import SHORT_EPOCHS, KillAt, assert_same_training_state, load
 from ymn.paths import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def test_uneven_shards_two_epochs_then_kill_and_exact_resume(tmp_path: Path, tin
     args = partial(small_train_command, tmp_path, tiny_model, synth_n=24)
     record = ("+callbacks.record_keys._target_=tests.test_ddp.RecordKeys",
               f"+callbacks.record_keys.out_dir={keys_dir}")  # fmt: skip
-    run(args(tmp_path / "A", *common, *record))
+    run_training(args(tmp_path / "A", *common, *record), timeout=600)
     assert len(list((tmp_path / "data" / "smoke" / "shards").glob("*.tar"))) == 3
     ranks = [json.loads((keys_dir / f"keys_rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["epochs"] for r in ranks] == [[0] * 5 + [1] * 5] * 2
@@ -138,12 +138,11 @@ def test_uneven_shards_two_epochs_then_kill_and_exact_resume(tmp_path: Path, tin
         assert keys[0] and keys[1] and not keys[0] & keys[1], "a sample was drawn by both ranks"
     uninterrupted = load(tmp_path / "A" / "checkpoints" / "step0000010.ckpt")
 
-    killed = subprocess.run(
-        args(tmp_path / "B", *common, *kill_at(4)), cwd=REPO, env=subprocess_env(),
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    killed = run_training(
+        args(tmp_path / "B", *common, *KillAt.overrides(4)), ok=False, timeout=600
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    run(args(tmp_path / "B", *common, "ckpt_path=last"), timeout=600)
+    run_training(args(tmp_path / "B", *common, "ckpt_path=last"), timeout=600)
     assert_same_training_state(
         uninterrupted, load(tmp_path / "B" / "checkpoints" / "step0000010.ckpt")
     )
