@@ -88,7 +88,7 @@ def small_train_command(
         "data.prepare.synth.size=64",
         f"data.prepare.synth.n={synth_n}",
         f"paths.data_dir={tmp / 'data'}",
-        f"model.pretrained={model}",
+        f"model.components.pretrained={model}",
         f"hydra.run.dir={run_dir}",
         *extra,
     ]

@@ -125,7 +125,12 @@ def test_arm_settings_reach_the_config() -> None:
 
 
 def test_full_scale_overlay_composes() -> None:
-    job = ["+sweep/scale=full", "model.pretrained=/m", "data.shards=/s", "caption=count_last"]
+    job = [
+        "+sweep/scale=full",
+        "model.components.pretrained=/m",
+        "data.shards=/s",
+        "caption=count_last",
+    ]
     cfg = compose_job("ablation_count", job)
     assert cfg.model.components.name == "sd15"
     assert cfg.data.resolution == 640 and cfg.data.shards == "/s"
@@ -207,5 +212,5 @@ def test_read_run_names_a_missing_config(tmp_path: Path) -> None:
 def test_full_command_names_the_real_model_and_data() -> None:
     for name in run_ablation.ABLATIONS:
         command = run_ablation.full_command(name)
-        assert "+sweep/scale=full" in command and "model.pretrained=" in command
+        assert "+sweep/scale=full" in command and "model.components.pretrained=" in command
         assert "--multirun" in command

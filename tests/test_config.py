@@ -34,9 +34,18 @@ def test_every_experiment_composes_and_resolves(experiment):
 
 def test_default_config_is_the_embedded_tiny_model():
     cfg = compose_config(["paths.run_dir=/tmp/ymn-compose"])
-    assert cfg.model.components.name == "tiny" and cfg.model.pretrained is None
+    assert cfg.model.components.name == "tiny" and cfg.model.components.pretrained is None
     assert cfg.model.train_text_encoder is True
     assert cfg.model.optimizer.weight_decay == 0.01
+
+
+def test_init_from_sets_the_weights_the_components_load(tmp_path):
+    from ymn.train import apply_init_from
+
+    cfg = compose_config(["paths.run_dir=/tmp/ymn-compose", f"init_from={tmp_path}"])
+    apply_init_from(cfg)
+    assert cfg.model.components.pretrained == str(tmp_path.resolve())
+    assert "pretrained" not in cfg.model  # one home: the node that loads the weights
 
 
 def test_unknown_override_key_fails_naming_it():

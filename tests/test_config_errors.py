@@ -111,7 +111,7 @@ def test_ymn_train_fails_before_any_work(tmp_path):
 def test_missing_model_path_says_what_to_do(tmp_path):
     from ymn.model.components import load_components
 
-    with pytest.raises(FileNotFoundError, match=r"model.pretrained=.*diffusers folder"):
+    with pytest.raises(FileNotFoundError, match=r"model.components.pretrained=.*diffusers folder"):
         load_components("tiny", pretrained=str(tmp_path / "nope"))
 
 

@@ -34,7 +34,7 @@ def base_model(folder: Path) -> list[str]:
     from ymn.model.export import save_diffusers
 
     save_diffusers(build_tiny(0), folder)
-    return [f"model.pretrained={folder}"]
+    return [f"model.components.pretrained={folder}"]
 
 
 def smoke(run_dir: Path, data_dir: Path, extra: list[str]) -> None:

@@ -86,7 +86,7 @@ def test_experiment_values_win_over_root_defaults(phase1):
 def test_toy_twins_fine_tune_the_general_base_on_unseen_scenes_with_the_card_captions():
     toy1 = printed_config("experiment=toy_phase1")
     toy2 = printed_config("experiment=toy_phase2", "init_from=runs/toy1")
-    assert toy1["model"]["pretrained"] is None  # the embedded general base
+    assert toy1["model"]["components"]["pretrained"] is None  # the embedded general base
     assert toy1["data"]["_target_"] == "ymn.data.latents.LatentDataModule"
     assert toy1["data"]["prepare"]["synth"]["seed"] != 0  # the base pretrained on seed 0
     assert toy1["caption"]["dropout"] == 0.15

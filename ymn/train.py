@@ -1,7 +1,8 @@
 """`ymn-train`: compose the Hydra config, then datamodule → module → callbacks → loggers → trainer.
 
 ymn-train                                   # the embedded default (tiny model, synthetic data)
-ymn-train experiment=phase1_640 model=sd15 model.pretrained=/models/sd15 data=yamanosusume
+ymn-train experiment=phase1_640 model=sd15 data=yamanosusume \
+    model.components.pretrained=/models/sd15
 ymn-train experiment=phase2_704 init_from=runs/phase1/...   # phase chaining
 """
 
@@ -40,8 +41,8 @@ def apply_init_from(cfg: DictConfig) -> None:
     """`init_from=RUN_DIR|MODEL`: start from earlier weights (fresh optimizer, step 0)."""
     if cfg.get("init_from"):
         with open_dict(cfg):
-            cfg.model.pretrained = str(Path(cfg.init_from).expanduser().resolve())
-        log.info("Starting from the weights of %s", cfg.model.pretrained)
+            cfg.model.components.pretrained = str(Path(cfg.init_from).expanduser().resolve())
+        log.info("Starting from the weights of %s", cfg.model.components.pretrained)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:

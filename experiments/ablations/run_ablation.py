@@ -37,11 +37,11 @@ ABLATIONS = (
 )
 FULL = (
     "ymn-train --multirun experiment=ablation_{name} +sweep/scale=full "
-    "model.pretrained=/models/sd15 data.shards=/data/ymn/shards"
+    "model.components.pretrained=/models/sd15 data.shards=/data/ymn/shards"
 )
 FULL_SPECIAL = {
     "hands": "ymn-train --multirun experiment=ablation_hands_real +sweep/scale=full "
-    "model.pretrained=/models/sd15 data.prepare.root=/data/asp/processed "
+    "model.components.pretrained=/models/sd15 data.prepare.root=/data/asp/processed "
     "'data.shards=/data/ymn/hands_${ablation.arm}/shards'",
     "cost": FULL.format(name="cost") + " trainer.max_steps=200 probes=off",
 }

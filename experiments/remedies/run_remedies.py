@@ -61,8 +61,8 @@ METRICS = {
 }
 CSV_METRICS = ("val/loss", "train/attn_localization")
 FULL_SCALE = (
-    "ymn-train --multirun experiment=phase1_640 model=sd15 model.pretrained=/models/sd15 "
-    "data=yamanosusume seed=1,2,3 {arm}"
+    "ymn-train --multirun experiment=phase1_640 model=sd15 "
+    "model.components.pretrained=/models/sd15 data=yamanosusume seed=1,2,3 {arm}"
 )
 
 

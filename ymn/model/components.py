@@ -186,14 +186,15 @@ def resolve_model_path(path: str | Path, allow_pickle: bool = False) -> Path:
     resolved = Path(path).expanduser()
     if not resolved.exists():
         raise FileNotFoundError(
-            f"model.pretrained={path}: no such file or folder. Point it at a local SD 1.x "
-            "diffusers folder (with model_index.json) or a single .safetensors checkpoint."
+            f"model.components.pretrained={path}: no such file or folder. Point it at a local "
+            "SD 1.x diffusers folder (with model_index.json) or a single .safetensors checkpoint."
         )
     if resolved.suffix in PICKLE_SUFFIXES and not allow_pickle:
         raise ValueError(
-            f"model.pretrained={path} is a pickle checkpoint, which can run arbitrary code when "
-            "loaded. Convert it to .safetensors, or set model.allow_pickle=true if you trust it "
-            "(it is then loaded with torch.load(weights_only=True))."
+            f"model.components.pretrained={path} is a pickle checkpoint, which can run arbitrary "
+            "code when loaded. Convert it to .safetensors, or set "
+            "model.components.allow_pickle=true if you trust it (it is then loaded with "
+            "torch.load(weights_only=True))."
         )
     if resolved.is_dir() and not (resolved / "model_index.json").is_file():
         exported = diffusers_export(resolved)  # a ymn run directory
@@ -224,7 +225,9 @@ def load_components(
             )
         components = load_diffusers_folder(TINY_BASE_DIR)
     elif pretrained is None:
-        raise ValueError(f"model={name} needs model.pretrained=PATH (a local SD 1.x checkpoint).")
+        raise ValueError(
+            f"model={name} needs model.components.pretrained=PATH (a local SD 1.x checkpoint)."
+        )
     else:
         path = resolve_model_path(pretrained, allow_pickle)
         if path.is_dir():

@@ -59,8 +59,6 @@ class DiffusionModule(LightningModule):
         noise_offset: float = 0.0,
         ema_decay: float | None = None,
         val_seed: int = 1234,
-        pretrained: str | None = None,
-        allow_pickle: bool = False,
         losses: Mapping[str, AuxiliaryLoss] | None = None,
         timesteps: TimestepBias | Mapping[str, Any] | None = None,
         text_encoder_controls: TextEncoderControls | Mapping[str, Any] | None = None,
@@ -70,8 +68,6 @@ class DiffusionModule(LightningModule):
         loss_guard: LossGuard | None = None,
     ) -> None:
         super().__init__()
-        # `pretrained`/`allow_pickle` already shaped `components`; kept to record where it started.
-        self.pretrained = pretrained
         self.vae = components.vae.requires_grad_(False).eval()
         self.text_encoder = components.text_encoder.requires_grad_(train_text_encoder)
         self.text_controls = (
