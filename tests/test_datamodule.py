@@ -147,6 +147,31 @@ def test_synthetic_config_prepares_and_packs(tmp_path: Path) -> None:
     assert batch["pixel_values"].shape[0] == cfg.data.batch_size
 
 
+def test_face_cell_layout_shares_each_folder_equally_among_its_cells(tmp_path: Path) -> None:
+    cfg = _compose(
+        [
+            "data=synthetic",
+            f"paths.data_dir={tmp_path}",
+            "paths.run_dir=/tmp/ymn-compose",
+            "data.prepare.synth.n=40",
+            "data.prepare.synth.size=64",
+            "data.prepare.layout=face_cell",
+        ]
+    )
+    instantiate(cfg.data).prepare_data()
+    assert (tmp_path / "synthetic" / "images_by_face_cell" / "cell_layout.json").is_file()
+    manifest = json.loads((tmp_path / "synthetic" / "shards" / "manifest.json").read_text())
+    assert manifest["total_images"] + len(manifest["skipped"]) == 40
+    by_folder: dict[str, list[float]] = {}
+    for category, entry in manifest["categories"].items():
+        folder, cell = category.rsplit("/", 1)
+        assert cell == "noface" or cell.startswith("cell_r")
+        by_folder.setdefault(folder, []).append(entry["prob"])
+    assert any(len(probs) > 1 for probs in by_folder.values())
+    for probs in by_folder.values():
+        assert probs == pytest.approx([probs[0]] * len(probs))
+
+
 @pytest.mark.parametrize("name", ["yamanosusume", "folder"])
 def test_user_data_configs_compose(name: str) -> None:
     cfg = _compose([f"data={name}", "data.shards=/somewhere/shards", "paths.run_dir=/tmp/x"])

@@ -5,8 +5,9 @@
 
 Runs `ymn-train --multirun experiment=ablation_NAME seed=... trainer.max_steps=N ...` into
 `multirun/ablation_NAME/<time>/`, then writes experiments/ablations/NAME.{md,json} (mean ± 95 %
-t-interval over seeds per arm). `phase2` chains two runs per seed; `grid_balance` first lays the
-images out by face cell; `cost` runs at toy sizes 128/160/176 (the ratio of 512/640/704).
+t-interval over seeds per arm). `phase2` chains two runs per seed (`grid_balance` lays the
+images out by face cell in its data preparation); `cost` runs at toy sizes 128/160/176 (the
+ratio of 512/640/704).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.ablations.collect import find_runs, read_run, write_tables
-from ymn.paths import CONFIG_DIR
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -71,23 +71,6 @@ def step_overrides(steps: int) -> list[str]:
     return [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"]
 
 
-def prepare_cells() -> None:
-    """Ablation 2b: generate the toy images if needed, then link them by face cell."""
-    from hydra import compose, initialize_config_dir
-
-    from experiments.ablations.cell_layout import layout_by_cell
-    from ymn.data.synthetic import generate_dataset
-
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        base = compose("config", overrides=["experiment=ablation_base"])
-        cells = compose("config", overrides=["experiment=ablation_grid_balance"])
-    src = Path(base.data.prepare.root)
-    if not (src / "synth_info.json").is_file():
-        generate_dataset(src, **dict(base.data.prepare.synth))
-    counts = layout_by_cell(src, Path(cells.data.prepare.root))
-    print(f"cell layout: {sum(counts.values())} images in {len(counts)} folders")
-
-
 def run_phase2(seeds: Sequence[int], steps: int, sweep: Path, extra: Sequence[str]) -> list[Path]:
     """Per seed: phase1_only (2N steps) and phase1_stage (N) → phase2_stage (N, init_from)."""
     seed_list = ",".join(map(str, seeds))
@@ -131,8 +114,6 @@ def run(name: str, seeds: Sequence[int], steps: int, extra: Sequence[str]) -> li
     sweep = REPO / "multirun" / f"ablation_{name}" / time.strftime("%Y-%m-%d_%H-%M-%S")
     if name == "phase2":
         return run_phase2(seeds, steps, sweep, extra)
-    if name == "grid_balance":
-        prepare_cells()
     overrides = [f"experiment=ablation_{name}", f"seed={','.join(map(str, seeds))}"]
     if name == "cost":
         overrides.append("data.resolution=128,160,176")

@@ -110,7 +110,9 @@ class YmnDataModule(LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        """With `prepare`, build synthetic shards (ymn-synth + ymn-pack) if they are missing."""
+        """With `prepare`, build synthetic shards (ymn-synth + ymn-pack) if they are missing.
+        `prepare.layout: face_cell` packs the images laid out by face cell
+        (`ymn.data.cell_layout`, beside the images), so the tree's weights balance cells."""
         if not self.prepare or self.manifest_path is None or self.manifest_path.is_file():
             return
         from ymn.data.balance import weights_from_category_tree
@@ -124,11 +126,26 @@ class YmnDataModule(LightningDataModule):
             generate_dataset(root, **synth)
         if not root.is_dir():
             return  # nothing to pack: setup() names the missing shards and the fix
+        root = self._laid_out(root)
         tree = self.prepare.get("tree") or {}
         rows = weights_from_category_tree(tree, root) if tree else None
         pack = dict(self.prepare.get("pack") or {})
         log.info("packing %s into %s", root, self.shards)
         pack_folder(root, Path(self.shards), weights=rows, **pack)
+
+    def _laid_out(self, root: Path) -> Path:
+        """The folder to pack: `root` itself, or its face-cell layout (`prepare.layout`)."""
+        layout = self.prepare.get("layout")
+        if layout is None:
+            return root
+        if layout != "face_cell":
+            raise ValueError(f"data.prepare.layout={layout!r}: expected null or face_cell")
+        from ymn.data.cell_layout import cell_histogram, layout_by_cell
+
+        cells = root.with_name(root.name + "_by_face_cell")
+        counts = layout_by_cell(root, cells)
+        log.info("face-cell layout in %s: images per cell %s", cells, cell_histogram(counts))
+        return cells
 
     def sample_source(self) -> SampleSource:
         """Where batches come from: the packed shards' pixels. Resolving the shards fails with a

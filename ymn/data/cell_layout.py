@@ -1,11 +1,13 @@
-"""Lay a synthetic ASP dataset out by face cell, for ablation 2b (cell-balanced vs natural).
+"""Lay an ASP-layout image folder out by face cell, so folder weights can balance face cells.
 
-Categories are folders, so to weight by face cell each image (and its JSON sidecar) is linked
-into `<kind>/cell_r<row>c<col>/`, the 5x5 cell of its largest face; images without faces go to
-`<kind>/noface/`. `<kind>` is the top folder of the source (screenshots, fanart,
-regularization, hands). Hard links when possible, copies otherwise; idempotent.
+Categories are folders, so to sample face cells evenly each image (and its JSON sidecar) is
+linked into `<its folder>/cell_r<row>c<col>/`, the 5x5 cell of its largest face (`noface/`
+without faces). Every other level of the tree stays as it was, so WeightTree keeps the kind
+and character-count shares and only splits each leaf folder equally among its cells: the
+card's "imbalance" hypothesis (DESIGN.md §5, face grid), against the natural layout.
+Hard links when possible, copies otherwise; idempotent (`cell_layout.json` records the counts).
 
-    python -m experiments.ablations.cell_layout SRC DST
+    python -m ymn.data.cell_layout SRC DST
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from ymn.data.captions import grid_cell
 
 DONE = "cell_layout.json"
+NO_FACE = "noface"
 
 
 def largest_face_cell(facepos: list[list[float]], grid: int = 5) -> tuple[int, int] | None:
@@ -31,11 +34,10 @@ def largest_face_cell(facepos: list[list[float]], grid: int = 5) -> tuple[int, i
     return row, col
 
 
-def cell_folder(rel: Path, meta: dict) -> str:
-    """Destination folder of an image at `rel` (relative to the source root)."""
-    kind = rel.parts[0] if len(rel.parts) > 1 else "root"
+def cell_folder(rel: Path, meta: dict) -> Path:
+    """Destination folder of the image at `rel` (relative to the source root)."""
     cell = largest_face_cell(meta.get("facepos") or [])
-    return f"{kind}/noface" if cell is None else f"{kind}/cell_r{cell[0]}c{cell[1]}"
+    return rel.parent / (NO_FACE if cell is None else f"cell_r{cell[0]}c{cell[1]}")
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -48,7 +50,7 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def layout_by_cell(src: Path, dst: Path) -> dict[str, int]:
-    """Link every image + sidecar of SRC into DST by face cell; return images per folder."""
+    """Link every image + sidecar of SRC into DST by face cell; returns images per folder."""
     src, dst = Path(src), Path(dst)
     if (dst / DONE).is_file():
         return json.loads((dst / DONE).read_text())
@@ -62,7 +64,7 @@ def layout_by_cell(src: Path, dst: Path) -> dict[str, int]:
         (dst / folder).mkdir(parents=True, exist_ok=True)
         _link(image, dst / folder / image.name)
         _link(sidecar, dst / folder / sidecar.name)
-        counts[folder] += 1
+        counts[folder.as_posix()] += 1
     if not counts:
         raise FileNotFoundError(f"{src}: no .png with a .json sidecar; generate it with ymn-synth")
     result = dict(sorted(counts.items()))
@@ -70,14 +72,23 @@ def layout_by_cell(src: Path, dst: Path) -> dict[str, int]:
     return result
 
 
+def cell_histogram(counts: dict[str, int]) -> dict[str, int]:
+    """Images per face cell over the whole layout (the natural cell distribution)."""
+    totals: Counter[str] = Counter()
+    for folder, n in counts.items():
+        totals[Path(folder).name] += n
+    return dict(sorted(totals.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: cell_layout.py SRC DST."""
+    """CLI: `python -m ymn.data.cell_layout SRC DST`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
     args = parser.parse_args(argv)
     counts = layout_by_cell(args.src, args.dst)
     print(f"{sum(counts.values())} images in {len(counts)} folders under {args.dst}")
+    print("images per face cell:", json.dumps(cell_histogram(counts)))
     return 0
 
 
