@@ -21,3 +21,25 @@ def test_stage1_checkpoint_is_measured_while_it_trains(tmp_path):
     assert train_tiny_base([*flags, "--work", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     result = run_vae_only(tmp_path, n_vae=3)
     assert result["stage1_step"] == 2 and result["vae_count_kept"]["n"] == 3
+
+
+def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):
+    from safetensors.torch import load_file
+
+    from experiments.bench.embedded_world import run_stage2
+    from ymn.model.components import load_components
+    from ymn.model.tiny_base import load_stage2_weights
+
+    out = tmp_path / "out"
+    flags = ["--images", "4", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "3"]
+    flags += ["--batch", "2", "--work", str(tmp_path), "--out", str(out)]
+    assert train_tiny_base(flags) == 0
+    components = load_components("tiny", pretrained=str(out))
+    for parameter in components.unet.parameters():
+        parameter.data.zero_()
+    assert load_stage2_weights(components, tmp_path) == 3
+    saved = load_file(tmp_path / "stage2_unet.safetensors")
+    for name, value in components.unet.state_dict().items():
+        assert value.float().equal(saved[f"module.unet.{name}"].to(value.dtype).float()), name
+    result = run_stage2(str(out), tmp_path, n_samples=2, steps=2, cfg=5.0)
+    assert result["stage2_step"] == 3 and result["one_person_described"]["n"] == 2

@@ -10,6 +10,7 @@ On synthetic scenes from a seed the base never saw (it trained on seed 0):
 3. `embedded_world.png`: the base's samples next to the training-style images they describe.
 
     python -m experiments.bench.embedded_world [--model DIR] [--n-vae 200] [--n-samples 100]
+    python -m experiments.bench.embedded_world --stage2 WORK   # a UNet mid-training: 2. only
 """
 
 from __future__ import annotations
@@ -130,6 +131,46 @@ def run_vae_only(work: Path, n_vae: int) -> dict[str, Any]:
     return {"fresh_seed": FRESH_SEED, "stage1_step": int(step), **kept}
 
 
+def run_stage2(model: str | None, work: Path, n_samples: int, steps: int, cfg: float) -> dict:
+    """Measurement 2 for the text encoder + UNet of a stage-2 checkpoint of
+    `ymn.model.tiny_base` on top of `model` (its VAE and latent scale are stage 1's)."""
+    from ymn.model.tiny_base import load_stage2_weights
+
+    setup_torch()
+    components = load_components("tiny", pretrained=model)
+    step = load_stage2_weights(components, work)
+    readings = sample_readings(components, n_samples, steps, cfg)
+    return {"fresh_seed": FRESH_SEED, "stage2_step": step, **readings[0]}
+
+
+def sample_readings(
+    components: Components, n_samples: int, steps: int, cfg: float
+) -> tuple[dict[str, Any], list[tuple[str, list[Image.Image]]]]:
+    """Measurement 2 (one-person readings, multi-person count error) and rows for the picture."""
+    for module in (components.vae, components.text_encoder, components.unet):
+        module.eval()
+    solo = fresh_scenes(n_samples, one_person=True)
+    solo_metas = [meta for _, meta in solo]
+    seeds = list(range(n_samples))
+    solo_samples = sample(components, [own_tags(m) for m in solo_metas], seeds, steps, cfg)
+    result: dict[str, Any] = one_person_readings(solo_samples, solo_metas)
+    group = fresh_scenes(n_samples, one_person=False, offset=100_000)
+    group_metas = [meta for _, meta in group]
+    group_samples = sample(
+        components, [", ".join(m["tags"]) for m in group_metas], seeds, steps, cfg
+    )
+    result["count_error_by_true_count"] = count_error(group_samples, group_metas)
+    result["sampler"] = {"scheduler": "DDIM", "steps": steps, "guidance_scale": cfg}
+    k = 8
+    rows = [
+        ("one-person scenes", [image for image, _ in solo[:k]]),
+        ("base samples of their tags", solo_samples[:k]),
+        ("multi-person scenes", [image for image, _ in group[:k]]),
+        ("base samples of their tags", group_samples[:k]),
+    ]
+    return result, rows
+
+
 def run(
     model: str | None,
     n_vae: int,
@@ -142,34 +183,14 @@ def run(
     setup_torch()
     started = time.perf_counter()
     components = load_components("tiny", pretrained=model)
-    for module in (components.vae, components.text_encoder, components.unet):
-        module.eval()
+    components.vae.eval()
     result: dict[str, Any] = {"fresh_seed": FRESH_SEED, "targets": TARGETS}
     ceiling = vae_round_trip_agreement(components.vae, n_vae, FRESH_SEED, SIZE)
     result.update(vae_count_kept=ceiling["count_kept"], vae_identity_kept=ceiling["identity_kept"])
-    solo = fresh_scenes(n_samples, one_person=True)
-    solo_metas = [meta for _, meta in solo]
-    seeds = list(range(n_samples))
-    solo_samples = sample(components, [own_tags(m) for m in solo_metas], seeds, steps, cfg)
-    result.update(one_person_readings(solo_samples, solo_metas))
-    group = fresh_scenes(n_samples, one_person=False, offset=100_000)
-    group_metas = [meta for _, meta in group]
-    group_samples = sample(
-        components, [", ".join(m["tags"]) for m in group_metas], seeds, steps, cfg
-    )
-    result["count_error_by_true_count"] = count_error(group_samples, group_metas)
-    result["sampler"] = {"scheduler": "DDIM", "steps": steps, "guidance_scale": cfg}
+    readings, rows = sample_readings(components, n_samples, steps, cfg)
+    result.update(readings)
     result["met"] = {k: (result[k]["value"] or 0.0) >= v for k, v in TARGETS.items()}
-    k = 8
-    picture(
-        [
-            ("one-person scenes", [image for image, _ in solo[:k]]),
-            ("base samples of their tags", solo_samples[:k]),
-            ("multi-person scenes", [image for image, _ in group[:k]]),
-            ("base samples of their tags", group_samples[:k]),
-        ],
-        out_dir / "embedded_world.png",
-    )
+    picture(rows, out_dir / "embedded_world.png")
     result["picture"] = "embedded_world.png"
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -184,12 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true", help="tiny n, for a smoke run")
     parser.add_argument("--stage1", type=Path, help="only the VAE of a tiny_base --work folder")
+    parser.add_argument(
+        "--stage2", type=Path, help="only the samples, with a tiny_base --work folder's UNet"
+    )
     args = parser.parse_args(argv)
     if args.stage1 is not None:
         print(json.dumps(run_vae_only(args.stage1, args.n_vae), indent=1))
         return 0
     if args.quick:
         args.n_vae, args.n_samples, args.steps = 8, 4, 4
+    if args.stage2 is not None:
+        readings = run_stage2(args.model, args.stage2, args.n_samples, args.steps, args.cfg)
+        print(json.dumps(readings, indent=1))
+        return 0
     result = run(args.model, args.n_vae, args.n_samples, args.steps, args.cfg)
     print(write_result("embedded_world", result))
     return 0

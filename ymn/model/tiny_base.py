@@ -142,6 +142,19 @@ def load_stage1_vae(work: Path) -> AutoencoderKL:
     return vae.eval().requires_grad_(False)
 
 
+def load_stage2_weights(components: Components, work: Path) -> int:
+    """Put the text encoder and UNet of a (possibly unfinished) stage-2 checkpoint in `work`
+    into `components` (whose VAE must be that run's stage 1); returns the checkpoint's step."""
+    tensors = load_file(Path(work) / "stage2_unet.safetensors")
+    for name in ("unet", "text_encoder"):
+        prefix = f"module.{name}."
+        weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        module = getattr(components, name)
+        dtype = next(module.parameters()).dtype
+        module.load_state_dict({k: v.to(dtype) for k, v in weights.items()})
+    return int(json.loads((Path(work) / "stage2_unet.json").read_text())["step"])
+
+
 def train_vae(
     vae: AutoencoderKL, images: torch.Tensor, metas: list[dict], cfg: TinyBaseConfig
 ) -> dict[str, float]:
