@@ -14,6 +14,8 @@ import pytest
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from tests.launch import ForkedRun, forkable, run_forked
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -112,30 +114,32 @@ def smoke_command(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
 def run_training(
     args: list[str], ok: bool = True, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    """Run a command to its end (exit, kill, refusal), output captured; `ok`: assert exit 0."""
-    done = subprocess.run(
-        args,
-        cwd=ROOT,
-        env=env or subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run a command to its end (exit, kill, refusal), output captured; `ok`: assert exit 0.
+    `python -m ymn.train` runs are forked from a pre-imported server (`tests/launch.py`)."""
+    env = env or subprocess_env()
+    if forkable(args):
+        done = run_forked(args, env, ROOT, timeout)
+    else:
+        done = subprocess.run(
+            args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
     if ok:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
 
 
-def start_training(args: list[str], log: Path) -> subprocess.Popen:
+def start_training(args: list[str], log: Path) -> subprocess.Popen | ForkedRun:
     """Start a command in the background with its output in `log`: a file never fills up and
     stalls the child the way an unread pipe does."""
+    if forkable(args):
+        return ForkedRun(args, subprocess_env(), ROOT, log, log)
     with log.open("w") as handle:
         return subprocess.Popen(
             args, cwd=ROOT, env=subprocess_env(), stdout=handle, stderr=subprocess.STDOUT
         )
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+def wait_for(path: Path, proc: subprocess.Popen | ForkedRun, timeout: float = 240) -> None:
     """Block until `path` exists; fail if the process ends first or the time runs out."""
     deadline = time.monotonic() + timeout
     while not path.exists():

@@ -4,7 +4,6 @@ model or shard paths fail at setup with what to do."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
+from tests.conftest import run_training
 from ymn.reliability.config_schema import CONFIG_DIR, ConfigError, iter_problems, validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ def test_ymn_train_fails_before_any_work(tmp_path):
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "bad.yaml").write_text(BAD_EXPERIMENT)
     data_dir = tmp_path / "data"
-    done = subprocess.run(
+    done = run_training(
         [
             sys.executable,
             "-m",
@@ -96,11 +96,8 @@ def test_ymn_train_fails_before_any_work(tmp_path):
             f"paths.data_dir={data_dir}",
             "logger=csv",
         ],
-        cwd=ROOT,
+        ok=False,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert done.returncode != 0
     assert "batch_sizee" in done.stderr and str(tmp_path / "experiment" / "bad.yaml") in done.stderr

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import smoke_command
+from tests.conftest import run_training, smoke_command
 from ymn.analysis import runs as analysis
 from ymn.analysis.wandb_files import load_offline_run, offline_run_dirs
 
@@ -39,9 +38,7 @@ def base_model(folder: Path) -> list[str]:
 
 def smoke(run_dir: Path, data_dir: Path, extra: list[str]) -> None:
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    command = smoke_command(run_dir, data_dir, *extra)
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_training(smoke_command(run_dir, data_dir, *extra), env=env)
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,15 @@
 """`ymn-train experiment=phase1_640|phase2_704 --cfg job` prints exactly the recipe's values."""
 
-import subprocess
 import sys
 
 import pytest
 import yaml
 
+from tests.conftest import run_training
+
 
 def printed_config(*overrides: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "ymn.train", *overrides, "--cfg", "job"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = run_training([sys.executable, "-m", "ymn.train", *overrides, "--cfg", "job"])
     return yaml.safe_load(out.stdout)
 
 
