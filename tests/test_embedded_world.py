@@ -14,6 +14,7 @@ def test_benchmark_reports_every_target_with_n_and_ci(tiny_model, tmp_path):
     assert set(result["met"]) == set(result["targets"])
     assert not result["met"]["one_person_described"]  # a random model draws no one
     assert (tmp_path / "embedded_world.png").is_file()
+    assert result["caption_reliance"]["share_removed"]["n"] == 2
 
 
 def test_stage1_checkpoint_is_measured_while_it_trains(tmp_path):
@@ -43,3 +44,17 @@ def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):
         assert value.float().equal(saved[f"module.unet.{name}"].to(value.dtype).float()), name
     result = run_stage2(str(out), tmp_path, n_samples=2, steps=2, cfg=5.0)
     assert result["stage2_step"] == 3 and result["one_person_described"]["n"] == 2
+
+
+def test_caption_reliance_is_zero_exactly_when_the_unet_ignores_text(tiny_components):
+    import torch
+
+    from experiments.bench.embedded_world import caption_reliance
+
+    listening = caption_reliance(tiny_components, n=3)["share_removed"]["value"]
+    assert listening != 0.0
+    for name, module in tiny_components.unet.named_modules():
+        if name.endswith("attn2"):  # cross-attention: the only path from the text
+            torch.nn.init.zeros_(module.to_v.weight)
+    deaf = caption_reliance(tiny_components, n=3)["share_removed"]
+    assert deaf["value"] == 0.0 and deaf["ci95"] == [0.0, 0.0]
