@@ -115,18 +115,22 @@ def _compose(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def test_synthetic_config_prepares_and_packs(tmp_path: Path) -> None:
-    cfg = _compose(
+def _synthetic_40(data_dir: Path, *extra: str):
+    """`data=synthetic` shrunk to 40 images of 64 px in `data_dir`."""
+    return _compose(
         [
             "data=synthetic",
-            f"paths.data_dir={tmp_path}",
+            f"paths.data_dir={data_dir}",
             "paths.run_dir=/tmp/ymn-compose",
             "data.prepare.synth.n=40",
             "data.prepare.synth.size=64",
-            "data.resolution=64",
-            "data.num_workers=0",
+            *extra,
         ]
     )
+
+
+def test_synthetic_config_prepares_and_packs(tmp_path: Path) -> None:
+    cfg = _synthetic_40(tmp_path, "data.resolution=64", "data.num_workers=0")
     dm = instantiate(cfg.data)
     assert isinstance(dm, YmnDataModule) and isinstance(dm.config.caption, CaptionConfig)
     assert dm.config.seed == cfg.seed
@@ -148,16 +152,7 @@ def test_synthetic_config_prepares_and_packs(tmp_path: Path) -> None:
 
 
 def test_face_cell_layout_shares_each_folder_equally_among_its_cells(tmp_path: Path) -> None:
-    cfg = _compose(
-        [
-            "data=synthetic",
-            f"paths.data_dir={tmp_path}",
-            "paths.run_dir=/tmp/ymn-compose",
-            "data.prepare.synth.n=40",
-            "data.prepare.synth.size=64",
-            "data.prepare.layout=face_cell",
-        ]
-    )
+    cfg = _synthetic_40(tmp_path, "data.prepare.layout=face_cell")
     instantiate(cfg.data).prepare_data()
     assert (tmp_path / "synthetic" / "images_by_face_cell" / "cell_layout.json").is_file()
     manifest = json.loads((tmp_path / "synthetic" / "shards" / "manifest.json").read_text())
