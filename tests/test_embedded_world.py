@@ -44,6 +44,7 @@ def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):
         assert value.float().equal(saved[f"module.unet.{name}"].to(value.dtype).float()), name
     result = run_stage2(str(out), tmp_path, n_samples=2, steps=2, cfg=5.0)
     assert result["stage2_step"] == 3 and result["one_person_described"]["n"] == 2
+    assert result["caption_reliance"]["share_removed"]["n"] == 2  # the key `run` writes too
 
 
 def test_caption_reliance_is_zero_exactly_when_the_unet_ignores_text(tiny_components):

@@ -142,7 +142,12 @@ def run_stage2(model: str | None, work: Path, n_samples: int, steps: int, cfg: f
     step = load_stage2_weights(components, work)
     readings = sample_readings(components, n_samples, steps, cfg)
     reliance = caption_reliance(components, n_samples)
-    return {"fresh_seed": FRESH_SEED, "stage2_step": step, **readings[0], "caption": reliance}
+    return {
+        "fresh_seed": FRESH_SEED,
+        "stage2_step": step,
+        **readings[0],
+        "caption_reliance": reliance,
+    }
 
 
 RELIANCE_TIMESTEPS = (100, 400, 700, 900)
@@ -161,6 +166,7 @@ def caption_reliance(components: Components, n: int, seed: int = 0) -> dict[str,
     scenes = fresh_scenes(n, one_person=False, offset=200_000)
     own = [own_tags(meta) for _, meta in scenes]
     captions = {"own": own, "other": own[1:] + own[:1], "empty": [""] * n}
+    token_ids = {name: tokenize(module.tokenizer, texts) for name, texts in captions.items()}
     pixels = torch.stack([torch.from_numpy(np.asarray(image)) for image, _ in scenes])
     generator = torch.Generator().manual_seed(seed)
     losses = {name: torch.zeros(n) for name in captions}
@@ -170,8 +176,7 @@ def caption_reliance(components: Components, n: int, seed: int = 0) -> dict[str,
         for t in RELIANCE_TIMESTEPS:
             noise = torch.randn(z.shape, generator=generator)
             timesteps = torch.full((n,), t)
-            for name, texts in captions.items():
-                ids = tokenize(module.tokenizer, texts)
+            for name, ids in token_ids.items():
                 losses[name] += module.diffusion_loss(z, ids, noise, timesteps) / len(
                     RELIANCE_TIMESTEPS
                 )
