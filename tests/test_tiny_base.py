@@ -156,3 +156,24 @@ def test_base_captions_are_generic_tags_only():
         metas[0]["tags"]
     )
     assert base_caption(metas[0], random.Random(0), dropout=1.0) == ""
+
+
+def test_stage2_draws_its_timesteps_from_the_configured_bias(tmp_path, monkeypatch):
+    """`--timestep-bias high` moves stage 2's training towards high noise (uniform: the shipped
+    base's `torch.randint`)."""
+    from ymn.model.module import DiffusionModule
+
+    drawn: list[torch.Tensor] = []
+    original = DiffusionModule.diffusion_loss
+
+    def recording(self, latents, input_ids, noise, timesteps, *args, **kwargs):
+        drawn.append(timesteps.clone())
+        return original(self, latents, input_ids, noise, timesteps, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionModule, "diffusion_loss", recording)
+    flags = ["--images", "8", "--batch", "8", "--vae-batch", "2", "--vae-steps", "1"]
+    bias = ["--timestep-bias", "high", "--timestep-portion", "0.1", "--timestep-multiplier", "1e9"]
+    out, work = str(tmp_path / "out"), str(tmp_path / "work")
+    assert main([*flags, "--unet-steps", "3", *bias, "--out", out, "--work", work]) == 0
+    timesteps = torch.cat(drawn)
+    assert timesteps.numel() == 24 and bool((timesteps >= 900).all())

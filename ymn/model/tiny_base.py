@@ -52,6 +52,7 @@ from ymn.model.components import (
 from ymn.model.export import save_diffusers
 from ymn.model.module import DiffusionModule
 from ymn.model.stage_training import StageCheckpoint, derived_seed, run_stage, step_generator
+from ymn.model.timesteps import TimestepBias
 from ymn.model.vae_training import face_centres, random_crops, to_pixels, vae_loss
 
 ENCODE_BATCH = 64
@@ -77,6 +78,10 @@ class TinyBaseConfig:
     batch: int = 16
     unet_lr: float = 1e-3
     caption_dropout: float = 0.1
+    # stage 2's timestep distribution (ymn.model.timesteps; "uniform" is the shipped base's)
+    timestep_bias: str = "uniform"
+    timestep_multiplier: float = 2.0
+    timestep_portion: float = 0.25
     save_every: int = 200
     threads: int = 1
 
@@ -234,6 +239,7 @@ def train_unet(
     mean, std = latents
     scale = module.latent_scale
     n_timesteps = module.noise_scheduler.config.num_train_timesteps
+    bias = TimestepBias(cfg.timestep_bias, cfg.timestep_multiplier, cfg.timestep_portion)
 
     def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         generator = step_generator(cfg.seed, 2, step)
@@ -243,7 +249,7 @@ def train_unet(
         z = (mean[idx] + std[idx] * eps) * scale
         captions = [base_caption(metas[i], caption_rng, cfg.caption_dropout) for i in idx.tolist()]
         noise = torch.randn(z.shape, generator=generator)
-        timesteps = torch.randint(0, n_timesteps, (cfg.batch,), generator=generator)
+        timesteps = bias.sample(cfg.batch, n_timesteps, generator=generator)
         input_ids = tokenize(module.tokenizer, captions)
         return module.diffusion_loss(z, input_ids, noise, timesteps).mean(), {}
 
