@@ -177,3 +177,21 @@ def test_stage2_draws_its_timesteps_from_the_configured_bias(tmp_path, monkeypat
     assert main([*flags, "--unet-steps", "3", *bias, "--out", out, "--work", work]) == 0
     timesteps = torch.cat(drawn)
     assert timesteps.numel() == 24 and bool((timesteps >= 900).all())
+
+
+def test_decoder_stage_changes_the_decoder_and_keeps_every_latent(tmp_path):
+    """Stage 1b trains the decoder alone: a UNet trained on stage 1's latents stays valid."""
+    from ymn.model.tiny_base import load_stage1_vae
+
+    flags = ["--images", "8", "--vae-batch", "2", "--vae-steps", "2", "--stage", "vae"]
+    before, after = tmp_path / "before", tmp_path / "after"
+    assert main([*flags, "--work", str(before), "--out", str(tmp_path / "o1")]) == 0
+    extra = ["--decoder-steps", "2", "--decoder-batch", "2"]
+    assert main([*flags, *extra, "--work", str(after), "--out", str(tmp_path / "o2")]) == 0
+    assert (after / "stage1b_decoder.json").is_file()
+    old, new = load_stage1_vae(before), load_stage1_vae(after)
+    x = to_pixels(make_scenes("synthetic", 2, seed=9, size=128)[0])
+    with torch.no_grad():
+        assert torch.equal(old.encode(x).latent_dist.mean, new.encode(x).latent_dist.mean)
+        z = old.encode(x).latent_dist.mean
+        assert not torch.equal(old.decode(z).sample, new.decode(z).sample)

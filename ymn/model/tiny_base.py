@@ -5,6 +5,8 @@ that it trains itself, deterministically (seeded, data generated in memory from 
 
 1. stage 1: the VAE as an autoencoder (L1 + L1 on image gradients + a tiny KL) on random
    crops, then `scaling_factor` = 1 / std of its latents (SD 1.x's 0.18215 plays this role);
+   stage 1b (`--decoder-steps`, off by default) trains the decoder alone, the encoder frozen,
+   so the latents, and any UNet trained on them, stay valid;
 2. stage 2: text encoder + UNet on the frozen VAE's cached latents, epsilon prediction on SD's
    scaled-linear DDPM schedule, with caption dropout so classifier-free guidance works;
 3. save as a float16 diffusers folder without `tokenizer/` (rebuilt offline from openai-clip).
@@ -74,6 +76,9 @@ class TinyBaseConfig:
     vae_face_crops: float = 0.5  # share of crops centred on a face
     vae_lr: float = 1.5e-3
     kl_weight: float = 1e-6
+    decoder_steps: int = 0  # stage 1b: the decoder alone (latents, hence stage 2, unchanged)
+    decoder_batch: int = 32
+    decoder_lr: float = 3e-4
     unet_steps: int = 2000
     batch: int = 16
     unet_lr: float = 1e-3
@@ -139,12 +144,22 @@ def make_scenes(data: str, n: int, seed: int, size: int) -> tuple[torch.Tensor, 
 
 
 def load_stage1_vae(work: Path) -> AutoencoderKL:
-    """The VAE of a (possibly unfinished) stage-1 checkpoint in `work`, in eval mode."""
+    """The VAE of a (possibly unfinished) stage-1 checkpoint in `work`, in eval mode, with the
+    decoder of stage 1b when `work` holds one."""
     vae = tiny_vae()
-    tensors = load_file(Path(work) / "stage1_vae.safetensors")
-    prefix = "module.vae."
-    vae.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    for stage in ("stage1_vae", "stage1b_decoder"):
+        path = Path(work) / f"{stage}.safetensors"
+        if path.is_file():
+            prefix = "module.vae."
+            tensors = load_file(path)
+            weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            vae.load_state_dict(weights)
     return vae.eval().requires_grad_(False)
+
+
+def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
+    """What stage 1b trains: everything after the latent (post_quant_conv + decoder)."""
+    return [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
 
 
 def load_stage2_weights(components: Components, work: Path) -> int:
@@ -182,6 +197,42 @@ def train_vae(
         loss_of_step,
         cfg.vae_steps,
         cfg.vae_lr,
+        0.0,
+        cfg.save_every,
+    )
+    vae.eval().requires_grad_(False)
+    return mean_of_last(history)
+
+
+def train_decoder(
+    vae: AutoencoderKL, images: torch.Tensor, metas: list[dict], cfg: TinyBaseConfig
+) -> dict[str, float]:
+    """Stage 1b: more steps for the decoder alone, the encoder frozen, so every latent (and a
+    UNet trained on them) stays valid; returns the mean losses of the last 50 steps."""
+    if cfg.decoder_steps <= 0:
+        return {}
+    centres = face_centres(metas, images.shape[-1])
+    vae.requires_grad_(False)
+    params = decoder_parameters(vae)
+    for param in params:
+        param.requires_grad_(True)
+
+    def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        generator = step_generator(cfg.seed, 4, step)
+        x = random_crops(
+            images, cfg.decoder_batch, cfg.vae_crop, generator, centres, cfg.vae_face_crops
+        )
+        return vae_loss(vae, x, 0.0, generator)
+
+    vae.train()
+    checkpoint = StageCheckpoint(cfg.work, "stage1b_decoder", {"vae": vae})
+    history = run_stage(
+        "stage 1b: VAE decoder",
+        checkpoint,
+        params,
+        loss_of_step,
+        cfg.decoder_steps,
+        cfg.decoder_lr,
         0.0,
         cfg.save_every,
     )
@@ -317,6 +368,9 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
         raise ValueError(f"--stage {cfg.stage!r}: expected 'all' or 'vae'")
     images, metas = make_scenes(cfg.data, cfg.images, cfg.seed, TINY_RESOLUTION)
     vae_losses = train_vae(components.vae, images, metas, cfg)
+    vae_losses.update(
+        {f"decoder_{k}": v for k, v in train_decoder(components.vae, images, metas, cfg).items()}
+    )
     if cfg.stage == "vae":
         return {"stage": "vae", "vae_final_losses": vae_losses, "work": display_path(cfg.work)}
     latents = encode_all(components.vae, images)
