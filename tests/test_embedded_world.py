@@ -22,6 +22,11 @@ def test_stage1_checkpoint_is_measured_while_it_trains(tmp_path):
     assert train_tiny_base([*flags, "--work", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     result = run_vae_only(tmp_path, n_vae=3)
     assert result["stage1_step"] == 2 and result["vae_count_kept"]["n"] == 3
+    assert "stage1b_step" not in result
+    decoder = ["--decoder-steps", "1", "--decoder-batch", "2"]
+    out = str(tmp_path / "o")
+    assert train_tiny_base([*flags, *decoder, "--work", str(tmp_path), "--out", out]) == 0
+    assert run_vae_only(tmp_path, n_vae=3)["stage1b_step"] == 1
 
 
 def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):

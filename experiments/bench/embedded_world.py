@@ -126,10 +126,14 @@ def run_vae_only(work: Path, n_vae: int) -> dict[str, Any]:
     from ymn.model.tiny_base import load_stage1_vae
 
     setup_torch()
-    step = json.loads((Path(work) / "stage1_vae.json").read_text())["step"]
+    steps = {
+        f"{stage}_step": int(json.loads(record.read_text())["step"])
+        for stage in ("stage1", "stage1b")
+        if (record := next(Path(work).glob(f"{stage}_*.json"), None)) is not None
+    }
     ceiling = vae_round_trip_agreement(load_stage1_vae(work), n_vae, FRESH_SEED, SIZE)
     kept = {"vae_count_kept": ceiling["count_kept"], "vae_identity_kept": ceiling["identity_kept"]}
-    return {"fresh_seed": FRESH_SEED, "stage1_step": int(step), **kept}
+    return {"fresh_seed": FRESH_SEED, **steps, **kept}
 
 
 def run_stage2(model: str | None, work: Path, n_samples: int, steps: int, cfg: float) -> dict:
@@ -256,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true", help="tiny n, for a smoke run")
-    parser.add_argument("--stage1", type=Path, help="only the VAE of a tiny_base --work folder")
+    parser.add_argument(
+        "--stage1",
+        type=Path,
+        help="only the VAE (stage 1, + 1b if any) of a tiny_base --work folder",
+    )
     parser.add_argument(
         "--stage2", type=Path, help="only the samples, with a tiny_base --work folder's UNet"
     )
