@@ -26,7 +26,10 @@ def test_stage1_checkpoint_is_measured_while_it_trains(tmp_path):
     decoder = ["--decoder-steps", "1", "--decoder-batch", "2"]
     out = str(tmp_path / "o")
     assert train_tiny_base([*flags, *decoder, "--work", str(tmp_path), "--out", out]) == 0
-    assert run_vae_only(tmp_path, n_vae=3)["stage1b_step"] == 1
+    compared = run_vae_only(tmp_path, n_vae=3, against=tmp_path)
+    assert compared["stage1b_step"] == compared["against"]["stage1b_step"] == 1
+    assert compared["difference"]["count"]["difference"] == 0.0
+    assert compared["difference"]["count"]["p_permutation"] == 1.0
 
 
 def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):

@@ -207,3 +207,17 @@ def test_committed_report_is_the_committed_json_rendered() -> None:
     result = json.loads((folder / "validation.json").read_text())
     assert result["command"].startswith("python -m experiments.probes.validation")
     assert write_markdown(result) == (folder / "VALIDATION.md").read_text()
+
+
+def test_paired_vae_difference_finds_a_real_gain_and_none_between_equals():
+    from experiments.probes.vae_ceiling import paired_difference
+
+    n = 40
+    worse = {"count": ([0] * n, [1] * n), "identity": ([1] * n, [2] * n)}
+    better = {"count": ([1] * n, [1] * n), "identity": ([2] * n, [2] * n)}
+    gain = paired_difference(worse, better)
+    assert gain["count"]["difference"] == 1.0 and gain["count"]["p_permutation"] < 0.01
+    assert gain["identity"]["difference"] == 0.5 and gain["identity"]["ci95"] == [0.5, 0.5]
+    same = paired_difference(worse, worse)
+    assert same["count"]["difference"] == 0.0 and same["count"]["p_permutation"] == 1.0
+    assert gain["count"]["n_images"] == n

@@ -121,19 +121,38 @@ def picture(rows: list[tuple[str, list[Image.Image]]], path: Path) -> Path:
     return path
 
 
-def run_vae_only(work: Path, n_vae: int) -> dict[str, Any]:
-    """The VAE round trip of a stage-1 checkpoint of `ymn.model.tiny_base` (training progress)."""
-    from ymn.model.tiny_base import load_stage1_vae
-
-    setup_torch()
-    steps = {
+def stage_steps(work: Path) -> dict[str, int]:
+    """The step each VAE stage of a `ymn.model.tiny_base` --work folder has reached."""
+    return {
         f"{stage}_step": int(json.loads(record.read_text())["step"])
         for stage in ("stage1", "stage1b")
         if (record := next(Path(work).glob(f"{stage}_*.json"), None)) is not None
     }
-    ceiling = vae_round_trip_agreement(load_stage1_vae(work), n_vae, FRESH_SEED, SIZE)
-    kept = {"vae_count_kept": ceiling["count_kept"], "vae_identity_kept": ceiling["identity_kept"]}
-    return {"fresh_seed": FRESH_SEED, **steps, **kept}
+
+
+def run_vae_only(work: Path, n_vae: int, against: Path | None = None) -> dict[str, Any]:
+    """The VAE round trip of a stage-1 checkpoint of `ymn.model.tiny_base` (training progress);
+    with `against`, that folder's VAE on the same images too and the paired difference."""
+    from experiments.probes.vae_ceiling import paired_difference
+    from ymn.model.tiny_base import load_stage1_vae
+
+    setup_torch()
+
+    def reading(folder: Path) -> tuple[dict[str, Any], Any]:
+        vae = load_stage1_vae(folder)
+        ceiling = vae_round_trip_agreement(vae, n_vae, FRESH_SEED, SIZE, per_image=True)
+        kept = {
+            "vae_count_kept": ceiling["count_kept"],
+            "vae_identity_kept": ceiling["identity_kept"],
+        }
+        return {**stage_steps(folder), **kept}, ceiling["per_image"]
+
+    result, images = reading(work)
+    result = {"fresh_seed": FRESH_SEED, **result}
+    if against is not None:
+        result["against"], against_images = reading(against)
+        result["difference"] = paired_difference(against_images, images)
+    return result
 
 
 def run_stage2(model: str | None, work: Path, n_samples: int, steps: int, cfg: float) -> dict:
@@ -268,9 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stage2", type=Path, help="only the samples, with a tiny_base --work folder's UNet"
     )
+    parser.add_argument(
+        "--against", type=Path, help="with --stage1: a second work folder, compared paired"
+    )
     args = parser.parse_args(argv)
     if args.stage1 is not None:
-        print(json.dumps(run_vae_only(args.stage1, args.n_vae), indent=1))
+        print(json.dumps(run_vae_only(args.stage1, args.n_vae, args.against), indent=1))
         return 0
     if args.quick:
         args.n_vae, args.n_samples, args.steps = 8, 4, 4

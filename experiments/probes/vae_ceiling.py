@@ -46,6 +46,7 @@ def vae_round_trip_agreement(
     *,
     batch_size: int = 8,
     detector: Any = None,
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """Detector agreement between n fresh synthetic scenes and their VAE reconstructions.
 
@@ -61,11 +62,13 @@ def vae_round_trip_agreement(
     original_count_acc: the count check on the originals (the
     instrument itself, ≈ 1). l1: mean |recon − original| in [-1, 1] units.
     Each rate is {value, k, n, ci95, ...} (Wilson; faces: widened by an image bootstrap).
+    per_image adds each image's count hit and identity hits / totals, for `paired_difference`.
     """
     detector = detector or SyntheticFaceDetector()
     was_training = vae.training
     vae.eval()
     count_hits = orig_count_hits = 0
+    count_per_image: list[int] = []
     cell_hits, cell_totals, id_hits, id_totals, box_hits, box_totals = [], [], [], [], [], []
     same_hits = []
     l1_sum = 0.0
@@ -77,6 +80,7 @@ def vae_round_trip_agreement(
             truth = meta["facepos"]
             found = detector.detect(recon)
             count_hits += len(found) == len(truth)
+            count_per_image.append(int(len(found) == len(truth)))
             orig_count_hits += len(detector.detect(original)) == len(truth)
             cells = [grid_cell(box, 5) for box in truth]
             grid = facegrid_metrics([cells], [found], 5)
@@ -99,7 +103,8 @@ def vae_round_trip_agreement(
             )
             l1_sum += float(diff.mean()) / 127.5
     vae.train(was_training)
-    return {
+    images = {"count": (count_per_image, [1] * n), "identity": (id_hits, id_totals)}
+    return ({"per_image": images} if per_image else {}) | {
         "n_images": n,
         "seed": seed,
         "size": size,
@@ -116,3 +121,40 @@ def vae_round_trip_agreement(
             "downsampling": vae_downsampling(vae),
         },
     }
+
+
+PerImage = dict[str, tuple[list[int], list[int]]]  # reading -> (hits, totals) per image
+
+
+def _pooled(hits: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """sum of hits / sum of totals along the last axis (0 where nothing was counted)."""
+    return hits.sum(axis=-1) / np.maximum(totals.sum(axis=-1), 1)
+
+
+def paired_difference(
+    a: PerImage, b: PerImage, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """b − a of each reading's pooled rate (sum hits / sum totals) on the same images: a
+    bootstrap 95 % CI (images resampled) and a two-sided permutation p-value (each image's
+    two readings swapped at random)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in a:
+        hits = np.array([a[name][0], b[name][0]], dtype=float)
+        totals = np.array([a[name][1], b[name][1]], dtype=float)
+        observed = float(_pooled(hits[1], totals[1]) - _pooled(hits[0], totals[0]))
+        n = hits.shape[1]
+        draws = rng.integers(0, n, (n_resamples, n))
+        boot = _pooled(hits[1][draws], totals[1][draws]) - _pooled(hits[0][draws], totals[0][draws])
+        swap = rng.random((n_resamples, n)) < 0.5
+        first = _pooled(np.where(swap, hits[1], hits[0]), np.where(swap, totals[1], totals[0]))
+        second = _pooled(np.where(swap, hits[0], hits[1]), np.where(swap, totals[0], totals[1]))
+        null = second - first
+        p = (1 + np.sum(np.abs(null) >= abs(observed) - 1e-12)) / (n_resamples + 1)
+        out[name] = {
+            "difference": observed,
+            "ci95": [float(v) for v in np.percentile(boot, [2.5, 97.5])],
+            "p_permutation": float(p),
+            "n_images": n,
+        }
+    return out
