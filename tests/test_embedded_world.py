@@ -19,11 +19,12 @@ def test_benchmark_reports_every_target_with_n_and_ci(tiny_model, tmp_path):
 
 def test_stage1_checkpoint_is_measured_while_it_trains(tmp_path):
     flags = ["--images", "4", "--vae-steps", "2", "--vae-batch", "2", "--stage", "vae"]
+    flags += ["--decoder-steps", "0"]
     assert train_tiny_base([*flags, "--work", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     result = run_vae_only(tmp_path, n_vae=3)
     assert result["stage1_step"] == 2 and result["vae_count_kept"]["n"] == 3
     assert "stage1b_step" not in result
-    decoder = ["--decoder-steps", "1", "--decoder-batch", "2"]
+    decoder = ["--decoder-steps", "1", "--decoder-batch", "2"]  # replaces the 0 above
     out = str(tmp_path / "o")
     assert train_tiny_base([*flags, *decoder, "--work", str(tmp_path), "--out", out]) == 0
     compared = run_vae_only(tmp_path, n_vae=3, against=tmp_path)
@@ -41,6 +42,7 @@ def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):
 
     out = tmp_path / "out"
     flags = ["--images", "4", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "3"]
+    flags += ["--decoder-steps", "0"]
     flags += ["--batch", "2", "--work", str(tmp_path), "--out", str(out)]
     assert train_tiny_base(flags) == 0
     components = load_components("tiny", pretrained=str(out))

@@ -95,7 +95,8 @@ def test_procedural_and_synthetic_scenes_are_deterministic():
 
 
 def _train(out: Path) -> Path:
-    flags = ["--images", "8", "--vae-steps", "2", "--unet-steps", "2", "--batch", "2"]
+    flags = ["--images", "8", "--vae-steps", "2", "--decoder-steps", "0", "--unet-steps", "2"]
+    flags += ["--batch", "2"]
     work = ["--work", str(out.with_name(out.name + "-work"))]  # never the default runs/ folder
     assert main([*flags, *work, "--vae-batch", "2", "--seed", "3", "--out", str(out)]) == 0
     return out
@@ -121,7 +122,17 @@ def test_training_script_writes_a_loadable_deterministic_folder(tmp_path):
 def test_resumed_training_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     flags = ["--images", "8", "--batch", "2", "--vae-batch", "2", "--seed", "3"]
     full = tmp_path / "full"
-    steps = ["--vae-steps", "4", "--unet-steps", "4", "--save-every", "2"]
+    steps = [
+        "--vae-steps",
+        "4",
+        "--decoder-steps",
+        "2",
+        "--decoder-batch",
+        "2",
+        "--unet-steps",
+        "4",
+    ]
+    steps += ["--save-every", "2"]
     assert main([*flags, *steps, "--out", str(full), "--work", str(tmp_path / "w1")]) == 0
     # the same run stopped after stage 1 (as a kill would leave it), then continued
     work = tmp_path / "w2"
@@ -172,6 +183,7 @@ def test_stage2_draws_its_timesteps_from_the_configured_bias(tmp_path, monkeypat
 
     monkeypatch.setattr(DiffusionModule, "diffusion_loss", recording)
     flags = ["--images", "8", "--batch", "8", "--vae-batch", "2", "--vae-steps", "1"]
+    flags += ["--decoder-steps", "0"]
     bias = ["--timestep-bias", "high", "--timestep-portion", "0.1", "--timestep-multiplier", "1e9"]
     out, work = str(tmp_path / "out"), str(tmp_path / "work")
     assert main([*flags, "--unet-steps", "3", *bias, "--out", out, "--work", work]) == 0
@@ -184,9 +196,11 @@ def test_decoder_stage_changes_the_decoder_and_keeps_every_latent(tmp_path):
     from ymn.model.tiny_base import load_stage1_vae
 
     flags = ["--images", "8", "--vae-batch", "2", "--vae-steps", "2", "--stage", "vae"]
+    flags += ["--decoder-batch", "2"]
     before, after = tmp_path / "before", tmp_path / "after"
-    assert main([*flags, "--work", str(before), "--out", str(tmp_path / "o1")]) == 0
-    extra = ["--decoder-steps", "2", "--decoder-batch", "2"]
+    off = ["--decoder-steps", "0"]
+    assert main([*flags, *off, "--work", str(before), "--out", str(tmp_path / "o1")]) == 0
+    extra = ["--decoder-steps", "2"]
     assert main([*flags, *extra, "--work", str(after), "--out", str(tmp_path / "o2")]) == 0
     assert (after / "stage1b_decoder.json").is_file()
     old, new = load_stage1_vae(before), load_stage1_vae(after)
