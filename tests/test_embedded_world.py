@@ -62,10 +62,14 @@ def test_caption_reliance_is_zero_exactly_when_the_unet_ignores_text(tiny_compon
 
     from experiments.bench.embedded_world import caption_reliance
 
-    listening = caption_reliance(tiny_components, n=3)["share_removed"]["value"]
-    assert listening != 0.0
+    listening = caption_reliance(tiny_components, n=3)
+    assert listening["share_removed"]["value"] != 0.0
+    by_timestep = listening["share_removed_by_timestep"]
+    assert list(by_timestep) == ["100", "400", "700", "900"]
+    assert any(value != 0.0 for value in by_timestep.values())
     for name, module in tiny_components.unet.named_modules():
         if name.endswith("attn2"):  # cross-attention: the only path from the text
             torch.nn.init.zeros_(module.to_v.weight)
-    deaf = caption_reliance(tiny_components, n=3)["share_removed"]
-    assert deaf["value"] == 0.0 and deaf["ci95"] == [0.0, 0.0]
+    deaf = caption_reliance(tiny_components, n=3)
+    assert deaf["share_removed"]["value"] == 0.0 and deaf["share_removed"]["ci95"] == [0.0, 0.0]
+    assert set(deaf["share_removed_by_timestep"].values()) == {0.0}

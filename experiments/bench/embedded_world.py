@@ -193,16 +193,20 @@ def caption_reliance(components: Components, n: int, seed: int = 0) -> dict[str,
     pixels = torch.stack([torch.from_numpy(np.asarray(image)) for image, _ in scenes])
     generator = torch.Generator().manual_seed(seed)
     losses = {name: torch.zeros(n) for name in captions}
+    by_timestep = {}
     with torch.no_grad():
         x = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1
         z = components.vae.encode(x).latent_dist.mode() * module.latent_scale
         for t in RELIANCE_TIMESTEPS:
             noise = torch.randn(z.shape, generator=generator)
             timesteps = torch.full((n,), t)
-            for name, ids in token_ids.items():
-                losses[name] += module.diffusion_loss(z, ids, noise, timesteps) / len(
-                    RELIANCE_TIMESTEPS
-                )
+            at_t = {
+                name: module.diffusion_loss(z, ids, noise, timesteps)
+                for name, ids in token_ids.items()
+            }
+            for name, loss in at_t.items():
+                losses[name] += loss / len(RELIANCE_TIMESTEPS)
+            by_timestep[str(t)] = float((1 - at_t["own"] / at_t["empty"]).mean())
     removed = (1 - losses["own"] / losses["empty"]).numpy()
     draws = np.random.default_rng(seed).integers(0, n, (2000, n))
     low, high = np.percentile(removed[draws].mean(axis=1), [2.5, 97.5])
@@ -213,6 +217,7 @@ def caption_reliance(components: Components, n: int, seed: int = 0) -> dict[str,
             "ci95": [float(low), float(high)],
             "ci_method": "bootstrap over scenes",
         },
+        "share_removed_by_timestep": by_timestep,
         "mean_loss": {name: float(value.mean()) for name, value in losses.items()},
         "timesteps": list(RELIANCE_TIMESTEPS),
     }
