@@ -5,7 +5,7 @@ that it trains itself, deterministically (seeded, data generated in memory from 
 
 1. stage 1: the VAE as an autoencoder (L1 + L1 on image gradients + a tiny KL) on random
    crops, then `scaling_factor` = 1 / std of its latents (SD 1.x's 0.18215 plays this role);
-   stage 1b (`--decoder-steps`; 0 skips it) trains the decoder alone, the encoder frozen,
+   stage 1b (`--decoder-steps`, off by default) trains the decoder alone, the encoder frozen,
    so the latents, and any UNet trained on them, stay valid;
 2. stage 2: text encoder + UNet on the frozen VAE's cached latents, epsilon prediction on SD's
    scaled-linear DDPM schedule, with caption dropout so classifier-free guidance works;
@@ -76,7 +76,7 @@ class TinyBaseConfig:
     vae_face_crops: float = 0.5  # share of crops centred on a face
     vae_lr: float = 1.5e-3
     kl_weight: float = 1e-6
-    decoder_steps: int = 1000  # stage 1b: the decoder alone (latents, so stage 2, unchanged)
+    decoder_steps: int = 0  # stage 1b: the decoder alone (latents, so stage 2, unchanged)
     decoder_batch: int = 32
     decoder_lr: float = 3e-4
     unet_steps: int = 2000
