@@ -21,6 +21,8 @@ def test_stage1_checkpoint_is_measured_while_it_trains(tmp_path):
     flags = ["--images", "4", "--vae-steps", "2", "--vae-batch", "2", "--stage", "vae"]
     flags += ["--decoder-steps", "0"]
     assert train_tiny_base([*flags, "--work", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    for reading in ("stage1_eval_step2.json", "stage1b_vs_stage1.json"):  # readings beside it
+        (tmp_path / reading).write_text('{"vae_count_kept": {}}')
     result = run_vae_only(tmp_path, n_vae=3)
     assert result["stage1_step"] == 2 and result["vae_count_kept"]["n"] == 3
     assert "stage1b_step" not in result

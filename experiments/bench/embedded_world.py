@@ -123,10 +123,11 @@ def picture(rows: list[tuple[str, list[Image.Image]]], path: Path) -> Path:
 
 def stage_steps(work: Path) -> dict[str, int]:
     """The step each VAE stage of a `ymn.model.tiny_base` --work folder has reached."""
+    records = {"stage1": "stage1_vae.json", "stage1b": "stage1b_decoder.json"}
     return {
-        f"{stage}_step": int(json.loads(record.read_text())["step"])
-        for stage in ("stage1", "stage1b")
-        if (record := next(Path(work).glob(f"{stage}_*.json"), None)) is not None
+        f"{stage}_step": int(json.loads((Path(work) / name).read_text())["step"])
+        for stage, name in records.items()
+        if (Path(work) / name).is_file()
     }
 
 
