@@ -179,29 +179,10 @@ def train_vae(
     vae: AutoencoderKL, images: torch.Tensor, metas: list[dict], cfg: TinyBaseConfig
 ) -> dict[str, float]:
     """Stage 1: fit the VAE as an autoencoder; returns the mean losses of the last 50 steps."""
-    centres = face_centres(metas, images.shape[-1])
-
-    def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        generator = step_generator(cfg.seed, 1, step)
-        x = random_crops(
-            images, cfg.vae_batch, cfg.vae_crop, generator, centres, cfg.vae_face_crops
-        )
-        return vae_loss(vae, x, cfg.kl_weight, generator)
-
-    vae.train()
-    checkpoint = StageCheckpoint(cfg.work, "stage1_vae", {"vae": vae})
-    history = run_stage(
-        "stage 1: VAE",
-        checkpoint,
-        list(vae.parameters()),
-        loss_of_step,
-        cfg.vae_steps,
-        cfg.vae_lr,
-        0.0,
-        cfg.save_every,
-    )
-    vae.eval().requires_grad_(False)
-    return mean_of_last(history)
+    return _fit_vae(
+        vae, images, metas, cfg, ("stage 1: VAE", "stage1_vae", 1), list(vae.parameters()),
+        cfg.vae_steps, cfg.vae_batch, cfg.vae_lr, cfg.kl_weight,
+    )  # fmt: skip
 
 
 def train_decoder(
@@ -211,31 +192,43 @@ def train_decoder(
     UNet trained on them) stays valid; returns the mean losses of the last 50 steps."""
     if cfg.decoder_steps <= 0:
         return {}
-    centres = face_centres(metas, images.shape[-1])
     vae.requires_grad_(False)
     params = decoder_parameters(vae)
     for param in params:
         param.requires_grad_(True)
+    return _fit_vae(
+        vae, images, metas, cfg, ("stage 1b: VAE decoder", "stage1b_decoder", 4), params,
+        cfg.decoder_steps, cfg.decoder_batch, cfg.decoder_lr, 0.0,
+    )  # fmt: skip
+
+
+def _fit_vae(
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    metas: list[dict],
+    cfg: TinyBaseConfig,
+    stage: tuple[str, str, int],
+    params: list[torch.nn.Parameter],
+    steps: int,
+    batch: int,
+    lr: float,
+    kl_weight: float,
+) -> dict[str, float]:
+    """One resumable autoencoder stage on face-centred crops; `stage` = (progress-bar name,
+    checkpoint name, seed stream). The VAE ends in eval mode, frozen."""
+    name, record, stream = stage
+    centres = face_centres(metas, images.shape[-1])
 
     def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        generator = step_generator(cfg.seed, 4, step)
-        x = random_crops(
-            images, cfg.decoder_batch, cfg.vae_crop, generator, centres, cfg.vae_face_crops
-        )
-        return vae_loss(vae, x, 0.0, generator)
+        generator = step_generator(cfg.seed, stream, step)
+        x = random_crops(images, batch, cfg.vae_crop, generator, centres, cfg.vae_face_crops)
+        return vae_loss(vae, x, kl_weight, generator)
 
     vae.train()
-    checkpoint = StageCheckpoint(cfg.work, "stage1b_decoder", {"vae": vae})
+    checkpoint = StageCheckpoint(cfg.work, record, {"vae": vae})
     history = run_stage(
-        "stage 1b: VAE decoder",
-        checkpoint,
-        params,
-        loss_of_step,
-        cfg.decoder_steps,
-        cfg.decoder_lr,
-        0.0,
-        cfg.save_every,
-    )
+        name, checkpoint, params, loss_of_step, steps, lr, 0.0, cfg.save_every
+    )  # fmt: skip
     vae.eval().requires_grad_(False)
     return mean_of_last(history)
 
