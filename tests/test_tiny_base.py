@@ -129,6 +129,10 @@ def test_resumed_training_is_bitwise_identical_to_an_uninterrupted_run(tmp_path)
         "2",
         "--decoder-batch",
         "2",
+        "--text-steps",
+        "3",
+        "--text-batch",
+        "4",
         "--unet-steps",
         "4",
     ]

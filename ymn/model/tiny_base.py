@@ -7,6 +7,8 @@ that it trains itself, deterministically (seeded, data generated in memory from 
    crops, then `scaling_factor` = 1 / std of its latents (SD 1.x's 0.18215 plays this role);
    stage 1b (`--decoder-steps`, off by default) trains the decoder alone, the encoder frozen,
    so the latents, and any UNet trained on them, stay valid;
+   stage 1c (`--text-steps`, off by default) pretrains the text encoder contrastively against
+   the cached latents (`ymn.model.contrastive`), as a web-trained base's text encoder is;
 2. stage 2: text encoder + UNet on the frozen VAE's cached latents, epsilon prediction on SD's
    scaled-linear DDPM schedule, with caption dropout so classifier-free guidance works;
 3. save as a float16 diffusers folder without `tokenizer/` (rebuilt offline from openai-clip).
@@ -51,6 +53,7 @@ from ymn.model.components import (
     tiny_unet,
     tiny_vae,
 )
+from ymn.model.contrastive import ContrastiveHeads, caption_embedding, contrastive_loss
 from ymn.model.export import save_diffusers
 from ymn.model.module import DiffusionModule
 from ymn.model.stage_training import StageCheckpoint, derived_seed, run_stage, step_generator
@@ -79,6 +82,9 @@ class TinyBaseConfig:
     decoder_steps: int = 0  # stage 1b: the decoder alone (latents, so stage 2, unchanged)
     decoder_batch: int = 32
     decoder_lr: float = 3e-4
+    text_steps: int = 0  # stage 1c: contrastive text-encoder pretraining (0: off)
+    text_batch: int = 64
+    text_lr: float = 1e-3
     unet_steps: int = 2000
     batch: int = 16
     unet_lr: float = 1e-3
@@ -256,6 +262,53 @@ def latent_scaling_factor(latents: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# Stage 1c: the text encoder, contrastively against the cached latents
+# ---------------------------------------------------------------------------------------------
+
+
+def train_text_encoder(
+    components: Components,
+    latents: tuple[torch.Tensor, torch.Tensor],
+    metas: list[dict],
+    cfg: TinyBaseConfig,
+) -> dict[str, float]:
+    """Stage 1c: symmetric InfoNCE between each scene's caption and its latents; returns the
+    mean loss and in-batch retrieval accuracy of the last 50 steps ({} when off)."""
+    if cfg.text_steps <= 0:
+        return {}
+    mean, std = latents
+    scale = components.vae.config.scaling_factor
+    text_encoder = components.text_encoder
+    with torch.random.fork_rng():  # the heads' init leaves the global stream as it was
+        torch.manual_seed(derived_seed(cfg.seed, 6))
+        heads = ContrastiveHeads(text_encoder.config.hidden_size, mean.shape[1])
+    eos = text_encoder.config.eos_token_id
+
+    def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        generator = step_generator(cfg.seed, 5, step)
+        caption_rng = random.Random(derived_seed(cfg.seed, 7, step))
+        idx = torch.randperm(mean.shape[0], generator=generator)[: cfg.text_batch]
+        eps = torch.randn(mean[idx].shape, generator=generator)
+        z = (mean[idx] + std[idx] * eps) * scale
+        captions = [base_caption(metas[i], caption_rng, 0.0) for i in idx.tolist()]
+        input_ids = tokenize(components.tokenizer, captions)
+        text = heads.text_projection(caption_embedding(text_encoder(input_ids)[0], input_ids, eos))
+        return contrastive_loss(text, heads.image_tower(z), heads.logit_scale)
+
+    text_encoder.train()
+    checkpoint = StageCheckpoint(
+        cfg.work, "stage1c_text", {"text_encoder": text_encoder, "heads": heads}
+    )
+    params = [*text_encoder.parameters(), *heads.parameters()]
+    history = run_stage(
+        "stage 1c: text encoder (contrastive)", checkpoint, params, loss_of_step,
+        cfg.text_steps, cfg.text_lr, 1e-2, cfg.save_every,
+    )  # fmt: skip
+    text_encoder.eval()
+    return mean_of_last(history)
+
+
+# ---------------------------------------------------------------------------------------------
 # Stage 2: text encoder + UNet on the frozen VAE's latents
 # ---------------------------------------------------------------------------------------------
 
@@ -369,6 +422,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     latents = encode_all(components.vae, images)
     scaling = latent_scaling_factor(latents[0])
     components.vae.register_to_config(scaling_factor=scaling)
+    text_losses = train_text_encoder(components, latents, metas, cfg)
     module = DiffusionModule(components, optimizer=torch.optim.AdamW)
     unet_losses = train_unet(module, latents, metas, cfg)
     info = {
@@ -377,6 +431,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
         "git_commit": git_commit(),
         "vae_final_losses": vae_losses,
         "scaling_factor": scaling,
+        "text_final_losses": text_losses,
         "unet_final_loss": unet_losses.get("loss"),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "torch": torch.__version__,

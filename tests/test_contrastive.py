@@ -1,0 +1,58 @@
+"""Stage 1c's contrastive objective (ymn.model.contrastive) and its place in the tiny base."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from ymn.model.contrastive import ContrastiveHeads, caption_embedding, contrastive_loss
+from ymn.model.tiny_base import main
+
+EOS = 49407
+
+
+def test_matched_pairs_score_lower_than_shuffled_pairs_and_retrieve_themselves():
+    vectors = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    scale = ContrastiveHeads(text_width=16).logit_scale
+    matched, stats = contrastive_loss(vectors, vectors, scale)
+    shuffled, shuffled_stats = contrastive_loss(vectors, vectors.roll(1, dims=0), scale)
+    assert stats["retrieval"] == 1.0 and shuffled_stats["retrieval"] == 0.0
+    assert float(matched) < float(shuffled)
+
+
+def test_caption_embedding_ignores_the_padding_after_the_first_eos():
+    ids = torch.tensor([[49406, 10, 11, EOS, EOS, EOS]])
+    hidden = torch.randn(1, 6, 4, generator=torch.Generator().manual_seed(1))
+    changed = hidden.clone()
+    changed[:, 4:] += 100.0
+    assert torch.equal(caption_embedding(hidden, ids, EOS), caption_embedding(changed, ids, EOS))
+    assert torch.allclose(caption_embedding(hidden, ids, EOS), hidden[:, :4].mean(dim=1))
+
+
+def _base(tmp_path, name: str, text_steps: int) -> tuple:
+    work, out = tmp_path / f"{name}-work", tmp_path / name
+    flags = ["--images", "16", "--vae-steps", "1", "--vae-batch", "2", "--decoder-steps", "0"]
+    flags += ["--unet-steps", "0", "--text-steps", str(text_steps), "--text-batch", "16"]
+    flags += ["--text-lr", "3e-3", "--seed", "4", "--work", str(work), "--out", str(out)]
+    assert main(flags) == 0
+    return work, load_file(out / "text_encoder" / "model.safetensors")
+
+
+def test_text_stage_learns_to_pair_captions_with_scenes_and_hands_its_encoder_to_stage2(
+    tmp_path,
+):
+    work, pretrained = _base(tmp_path, "on", text_steps=80)
+    history = json.loads((work / "stage1c_text.json").read_text())["history"]
+    first, last = history[:10], history[-10:]
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    assert mean(last, "loss") < mean(first, "loss") - 0.2
+    assert mean(last, "retrieval") > 2.5 / 16  # chance: 1/16 (sd over 160 draws: 0.3/16)
+    checkpoint = load_file(work / "stage1c_text.safetensors")
+    for key, value in pretrained.items():  # the saved folder names keys as transformers saves
+        stored = checkpoint["module.text_encoder." + key.removeprefix("text_model.")]
+        assert torch.equal(value, stored.half()), key
+    _, untouched = _base(tmp_path, "off", text_steps=0)
+    assert not (tmp_path / "off-work" / "stage1c_text.json").exists()
+    assert any(not torch.equal(pretrained[k], untouched[k]) for k in pretrained)
