@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from experiments.bench.embedded_world import run, run_vae_only
 from ymn.model.tiny_base import main as train_tiny_base
 
@@ -57,6 +59,16 @@ def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):
     result = run_stage2(str(out), tmp_path, n_samples=2, steps=2, cfg=5.0)
     assert result["stage2_step"] == 3 and result["one_person_described"]["n"] == 2
     assert result["caption_reliance"]["share_removed"]["n"] == 2  # the key `run` writes too
+    compared = run_stage2(str(out), tmp_path, n_samples=2, steps=2, cfg=5.0, against=tmp_path)
+    json.dumps(compared)  # no arrays left in the payload
+    assert set(compared["difference"]) == {
+        "one_face",
+        "one_person_described",
+        "caption_share_removed",
+    }
+    for reading in compared["difference"].values():  # a checkpoint against itself, paired
+        assert reading["difference"] == 0.0 and reading["p_permutation"] == 1.0
+        assert reading["n_images"] == 2
 
 
 def test_caption_reliance_is_zero_exactly_when_the_unet_ignores_text(tiny_components):

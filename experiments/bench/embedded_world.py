@@ -12,6 +12,7 @@ On synthetic scenes from a seed the base never saw (it trained on seed 0):
 
     python -m experiments.bench.embedded_world [--model DIR] [--n-vae 200] [--n-samples 100]
     python -m experiments.bench.embedded_world --stage2 WORK   # a UNet mid-training: 2. only
+    python -m experiments.bench.embedded_world --stage2 WORK --against WORK0   # paired
 """
 
 from __future__ import annotations
@@ -75,18 +76,23 @@ def sample(
     return images
 
 
-def one_person_readings(samples: list[Image.Image], metas: list[dict]) -> dict[str, Any]:
-    """Exactly one face, and that face shows the scene's character."""
+def one_person_flags(samples: list[Image.Image], metas: list[dict]) -> dict[str, np.ndarray]:
+    """Per sample: exactly one face (`one_face`), and that face shows the scene's character
+    (`one_person_described`)."""
     detector = SyntheticFaceDetector()
-    one = described = 0
+    one, described = [], []
     for image, meta in zip(samples, metas, strict=True):
         boxes = detector.detect(image)
-        one += len(boxes) == 1
-        described += (
+        one.append(len(boxes) == 1)
+        described.append(
             len(boxes) == 1 and identify_character(image, boxes[0]) == meta["characters"][0]
         )
-    n = len(samples)
-    return {"one_face": rate(one, n), "one_person_described": rate(described, n)}
+    return {"one_face": np.array(one), "one_person_described": np.array(described)}
+
+
+def one_person_readings(flags: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The rates (Wilson CI) of `one_person_flags`."""
+    return {name: rate(int(hits.sum()), len(hits)) for name, hits in flags.items()}
 
 
 def count_error(samples: list[Image.Image], metas: list[dict]) -> dict[str, Any]:
@@ -156,22 +162,48 @@ def run_vae_only(work: Path, n_vae: int, against: Path | None = None) -> dict[st
     return result
 
 
-def run_stage2(model: str | None, work: Path, n_samples: int, steps: int, cfg: float) -> dict:
+def run_stage2(
+    model: str | None,
+    work: Path,
+    n_samples: int,
+    steps: int,
+    cfg: float,
+    against: Path | None = None,
+) -> dict:
     """Measurement 2 for the text encoder + UNet of a stage-2 checkpoint of
-    `ymn.model.tiny_base` on top of `model` (its VAE and latent scale are stage 1's)."""
+    `ymn.model.tiny_base` on top of `model` (its VAE and latent scale are stage 1's); with
+    `against`, that folder's checkpoint on the same prompts, seeds and noise too, and the
+    paired difference (work − against) of each per-sample reading."""
+    setup_torch()
+    result, per_sample = stage2_reading(model, work, n_samples, steps, cfg)
+    result = {"fresh_seed": FRESH_SEED, **result}
+    if against is not None:
+        from experiments.probes.vae_ceiling import paired_difference
+
+        result["against"], against_per_sample = stage2_reading(
+            model, against, n_samples, steps, cfg
+        )
+        result["difference"] = paired_difference(against_per_sample, per_sample)
+    return result
+
+
+def stage2_reading(
+    model: str | None, work: Path, n_samples: int, steps: int, cfg: float
+) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """One stage-2 checkpoint's readings, and its per-sample values as (hits, totals)."""
     from ymn.model.tiny_base import load_stage2_weights
 
-    setup_torch()
     components = load_components("tiny", pretrained=model)
     step = load_stage2_weights(components, work)
-    readings = sample_readings(components, n_samples, steps, cfg)
+    readings, _ = sample_readings(components, n_samples, steps, cfg)
     reliance = caption_reliance(components, n_samples)
-    return {
-        "fresh_seed": FRESH_SEED,
-        "stage2_step": step,
-        **readings[0],
-        "caption_reliance": reliance,
+    per_sample = {
+        name: (hits.astype(float), np.ones(len(hits)))
+        for name, hits in readings.pop("per_sample").items()
     }
+    removed = reliance.pop("per_scene")
+    per_sample["caption_share_removed"] = (removed.astype(float), np.ones(len(removed)))
+    return {"stage2_step": step, **readings, "caption_reliance": reliance}, per_sample
 
 
 RELIANCE_TIMESTEPS = (100, 400, 700, 900)
@@ -182,7 +214,8 @@ def caption_reliance(components: Components, n: int, seed: int = 0) -> dict[str,
     own tags, with another scene's tags and with no caption (same noise, timesteps
     `RELIANCE_TIMESTEPS`); `share_removed` = 1 - own / empty, mean over scenes with a
     bootstrap 95 % CI. 0 means the text changes nothing; a base that draws the described look
-    must remove a clear share (colours are a small part of the image, so expect percents)."""
+    must remove a clear share (colours are a small part of the image, so expect percents).
+    `per_scene` holds each scene's share (an array, for paired comparisons)."""
     from ymn.data.tokenizer import tokenize
     from ymn.model.module import DiffusionModule
 
@@ -221,6 +254,7 @@ def caption_reliance(components: Components, n: int, seed: int = 0) -> dict[str,
         "share_removed_by_timestep": by_timestep,
         "mean_loss": {name: float(value.mean()) for name, value in losses.items()},
         "timesteps": list(RELIANCE_TIMESTEPS),
+        "per_scene": removed,
     }
 
 
@@ -234,7 +268,8 @@ def sample_readings(
     solo_metas = [meta for _, meta in solo]
     seeds = list(range(n_samples))
     solo_samples = sample(components, [own_tags(m) for m in solo_metas], seeds, steps, cfg)
-    result: dict[str, Any] = one_person_readings(solo_samples, solo_metas)
+    flags = one_person_flags(solo_samples, solo_metas)
+    result: dict[str, Any] = {**one_person_readings(flags), "per_sample": flags}
     group = fresh_scenes(n_samples, one_person=False, offset=100_000)
     group_metas = [meta for _, meta in group]
     group_samples = sample(
@@ -269,7 +304,10 @@ def run(
     ceiling = vae_round_trip_agreement(components.vae, n_vae, FRESH_SEED, SIZE)
     result.update(vae_count_kept=ceiling["count_kept"], vae_identity_kept=ceiling["identity_kept"])
     readings, rows = sample_readings(components, n_samples, steps, cfg)
-    result.update(readings, caption_reliance=caption_reliance(components, n_samples))
+    readings.pop("per_sample")
+    reliance = caption_reliance(components, n_samples)
+    reliance.pop("per_scene")
+    result.update(readings, caption_reliance=reliance)
     result["met"] = {k: (result[k]["value"] or 0.0) >= v for k, v in TARGETS.items()}
     picture(rows, out_dir / "embedded_world.png")
     result["picture"] = "embedded_world.png"
@@ -294,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         "--stage2", type=Path, help="only the samples, with a tiny_base --work folder's UNet"
     )
     parser.add_argument(
-        "--against", type=Path, help="with --stage1: a second work folder, compared paired"
+        "--against",
+        type=Path,
+        help="with --stage1 or --stage2: a second work folder, compared paired",
     )
     args = parser.parse_args(argv)
     if args.stage1 is not None:
@@ -303,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n_vae, args.n_samples, args.steps = 8, 4, 4
     if args.stage2 is not None:
-        readings = run_stage2(args.model, args.stage2, args.n_samples, args.steps, args.cfg)
+        readings = run_stage2(
+            args.model, args.stage2, args.n_samples, args.steps, args.cfg, args.against
+        )
         print(json.dumps(readings, indent=1))
         return 0
     result = run(args.model, args.n_vae, args.n_samples, args.steps, args.cfg)
