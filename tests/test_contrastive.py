@@ -56,3 +56,33 @@ def test_text_stage_learns_to_pair_captions_with_scenes_and_hands_its_encoder_to
     _, untouched = _base(tmp_path, "off", text_steps=0)
     assert not (tmp_path / "off-work" / "stage1c_text.json").exists()
     assert any(not torch.equal(pretrained[k], untouched[k]) for k in pretrained)
+
+
+def test_other_hair_swaps_only_the_hair_tag():
+    from experiments.bench.text_stage import HAIR_TAGS, other_hair
+
+    caption = "1girl, solo, red hair, twintails, outdoors"
+    swapped = other_hair(caption, "red hair")
+    assert "red hair" not in swapped
+    assert swapped.split(", ")[:2] == ["1girl", "solo"] and swapped.endswith("twintails, outdoors")
+    assert sum(tag in swapped for tag in HAIR_TAGS) == 1
+
+
+def test_text_stage_reading_is_at_chance_when_captions_carry_nothing(tmp_path, monkeypatch):
+    from experiments.bench import text_stage
+
+    work, _ = _base(tmp_path, "short", text_steps=2)
+    reading = text_stage.run(work, n=8)
+    assert reading["stage1c_step"] == 2
+    assert reading["retrieval"]["n"] == 64 and reading["hair_tag_preferred"]["n"] == 8
+    load = text_stage.load_text_stage
+
+    def blind(folder):  # a projection that maps every caption to the same point
+        text_encoder, heads = load(folder)
+        torch.nn.init.zeros_(heads.text_projection.weight)
+        return text_encoder, heads
+
+    monkeypatch.setattr(text_stage, "load_text_stage", blind)
+    blind_reading = text_stage.run(work, n=8)
+    assert blind_reading["hair_tag_preferred"]["k"] == 0  # never strictly nearer
+    assert blind_reading["retrieval"]["k"] == 1  # argmax of a tie: the first of the 64

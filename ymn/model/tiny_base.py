@@ -41,6 +41,7 @@ from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from tqdm import tqdm
+from transformers import CLIPTextModel
 
 from ymn.data.synthetic import KIND_MIX, render_scene, sample_scene_spec
 from ymn.data.tokenizer import load_clip_tokenizer, tokenize
@@ -264,6 +265,20 @@ def latent_scaling_factor(latents: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 # Stage 1c: the text encoder, contrastively against the cached latents
 # ---------------------------------------------------------------------------------------------
+
+
+def load_text_stage(work: Path) -> tuple[CLIPTextModel, ContrastiveHeads]:
+    """The text encoder and heads of a (possibly unfinished) stage-1c checkpoint in `work`,
+    in eval mode."""
+    tensors = load_file(Path(work) / "stage1c_text.safetensors")
+    text_encoder = tiny_text_encoder()
+    heads = ContrastiveHeads(text_encoder.config.hidden_size)
+    for name, module in (("text_encoder", text_encoder), ("heads", heads)):
+        prefix = f"module.{name}."
+        module.load_state_dict(
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        )
+    return text_encoder.eval(), heads.eval()
 
 
 def train_text_encoder(
