@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from ymn.model.components import TINY_BASE_DIR, load_components, tiny_vae, vae_downsampling
 from ymn.model.stage_training import warmup_cosine
-from ymn.model.tiny_base import base_caption, latent_scaling_factor, main, make_scenes
+from ymn.model.tiny_base import latent_scaling_factor, main
+from ymn.model.tiny_base_data import base_caption, make_scenes
 from ymn.model.vae_training import to_pixels
 
 MAX_ASSET_BYTES = 60 * 1024 * 1024  # the embedded-world issue's budget

@@ -31,7 +31,7 @@ from experiments.bench.common import BENCH_DIR, setup_torch, write_result
 from experiments.probes.vae_ceiling import FRESH_SEED, vae_round_trip_agreement
 from ymn.data.synthetic import CHARACTERS
 from ymn.model.components import Components, components_pipeline, load_components
-from ymn.model.tiny_base import synthetic_scene
+from ymn.model.tiny_base_data import synthetic_scene
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.identity import identify_character
 from ymn.probes.rates import rate

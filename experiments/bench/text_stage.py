@@ -27,8 +27,8 @@ from experiments.bench.embedded_world import fresh_scenes, own_tags
 from experiments.probes.vae_ceiling import FRESH_SEED
 from ymn.data.synthetic import CHARACTERS
 from ymn.data.tokenizer import load_clip_tokenizer, tokenize
-from ymn.model.contrastive import caption_embedding
-from ymn.model.tiny_base import latent_scaling_factor, load_stage1_vae, load_text_stage
+from ymn.model.contrastive import caption_embedding, load_text_stage
+from ymn.model.tiny_base import latent_scaling_factor, load_stage1_vae
 from ymn.probes.rates import rate
 
 BATCH = 64

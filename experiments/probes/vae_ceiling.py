@@ -17,7 +17,7 @@ from PIL import Image
 
 from ymn.data.captions import grid_cell
 from ymn.model.components import vae_downsampling
-from ymn.model.tiny_base import synthetic_scene as fresh_scene
+from ymn.model.tiny_base_data import synthetic_scene as fresh_scene
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.facegrid import facegrid_metrics
 from ymn.probes.identity import identify_character, match_faces

@@ -5,13 +5,31 @@ A web-trained base gets a text encoder that already separates "red hair" from "b
 before the UNet learns to use it: a small CNN embeds a scene's VAE latents, the text encoder
 embeds its caption, and a symmetric InfoNCE loss pulls each pair together against the rest
 of the batch. The heads here are discarded afterwards; only the text encoder is kept.
+`train_text_encoder` is the tiny base's stage 1c (`ymn.model.tiny_base --text-steps`).
 """
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
+from transformers import CLIPTextModel
+
+from ymn.data.tokenizer import tokenize
+from ymn.model.components import Components, tiny_text_encoder
+from ymn.model.stage_training import (
+    StageCheckpoint,
+    derived_seed,
+    mean_of_last,
+    run_stage,
+    step_generator,
+)
+from ymn.model.tiny_base_data import base_caption
 
 EMBED_DIM = 64
 INITIAL_TEMPERATURE = 0.07  # CLIP's
@@ -74,3 +92,71 @@ def contrastive_loss(
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
     accuracy = float((logits.argmax(dim=1) == target).float().mean())
     return loss, {"retrieval": accuracy}
+
+
+@dataclass(frozen=True)
+class TextStage:
+    """Stage 1c's settings (`ymn.model.tiny_base`'s `--text-*` flags, seed, work folder)."""
+
+    work: Path
+    seed: int
+    steps: int
+    batch: int
+    lr: float
+    save_every: int
+
+
+def load_text_stage(work: Path) -> tuple[CLIPTextModel, ContrastiveHeads]:
+    """The text encoder and heads of a (possibly unfinished) stage-1c checkpoint in `work`,
+    in eval mode."""
+    tensors = load_file(Path(work) / "stage1c_text.safetensors")
+    text_encoder = tiny_text_encoder()
+    heads = ContrastiveHeads(text_encoder.config.hidden_size)
+    for name, module in (("text_encoder", text_encoder), ("heads", heads)):
+        prefix = f"module.{name}."
+        module.load_state_dict(
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        )
+    return text_encoder.eval(), heads.eval()
+
+
+def train_text_encoder(
+    components: Components,
+    latents: tuple[torch.Tensor, torch.Tensor],
+    metas: list[dict],
+    stage: TextStage,
+) -> dict[str, float]:
+    """Stage 1c: symmetric InfoNCE between each scene's caption and its latents; returns the
+    mean loss and in-batch retrieval accuracy of the last 50 steps ({} when off)."""
+    if stage.steps <= 0:
+        return {}
+    mean, std = latents
+    scale = components.vae.config.scaling_factor
+    text_encoder = components.text_encoder
+    with torch.random.fork_rng():  # the heads' init leaves the global stream as it was
+        torch.manual_seed(derived_seed(stage.seed, 6))
+        heads = ContrastiveHeads(text_encoder.config.hidden_size, mean.shape[1])
+    eos = text_encoder.config.eos_token_id
+
+    def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        generator = step_generator(stage.seed, 5, step)
+        caption_rng = random.Random(derived_seed(stage.seed, 7, step))
+        idx = torch.randperm(mean.shape[0], generator=generator)[: stage.batch]
+        eps = torch.randn(mean[idx].shape, generator=generator)
+        z = (mean[idx] + std[idx] * eps) * scale
+        captions = [base_caption(metas[i], caption_rng, 0.0) for i in idx.tolist()]
+        input_ids = tokenize(components.tokenizer, captions)
+        text = heads.text_projection(caption_embedding(text_encoder(input_ids)[0], input_ids, eos))
+        return contrastive_loss(text, heads.image_tower(z), heads.logit_scale)
+
+    text_encoder.train()
+    checkpoint = StageCheckpoint(
+        stage.work, "stage1c_text", {"text_encoder": text_encoder, "heads": heads}
+    )
+    params = [*text_encoder.parameters(), *heads.parameters()]
+    history = run_stage(
+        "stage 1c: text encoder (contrastive)", checkpoint, params, loss_of_step,
+        stage.steps, stage.lr, 1e-2, stage.save_every,
+    )  # fmt: skip
+    text_encoder.eval()
+    return mean_of_last(history)

@@ -121,3 +121,9 @@ def run_stage(
         if (step + 1) % save_every == 0 or step + 1 == steps:
             checkpoint.save(step + 1, optimizer, schedule, history)
     return history
+
+
+def mean_of_last(history: list[dict[str, float]], n: int = 50) -> dict[str, float]:
+    """Mean of each logged value over the last n steps (empty history → {})."""
+    tail = history[-n:]
+    return {k: float(np.mean([h[k] for h in tail])) for k in tail[0]} if tail else {}

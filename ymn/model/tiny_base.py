@@ -35,15 +35,11 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL
-from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from tqdm import tqdm
-from transformers import CLIPTextModel
 
-from ymn.data.synthetic import KIND_MIX, render_scene, sample_scene_spec
 from ymn.data.tokenizer import load_clip_tokenizer, tokenize
 from ymn.model.components import (
     TINY_BASE_DIR,
@@ -54,11 +50,18 @@ from ymn.model.components import (
     tiny_unet,
     tiny_vae,
 )
-from ymn.model.contrastive import ContrastiveHeads, caption_embedding, contrastive_loss
+from ymn.model.contrastive import TextStage, train_text_encoder
 from ymn.model.export import save_diffusers
 from ymn.model.module import DiffusionModule
-from ymn.model.stage_training import StageCheckpoint, derived_seed, run_stage, step_generator
+from ymn.model.stage_training import (
+    StageCheckpoint,
+    derived_seed,
+    mean_of_last,
+    run_stage,
+    step_generator,
+)
 from ymn.model.timesteps import TimestepBias
+from ymn.model.tiny_base_data import base_caption, make_scenes
 from ymn.model.vae_training import face_centres, random_crops, to_pixels, vae_loss
 
 ENCODE_BATCH = 64
@@ -96,53 +99,6 @@ class TinyBaseConfig:
     timestep_portion: float = 0.25
     save_every: int = 200
     threads: int = 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Data: scenes drawn in memory, deterministic per (seed, index)
-# ---------------------------------------------------------------------------------------------
-
-
-def synthetic_scene(seed: int, index: int, size: int) -> tuple[Image.Image, dict]:
-    """One multi-character scene of `ymn.data.synthetic`, drawn as `ymn-synth` draws it."""
-    rng = np.random.default_rng([seed, index])
-    kinds = list(KIND_MIX)
-    kind = kinds[int(rng.choice(len(kinds), p=list(KIND_MIX.values())))]
-    return render_scene(sample_scene_spec(rng, kind, size), size)
-
-
-def procedural_scene(seed: int, index: int, size: int) -> tuple[Image.Image, dict]:
-    """Coloured discs ("faces") over rectangles ("bodies") on a vertical gradient."""
-    rng = np.random.default_rng([seed, index, 1])
-    top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    ramp = np.linspace(0.0, 1.0, size)[:, None, None]
-    pixels = (top * (1 - ramp) + bottom * ramp).repeat(size, axis=1).astype(np.uint8)
-    image = Image.fromarray(pixels)
-    draw = ImageDraw.Draw(image)
-    n = int(rng.integers(1, 5))
-    boxes = []
-    for _ in range(n):
-        d = rng.uniform(0.12, 0.3) * size
-        cx, cy = rng.uniform(d, size - d), rng.uniform(d, size * 0.7)
-        body = tuple(int(c) for c in rng.integers(0, 256, 3))
-        draw.rectangle([cx - d * 0.6, cy + d * 0.4, cx + d * 0.6, size], fill=body)
-        draw.ellipse([cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2], fill=(250, 220, 190))
-        boxes.append([v / size for v in (cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2)])
-    meta = {"n_people": n, "characters": [], "facepos": boxes, "tags": ["gradient", "disc"]}
-    return image, meta
-
-
-def make_scenes(data: str, n: int, seed: int, size: int) -> tuple[torch.Tensor, list[dict]]:
-    """n scenes as a uint8 tensor (n, 3, size, size) and their metadata."""
-    draw = {"synthetic": synthetic_scene, "procedural": procedural_scene}.get(data)
-    if draw is None:
-        raise ValueError(f"--data {data!r}: expected 'synthetic' or 'procedural'")
-    images, metas = [], []
-    for index in tqdm(range(n), desc=f"draw {data} scenes", unit="img"):
-        image, meta = draw(seed, index, size)
-        images.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()))
-        metas.append(meta)
-    return torch.stack(images).permute(0, 3, 1, 2).contiguous(), metas
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,12 +196,6 @@ def _fit_vae(
     return mean_of_last(history)
 
 
-def mean_of_last(history: list[dict[str, float]], n: int = 50) -> dict[str, float]:
-    """Mean of each logged value over the last n steps (empty history → {})."""
-    tail = history[-n:]
-    return {k: float(np.mean([h[k] for h in tail])) for k in tail[0]} if tail else {}
-
-
 @torch.no_grad()
 def encode_all(vae: AutoencoderKL, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every image (unscaled), in batches."""
@@ -263,82 +213,8 @@ def latent_scaling_factor(latents: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 1c: the text encoder, contrastively against the cached latents
-# ---------------------------------------------------------------------------------------------
-
-
-def load_text_stage(work: Path) -> tuple[CLIPTextModel, ContrastiveHeads]:
-    """The text encoder and heads of a (possibly unfinished) stage-1c checkpoint in `work`,
-    in eval mode."""
-    tensors = load_file(Path(work) / "stage1c_text.safetensors")
-    text_encoder = tiny_text_encoder()
-    heads = ContrastiveHeads(text_encoder.config.hidden_size)
-    for name, module in (("text_encoder", text_encoder), ("heads", heads)):
-        prefix = f"module.{name}."
-        module.load_state_dict(
-            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        )
-    return text_encoder.eval(), heads.eval()
-
-
-def train_text_encoder(
-    components: Components,
-    latents: tuple[torch.Tensor, torch.Tensor],
-    metas: list[dict],
-    cfg: TinyBaseConfig,
-) -> dict[str, float]:
-    """Stage 1c: symmetric InfoNCE between each scene's caption and its latents; returns the
-    mean loss and in-batch retrieval accuracy of the last 50 steps ({} when off)."""
-    if cfg.text_steps <= 0:
-        return {}
-    mean, std = latents
-    scale = components.vae.config.scaling_factor
-    text_encoder = components.text_encoder
-    with torch.random.fork_rng():  # the heads' init leaves the global stream as it was
-        torch.manual_seed(derived_seed(cfg.seed, 6))
-        heads = ContrastiveHeads(text_encoder.config.hidden_size, mean.shape[1])
-    eos = text_encoder.config.eos_token_id
-
-    def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        generator = step_generator(cfg.seed, 5, step)
-        caption_rng = random.Random(derived_seed(cfg.seed, 7, step))
-        idx = torch.randperm(mean.shape[0], generator=generator)[: cfg.text_batch]
-        eps = torch.randn(mean[idx].shape, generator=generator)
-        z = (mean[idx] + std[idx] * eps) * scale
-        captions = [base_caption(metas[i], caption_rng, 0.0) for i in idx.tolist()]
-        input_ids = tokenize(components.tokenizer, captions)
-        text = heads.text_projection(caption_embedding(text_encoder(input_ids)[0], input_ids, eos))
-        return contrastive_loss(text, heads.image_tower(z), heads.logit_scale)
-
-    text_encoder.train()
-    checkpoint = StageCheckpoint(
-        cfg.work, "stage1c_text", {"text_encoder": text_encoder, "heads": heads}
-    )
-    params = [*text_encoder.parameters(), *heads.parameters()]
-    history = run_stage(
-        "stage 1c: text encoder (contrastive)", checkpoint, params, loss_of_step,
-        cfg.text_steps, cfg.text_lr, 1e-2, cfg.save_every,
-    )  # fmt: skip
-    text_encoder.eval()
-    return mean_of_last(history)
-
-
-# ---------------------------------------------------------------------------------------------
 # Stage 2: text encoder + UNet on the frozen VAE's latents
 # ---------------------------------------------------------------------------------------------
-
-
-def base_caption(meta: dict, rng: random.Random, dropout: float) -> str:
-    """A general base's caption: the scene's generic tags, shuffled ("" with p = dropout).
-
-    `meta["tags"]` holds appearance, setting and booru count tags (`1girl`, `solo`); names,
-    the `Npeople` token and face-grid tokens live elsewhere in the metadata and are left out.
-    """
-    if rng.random() < dropout:
-        return ""
-    tags = list(meta["tags"])
-    rng.shuffle(tags)
-    return ", ".join(tags)
 
 
 def train_unet(
@@ -437,7 +313,10 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     latents = encode_all(components.vae, images)
     scaling = latent_scaling_factor(latents[0])
     components.vae.register_to_config(scaling_factor=scaling)
-    text_losses = train_text_encoder(components, latents, metas, cfg)
+    text_stage = TextStage(
+        cfg.work, cfg.seed, cfg.text_steps, cfg.text_batch, cfg.text_lr, cfg.save_every
+    )
+    text_losses = train_text_encoder(components, latents, metas, text_stage)
     module = DiffusionModule(components, optimizer=torch.optim.AdamW)
     unet_losses = train_unet(module, latents, metas, cfg)
     info = {
