@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from transformers import CLIPTextModel
 
 from experiments.bench.common import setup_torch
 from experiments.bench.embedded_world import fresh_scenes, own_tags
 from experiments.probes.vae_ceiling import FRESH_SEED
 from ymn.data.synthetic import CHARACTERS
 from ymn.data.tokenizer import load_clip_tokenizer, tokenize
-from ymn.model.contrastive import caption_embedding, load_text_stage
+from ymn.model.contrastive import ContrastiveHeads, caption_embedding, load_text_stage
 from ymn.model.tiny_base import latent_scaling_factor, load_stage1_vae
 from ymn.probes.rates import rate
 
@@ -42,21 +45,20 @@ def other_hair(caption: str, own: str) -> str:
 
 
 @torch.no_grad()
-def embed_scenes(work: Path, scenes: list) -> torch.Tensor:
+def embed_scenes(vae: AutoencoderKL, heads: ContrastiveHeads, scenes: list) -> torch.Tensor:
     """Unit image embeddings of scenes: stage 1's VAE (posterior mean), then the image tower."""
-    vae = load_stage1_vae(work)
     pixels = torch.stack([torch.from_numpy(np.asarray(image)) for image, _ in scenes])
     x = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1
     z = torch.cat([vae.encode(x[i : i + BATCH]).latent_dist.mean for i in range(0, len(x), BATCH)])
-    _, heads = load_text_stage(work)
     return F.normalize(heads.image_tower(z * latent_scaling_factor(z)), dim=-1)
 
 
 @torch.no_grad()
-def embed_captions(work: Path, captions: list[str]) -> torch.Tensor:
+def embed_captions(
+    text_encoder: CLIPTextModel, heads: ContrastiveHeads, tokenizer, captions: list[str]
+) -> torch.Tensor:
     """Unit caption embeddings of the stage-1c text encoder and projection."""
-    text_encoder, heads = load_text_stage(work)
-    ids = tokenize(load_clip_tokenizer(), captions)
+    ids = tokenize(tokenizer, captions)
     hidden = text_encoder(ids)[0]
     eos = text_encoder.config.eos_token_id
     return F.normalize(heads.text_projection(caption_embedding(hidden, ids, eos)), dim=-1)
@@ -65,21 +67,25 @@ def embed_captions(work: Path, captions: list[str]) -> torch.Tensor:
 def run(work: Path, n: int) -> dict[str, Any]:
     """Both readings on n mixed and n one-person fresh scenes."""
     setup_torch()
+    vae = load_stage1_vae(work)
+    text_encoder, heads = load_text_stage(work)
+    tokenizer = load_clip_tokenizer()
+    texts_of = partial(embed_captions, text_encoder, heads, tokenizer)
     mixed = fresh_scenes(n - n % BATCH or BATCH, one_person=False, offset=300_000)
-    images = embed_scenes(work, mixed)
-    texts = embed_captions(work, [own_tags(meta) for _, meta in mixed])
+    images = embed_scenes(vae, heads, mixed)
+    texts = texts_of([own_tags(meta) for _, meta in mixed])
     hits = 0
     for start in range(0, len(mixed), BATCH):
         block = slice(start, start + BATCH)
         similarity = texts[block] @ images[block].T
         hits += int((similarity.argmax(dim=1) == torch.arange(similarity.shape[0])).sum())
     solo = fresh_scenes(n, one_person=True)
-    solo_images = embed_scenes(work, solo)
+    solo_images = embed_scenes(vae, heads, solo)
     captions = [own_tags(meta) for _, meta in solo]
     hair = [CHARACTERS[meta["characters"][0]].hair_tag for _, meta in solo]
-    own = (embed_captions(work, captions) * solo_images).sum(dim=1)
+    own = (texts_of(captions) * solo_images).sum(dim=1)
     swapped = [other_hair(c, h) for c, h in zip(captions, hair, strict=True)]
-    other = (embed_captions(work, swapped) * solo_images).sum(dim=1)
+    other = (texts_of(swapped) * solo_images).sum(dim=1)
     step = json.loads((Path(work) / "stage1c_text.json").read_text())["step"]
     return {
         "fresh_seed": FRESH_SEED,

@@ -26,6 +26,7 @@ from ymn.model.stage_training import (
     StageCheckpoint,
     derived_seed,
     mean_of_last,
+    module_weights,
     run_stage,
     step_generator,
 )
@@ -113,10 +114,7 @@ def load_text_stage(work: Path) -> tuple[CLIPTextModel, ContrastiveHeads]:
     text_encoder = tiny_text_encoder()
     heads = ContrastiveHeads(text_encoder.config.hidden_size)
     for name, module in (("text_encoder", text_encoder), ("heads", heads)):
-        prefix = f"module.{name}."
-        module.load_state_dict(
-            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        )
+        module.load_state_dict(module_weights(tensors, name))
     return text_encoder.eval(), heads.eval()
 
 

@@ -36,6 +36,12 @@ def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(derived_seed(seed, stage, step))
 
 
+def module_weights(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The state dict of module `name` in a stage checkpoint's tensors (keys `module.<name>.*`)."""
+    prefix = f"module.{name}."
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 class StageCheckpoint:
     """A stage's resumable state: `work/<name>.safetensors` (module weights and optimizer
     moments) + `work/<name>.json` (step, schedule, optimizer settings, loss history).
@@ -80,10 +86,7 @@ class StageCheckpoint:
         record = json.loads(self.record.read_text())
         tensors = load_file(self.tensors)
         for name, module in self.modules.items():
-            prefix = f"module.{name}."
-            module.load_state_dict(
-                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            )
+            module.load_state_dict(module_weights(tensors, name))
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             if key.startswith("optimizer."):

@@ -57,6 +57,7 @@ from ymn.model.stage_training import (
     StageCheckpoint,
     derived_seed,
     mean_of_last,
+    module_weights,
     run_stage,
     step_generator,
 )
@@ -113,10 +114,7 @@ def load_stage1_vae(work: Path) -> AutoencoderKL:
     for stage in ("stage1_vae", "stage1b_decoder"):
         path = Path(work) / f"{stage}.safetensors"
         if path.is_file():
-            prefix = "module.vae."
-            tensors = load_file(path)
-            weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            vae.load_state_dict(weights)
+            vae.load_state_dict(module_weights(load_file(path), "vae"))
     return vae.eval().requires_grad_(False)
 
 
@@ -130,8 +128,7 @@ def load_stage2_weights(components: Components, work: Path) -> int:
     into `components` (whose VAE must be that run's stage 1); returns the checkpoint's step."""
     tensors = load_file(Path(work) / "stage2_unet.safetensors")
     for name in ("unet", "text_encoder"):
-        prefix = f"module.{name}."
-        weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        weights = module_weights(tensors, name)
         module = getattr(components, name)
         dtype = next(module.parameters()).dtype
         module.load_state_dict({k: v.to(dtype) for k, v in weights.items()})
