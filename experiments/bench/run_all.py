@@ -1,9 +1,10 @@
 """`make bench` = `python -m experiments.bench.run_all [--quick] [--only NAME ...] [--out DIR]`.
 
 Runs every benchmark in its own process (a crash or a leak in one cannot skew another), writes
-`<out>/<name>.json` per benchmark and `<out>/SUMMARY.md`. Full runs write into
-experiments/bench/ (committed); `--quick` is a smoke run with few repeats, written to
-/tmp/ymn-bench-quick unless --out is given.
+`<out>/<name>.json` per benchmark and `<out>/SUMMARY.md`, which lists every benchmark with a JSON
+in `<out>` (an `--only` run replaces its own rows and keeps the others, each with its commit).
+Full runs write into experiments/bench/ (committed); `--quick` is a smoke run with few repeats,
+written to /tmp/ymn-bench-quick unless --out is given.
 """
 
 from __future__ import annotations
@@ -43,9 +44,14 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def summary(out: Path, names: list[str], failures: dict[str, str]) -> str:
-    """SUMMARY.md text from the JSON files in `out`."""
-    recorded = [out / f"{n}.json" for n in names if (out / f"{n}.json").is_file()]
+def _short_commit(commit: str) -> str:
+    return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+
+
+def summary(out: Path, failures: dict[str, str]) -> str:
+    """SUMMARY.md text from the JSON files in `out` (every benchmark that has one or failed)."""
+    names = [n for n in BENCHMARKS if n in failures or (out / f"{n}.json").is_file()]
+    recorded = [out / f"{n}.json" for n in names if n not in failures]
     info = json.loads(recorded[0].read_text())["machine"] if recorded else machine()
     lines = [
         "# Benchmarks",
@@ -53,25 +59,27 @@ def summary(out: Path, names: list[str], failures: dict[str, str]) -> str:
         f"Machine: {info['cpu']}, {info['cores']} cores (torch threads {info['torch_threads']}); "
         f"GPU: {info['gpu']}.",
         f"torch {info['torch']}, lightning {info['lightning']}, diffusers {info['diffusers']}, "
-        f"Python {info['python']}; commit `{info['git_commit']}`.",
+        f"Python {info['python']}; the commit each benchmark ran at is in its row.",
         "Every ratio is measured side by side in the same run (interleaved steps or repeats), "
         "figures are medians. Reproduce with `make bench` "
         "(`python -m experiments.bench.run_all`; `--quick` for a smoke run).",
         "",
-        "| benchmark | ratio | value | target | met |",
-        "|---|---|---|---|---|",
+        "| benchmark | ratio | value | target | met | commit |",
+        "|---|---|---|---|---|---|",
     ]
     for name in names:
         path = out / f"{name}.json"
         if name in failures or not path.is_file():
-            lines.append(f"| {name} | failed | {failures.get(name, 'no JSON')[:120]} | | |")
+            lines.append(f"| {name} | failed | {failures.get(name, 'no JSON')[:120]} | | | |")
             continue
         data = json.loads(path.read_text())
+        commit = _short_commit(data["machine"]["git_commit"])
         for i, (label, value) in enumerate(data.get("ratio", {}).items()):
-            met = _fmt(data.get("met")) if i == 0 else ""
-            target = data.get("target", "") if i == 0 else ""
+            first = i == 0
+            met, target = (_fmt(data.get("met")), data.get("target", "")) if first else ("", "")
             lines.append(
-                f"| {name if i == 0 else ''} | {label} | {_fmt(value)} | {target} | {met} |"
+                f"| {name if first else ''} | {label} | {_fmt(value)} | {target} | {met} "
+                f"| {commit if first else ''} |"
             )
     lines += ["", f"JSON per benchmark beside this file ({', '.join(n + '.json' for n in names)})."]
     if info["gpu"] == NO_GPU:
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(result.stderr[-3000:], file=sys.stderr)
         else:
             print(result.stdout.strip().splitlines()[-1])
-    text = summary(out, names, failures)
+    text = summary(out, failures)
     (out / "SUMMARY.md").write_text(text, encoding="utf-8")
     print(text)
     return 1 if failures else 0
