@@ -18,10 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from experiments.bench.common import BENCH_DIR, NO_GPU, REPO, machine, write_result
 
-BENCHMARKS = ("train_step", "data_stream", "latent_cache", "scale", "cost_model", "fast_path",
-              "probes", "probe_sampling")  # fmt: skip
+CPU_BENCHMARKS = ("train_step", "data_stream", "latent_cache", "scale", "cost_model", "fast_path",
+                  "probes", "probe_sampling")  # fmt: skip
+GPU_BENCHMARKS = ("gpu",)  # SD 1.5 on a CUDA device; run by default only where one is present
+BENCHMARKS = CPU_BENCHMARKS + GPU_BENCHMARKS
 QUICK_DIR = Path("/tmp/ymn-bench-quick")
 
 
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(run_one(args.one, args.quick, out))
         return 0
-    names = list(args.only or BENCHMARKS)
+    names = list(args.only or (BENCHMARKS if torch.cuda.is_available() else CPU_BENCHMARKS))
     failures = {}
     for name in names:
         print(f"== {name}", flush=True)
