@@ -241,6 +241,7 @@ def write_results(
         "metrics": spec.metrics,
         "arms": summary,
         "caveat": CAVEAT,
+        "command": command,
     }
     (out_dir / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
     plot_curves(spec, readings, out_dir / "learning_curves.png")

@@ -1,0 +1,44 @@
+"""FINDINGS.md is assembled from each study's results.json: a difference is called established
+only with p < 0.05 and a CI that excludes 0, and a study without results says it was not run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments.study.findings import render, verdict
+
+
+def _results(diff: dict) -> dict:
+    def arm(pooled: float, vs: dict | None = None) -> dict:
+        row = {"over_seeds": {"mean": pooled, "ci95": None}, "pooled": pooled}
+        if vs is not None:
+            row["vs_baseline"] = vs
+        return {"seeds": [1], "images": 640, "metrics": {"count/exact": row}}
+
+    return {
+        "study": "count", "steps": 600, "baseline": "first", "metrics": ["count/exact"],
+        "arms": {"first": arm(0.20), "last": arm(0.26, diff)},
+        "command": "python -m experiments.study count --seeds 1",
+    }  # fmt: skip
+
+
+def test_verdict_needs_both_the_p_value_and_the_interval() -> None:
+    assert verdict({"diff": 0.06, "ci95": [0.02, 0.10], "p": 0.001}) == "established"
+    assert verdict({"diff": 0.06, "ci95": [-0.01, 0.10], "p": 0.04}) == "not established"
+    assert verdict({"diff": 0.06, "ci95": [0.01, 0.10], "p": 0.20}) == "not established"
+    assert verdict({"diff": None, "ci95": None, "p": None}) == "no difference computed"
+
+
+def test_render_reports_run_and_unrun_studies(tmp_path: Path) -> None:
+    diff = {"diff": 0.06, "ci95": [0.02, 0.10], "p": 0.002, "n_images": 640}
+    (tmp_path / "count").mkdir()
+    (tmp_path / "count" / "results.json").write_text(json.dumps(_results(diff)))
+    text = render(studies_dir=tmp_path, world=tmp_path / "missing.json")
+    count = text.split("## count")[1].split("\n## ")[0]
+    assert "+0.060 [+0.020, +0.100], p = 0.002 | established |" in count
+    assert "`python -m experiments.study count --seeds 1`" in count
+    assert "1 × 640" in count
+    face_grid = text.split("## face_grid")[1].split("\n## ")[0]
+    assert "**Not run yet.**" in face_grid
+    assert "not measured" in text  # the base's limits, when embedded_world.json is absent
