@@ -182,6 +182,30 @@ def test_a_finished_run_with_other_settings_is_not_overwritten(tmp_path):
         run_jobs(plan(spec(steps=5), tmp_path), 1, lambda job: None, fake_launcher([]), 0)
 
 
+def test_a_finished_run_logged_differently_is_reused(tmp_path):
+    run_jobs(plan(spec(), tmp_path), 1, lambda job: None, fake_launcher([]), poll_s=0)
+    relogged = spec(common=["experiment=smoke", "logger=wandb"])
+    calls: list = []
+    run_jobs(plan(relogged, tmp_path), 1, lambda job: None, fake_launcher(calls), poll_s=0)
+    assert calls == []  # only how it is logged changed: nothing reruns
+
+
+def test_a_study_run_logs_to_the_study_group_tagged_with_its_arm(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ymn.paths import CONFIG_DIR
+
+    job = next(j for j in plan(spec(common=["experiment=smoke", "logger=wandb"]), tmp_path)
+               if j.arm == "b")  # fmt: skip
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=job.overrides)
+    GlobalHydra.instance().clear()
+    assert cfg.logger.wandb.group == "study_t" and list(cfg.logger.wandb.tags) == ["b"]
+    assert cfg.logger.wandb.name == "study_t_b"
+
+
 def test_runs_that_share_a_data_folder_wait_for_the_first_to_build_it(tmp_path):
     jobs = plan(spec(seeds=[1]), tmp_path)
     marker = tmp_path / "data" / "index.json"

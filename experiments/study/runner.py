@@ -21,6 +21,7 @@ from pathlib import Path
 from experiments.study.spec import StudySpec
 
 MARKER = "study.json"
+LOG_ONLY = frozenset({"name", "group", "tags", "logger"})  # how a run is logged, not its numbers
 Launcher = Callable[[list[str], Path, dict[str, str]], subprocess.Popen]
 
 
@@ -50,7 +51,7 @@ class Job:
         marker = self.marker()
         if marker is None:
             return False
-        if marker["overrides"] != self.overrides:
+        if defining(marker["overrides"]) != defining(self.overrides):
             raise StaleRunError(
                 f"{self.run_dir} holds a finished run with other overrides "
                 f"({marker['overrides']} vs {self.overrides}); delete it to rerun this arm"
@@ -72,8 +73,16 @@ def run_overrides(spec: StudySpec, arm: str, seed: int, extra: Sequence[str] = (
         f"seed={seed}",
         f"trainer.max_steps={spec.steps_of(arm)}",
         f"name=study_{spec.name}_{arm}",
+        f"group=study_{spec.name}",
+        f"tags=[{arm}]",
         *extra,
     ]
+
+
+def defining(overrides: Sequence[str]) -> list[str]:
+    """The overrides that can change a run's numbers: logging keys (LOG_ONLY) are left out, so
+    a finished run stays reusable when only how it is logged changes."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in LOG_ONLY]
 
 
 def _marker_of(cfg) -> Path | None:
