@@ -262,3 +262,19 @@ def test_command_resumes_in_its_run_dir(tmp_path):
     cmd = command(job)
     assert f"hydra.run.dir={job.run_dir}" in cmd and cmd[-1] == "ckpt_path=last"
     assert "seed=1" in cmd and "trainer.max_steps=3" in cmd
+
+
+def test_collect_only_records_the_command_that_reproduces_the_table(tmp_path):
+    from experiments.study.__main__ import main
+
+    definition = tmp_path / "t.yaml"
+    definition.write_text(
+        "name: t\nquestion: q\narms: {a: [caption=asp], b: [caption=count_last]}\n"
+        "baseline: a\nseeds: [1]\nsteps: 3\ncommon: [experiment=smoke]\nmetrics: [count/exact]\n"
+    )
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    run_jobs(plan(load_study(str(definition)), runs), 2, lambda job: None, fake_launcher([]), 0)
+    args = [str(definition), "--collect-only", "--runs", str(runs), "--out", str(out)]
+    assert main(args) == 0
+    recorded = json.loads((out / "results.json").read_text())["command"]
+    assert recorded == f"python -m experiments.study {definition} --runs {runs} --out {out}"

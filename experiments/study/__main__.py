@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = dataclasses.replace(spec, seeds=args.seeds or spec.seeds, steps=args.steps or spec.steps)
     out = args.out or REPO / "experiments" / "studies" / spec.name
     jobs = plan(spec, args.runs, args.overrides)
-    command = " ".join(
-        ["python -m experiments.study", *(argv if argv is not None else sys.argv[1:])]
-    )
+    given = argv if argv is not None else sys.argv[1:]
+    # Without --collect-only the same command reuses finished runs and also runs missing ones.
+    shown = [a for a in given if a != "--collect-only"]
+    command = " ".join(["python -m experiments.study", *shown])
 
     def report(_: Job | None = None) -> None:
         readings, walls = finished_readings(spec, jobs)
