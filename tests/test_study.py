@@ -81,6 +81,12 @@ def test_record_terms_score_count_cell_and_identity():
     assert METRICS["count/detected@1"][1](cols) == 2.0
 
 
+def test_lead_drawn_reads_one_person_prompts_only():
+    wrong = record(1, 1) | {"identities": ["KonoRina"]}
+    rows = [record_terms(r) for r in (record(1, 1), wrong, record(2, 2))]
+    assert METRICS["identity/lead@1"][1](columns(rows)) == 0.5
+
+
 def test_slope_of_detected_on_asked():
     rows = [record_terms(record(k, 2 * k)) for k in (1, 2, 3)]
     assert METRICS["count/slope"][1](columns(rows)) == pytest.approx(2.0)

@@ -92,6 +92,10 @@ METRICS: dict[str, tuple[str, Metric]] = {
     "grid/cell_acc": ("face-grid cell accuracy", _ratio("cell_hits", "cell_targets")),
     "grid/chebyshev": ("mean Chebyshev distance (matched faces)", _ratio("cheb_sum", "cheb_n")),
     "grid/attn_in_target": ("attention mass in the target cell", _ratio("attn_mass", "attn_n")),
+    "identity/lead@1": (
+        "named lead drawn, `1person, <name>`",  # the demo's first reading (issue 15 item 4)
+        _mean(lambda c: c["id_correct"], _asked(1)),
+    ),
     "identity/char_acc": ("identity accuracy", _ratio("id_correct", "id_matched")),
     "identity/bleed": ("bleed rate", _ratio("id_bleed", "id_matched")),
     **{
