@@ -115,6 +115,16 @@ def test_unpaired_probe_passes_are_refused():
         paired_difference("count/exact", [other], [reading("a", 1, [True])])
 
 
+def test_pooled_interval_brackets_the_pooled_value():
+    from experiments.study.stats import pooled_interval
+
+    rows = [record_terms(record(1, 1 if i % 2 else 2)) for i in range(64)]
+    run = RunReading("a", 1, 600, columns(rows), [])
+    low, high = pooled_interval("count/exact", [run])
+    assert low < 0.5 < high and high - low < 0.4
+    assert pooled_interval("count/exact", []) is None
+
+
 def test_t_interval():
     stat = t_interval([1.0, 2.0, 3.0])
     assert stat["mean"] == 2.0 and stat["ci95"] == pytest.approx(2.4841, abs=1e-3)
@@ -248,7 +258,7 @@ def test_the_report_has_tables_differences_and_pictures(tmp_path):
     assert readings[0].curve[0]["count/exact"] == 0.0
     md = write_results(study, readings, {"a": [60.0], "b": [60.0]}, tmp_path / "out", "cmd")
     text = md.read_text()
-    assert "| b | 1.000 ± 0.000 | 1.000 | +1.000" in text
+    assert "| b | 1.000 ± 0.000 | 1.000 [1.000, 1.000] | +1.000" in text
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     assert result["arms"]["b"]["metrics"]["count/exact"]["vs_baseline"]["p"] < 0.01
     assert result["arms"]["a"]["images_per_count"] == {"1": 16}

@@ -43,8 +43,10 @@ def verdict(diff: Mapping[str, Any] | None) -> str:
     return "established" if diff["p"] < ALPHA and excludes_zero else "not established"
 
 
-def _value(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+def _value(value: float | None, ci: list[float] | None = None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
 
 
 def study_section(name: str, results: Mapping[str, Any] | None, question: str) -> list[str]:
@@ -67,7 +69,7 @@ def study_section(name: str, results: Mapping[str, Any] | None, question: str) -
         f"{results['steps']} steps per run; tables and pictures in "
         f"[studies/{name}/RESULTS.md](studies/{name}/RESULTS.md).",
         "",
-        "| metric | arm | seeds × images | pooled | vs baseline (95 % CI, p) | verdict |",
+        "| metric | arm | seeds × images | pooled (95 % CI) | vs baseline (95 % CI, p) | verdict |",
         "|---|---|---|---|---|---|",
     ]
     for metric in results["metrics"]:
@@ -76,14 +78,15 @@ def study_section(name: str, results: Mapping[str, Any] | None, question: str) -
             row = entry["metrics"][metric]
             size = f"{len(entry['seeds'])} × {entry['images']}"
             diff = row.get("vs_baseline")
+            pooled = _value(row["pooled"], row.get("pooled_ci95"))
             if arm == baseline:
-                cells = [label, f"`{arm}` (baseline)", size, _value(row["pooled"]), "", ""]
+                cells = [label, f"`{arm}` (baseline)", size, pooled, "", ""]
             elif diff and diff.get("diff") is not None:
                 low, high = diff["ci95"]
                 shown = f"{diff['diff']:+.3f} [{low:+.3f}, {high:+.3f}], p = {diff['p']:.3g}"
-                cells = [label, f"`{arm}`", size, _value(row["pooled"]), shown, verdict(diff)]
+                cells = [label, f"`{arm}`", size, pooled, shown, verdict(diff)]
             else:
-                cells = [label, f"`{arm}`", size, _value(row["pooled"]), "–", verdict(diff)]
+                cells = [label, f"`{arm}`", size, pooled, "–", verdict(diff)]
             lines.append("| " + " | ".join(cells) + " |")
     if base is None:
         lines += ["", f"The baseline arm `{baseline}` has not finished: no differences yet."]

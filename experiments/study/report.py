@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 
 from experiments.study.readings import METRICS, RunReading, columns  # noqa: E402
 from experiments.study.spec import StudySpec  # noqa: E402
-from experiments.study.stats import paired_difference, t_interval  # noqa: E402
+from experiments.study.stats import paired_difference, pooled_interval, t_interval  # noqa: E402
 from ymn.probes.facegrid import chebyshev, grid_cell, match_cells  # noqa: E402
 from ymn.probes.scores import GRID  # noqa: E402
 
@@ -64,6 +64,7 @@ def summarize(
             row = {
                 "over_seeds": t_interval([r.value(metric) for r in runs]),
                 "pooled": _finite(fn(pooled)),
+                "pooled_ci95": pooled_interval(metric, runs),
             }
             if arm != spec.baseline and baseline:
                 row["vs_baseline"] = paired_difference(metric, runs, baseline)
@@ -85,6 +86,11 @@ def _seed_cell(stat: Mapping[str, Any]) -> str:
         return "–"
     ci = "" if stat["ci95"] is None else f" ± {stat['ci95']:.3f}"
     return f"{stat['mean']:.3f}{ci}"
+
+
+def _pooled_cell(row: Mapping[str, Any]) -> str:
+    ci = row.get("pooled_ci95")
+    return _fmt(row["pooled"]) + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
 
 
 def _diff_cell(diff: Mapping[str, Any] | None) -> str:
@@ -122,7 +128,7 @@ def render(spec: StudySpec, summary: Mapping[str, Any], command: str) -> str:
         ]
         for arm in arms:
             row = summary[arm]["metrics"][metric]
-            cells = [_seed_cell(row["over_seeds"]), _fmt(row["pooled"])]
+            cells = [_seed_cell(row["over_seeds"]), _pooled_cell(row)]
             cells.append(_diff_cell(row.get("vs_baseline")))
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lines.append("")

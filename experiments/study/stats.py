@@ -69,6 +69,25 @@ def _stratified_resample(strata: np.ndarray, rng: np.random.Generator) -> np.nda
     return np.concatenate(picks)
 
 
+def pooled_interval(
+    metric: str, runs: Sequence[RunReading], n_resamples: int = 2000, seed: int = 0
+) -> list[float] | None:
+    """Bootstrap 95 % CI of `metric` on an arm's pooled images (resampled within each training
+    seed): the sampling error of the probe pass, not the seed-to-seed spread."""
+    if not runs:
+        return None
+    fn = METRICS[metric][1]
+    cols = {k: np.concatenate([r.terms[k] for r in runs]) for k in runs[0].terms}
+    strata = np.concatenate([np.full(len(r.terms["asked"]), r.seed) for r in runs])
+    rng = np.random.default_rng(seed)
+    boots = [fn(_take(cols, _stratified_resample(strata, rng))) for _ in range(n_resamples)]
+    finite = np.array([v for v in boots if math.isfinite(v)])
+    if not len(finite):
+        return None
+    low, high = np.percentile(finite, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
 def paired_difference(
     metric: str,
     arm: Sequence[RunReading],
