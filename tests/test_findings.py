@@ -14,10 +14,12 @@ def _results(diff: dict) -> dict:
         row = {"over_seeds": {"mean": pooled, "ci95": None}, "pooled": pooled}
         if vs is not None:
             row["vs_baseline"] = vs
-        return {"seeds": [1], "images": 640, "metrics": {"count/exact": row}}
+        return {"seeds": [1], "images": 640, "images_per_count": {"1": 128},
+                "metrics": {"count/exact": row, "identity/lead@1": row}}  # fmt: skip
 
     return {
-        "study": "count", "steps": 600, "baseline": "first", "metrics": ["count/exact"],
+        "study": "count", "steps": 600, "baseline": "first",
+        "metrics": ["count/exact", "identity/lead@1"],
         "arms": {"first": arm(0.20), "last": arm(0.26, diff)},
         "command": "python -m experiments.study count --seeds 1",
     }  # fmt: skip
@@ -38,7 +40,7 @@ def test_render_reports_run_and_unrun_studies(tmp_path: Path) -> None:
     count = text.split("## count")[1].split("\n## ")[0]
     assert "+0.060 [+0.020, +0.100], p = 0.002 | established |" in count
     assert "`python -m experiments.study count --seeds 1`" in count
-    assert "1 × 640" in count
+    assert "1 × 640" in count and "| `last` | 1 × 128 |" in count  # lead@1 reads 1-person images
     face_grid = text.split("## face_grid")[1].split("\n## ")[0]
     assert "**Not run yet.**" in face_grid
     assert "not measured" in text  # the base's limits, when embedded_world.json is absent

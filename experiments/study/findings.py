@@ -49,6 +49,14 @@ def _value(value: float | None, ci: list[float] | None = None) -> str:
     return f"{value:.3f}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
 
 
+def _images_read(metric: str, entry: Mapping[str, Any]) -> int:
+    """The probe images a metric reads: those of one requested count for `...@k` metrics."""
+    _, at, count = metric.rpartition("@")
+    if at and count.isdigit():
+        return int(entry.get("images_per_count", {}).get(count, 0))
+    return int(entry["images"])
+
+
 def study_section(name: str, results: Mapping[str, Any] | None, question: str) -> list[str]:
     """Markdown lines for one study."""
     lines = [
@@ -76,7 +84,7 @@ def study_section(name: str, results: Mapping[str, Any] | None, question: str) -
         label = METRICS[metric][0] if metric in METRICS else metric
         for arm, entry in arms.items():
             row = entry["metrics"][metric]
-            size = f"{len(entry['seeds'])} × {entry['images']}"
+            size = f"{len(entry['seeds'])} × {_images_read(metric, entry)}"
             diff = row.get("vs_baseline")
             pooled = _value(row["pooled"], row.get("pooled_ci95"))
             if arm == baseline:
