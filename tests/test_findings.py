@@ -41,6 +41,10 @@ def test_render_reports_run_and_unrun_studies(tmp_path: Path) -> None:
     assert "+0.060 [+0.020, +0.100], p = 0.002 | established |" in count
     assert "`python -m experiments.study count --seeds 1`" in count
     assert "1 × 640" in count and "| `last` | 1 × 128 |" in count  # lead@1 reads 1-person images
+    assert "**Reading**" not in count  # none written for it
+    (tmp_path / "count" / "READING.md").write_text("The count token was not learned.\n")
+    with_reading = render(studies_dir=tmp_path, world=tmp_path / "missing.json")
+    assert "The count token was not learned." in with_reading.split("## count")[1]
     face_grid = text.split("## face_grid")[1].split("\n## ")[0]
     assert "**Not run yet.**" in face_grid
     assert "not measured" in text  # the base's limits, when embedded_world.json is absent

@@ -4,7 +4,8 @@ one, from every study's `experiments/studies/NAME/results.json`.
 Per study: the card's claim it tests, the baseline arm's pooled reading of each metric with its
 image count, and each other arm's paired difference (bootstrap 95 % CI, permutation p), called
 *established* only when p < 0.05 and the CI excludes 0. A study without results is listed with
-the command that runs it. The page states the base's own limits first, from the committed
+the command that runs it; a study's READING.md (its reading in words) is included as written.
+The page states the base's own limits first, from the committed
 `experiments/bench/embedded_world.json`, because every reading is capped by them.
 """
 
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "experiments" / "studies"
 EMBEDDED_WORLD = REPO / "experiments" / "bench" / "embedded_world.json"
 ALPHA = 0.05
+READING = "READING.md"
 # What the card reported, by study (the claim each study tests).
 CARD = {
     "count": "`3people` gives 3–5 people: the count token was never learned.",
@@ -57,7 +59,16 @@ def _images_read(metric: str, entry: Mapping[str, Any]) -> int:
     return int(entry["images"])
 
 
-def study_section(name: str, results: Mapping[str, Any] | None, question: str) -> list[str]:
+def reading(folder: Path) -> list[str]:
+    """The study's written reading (READING.md beside its results: what the numbers say, in
+    words, by whoever ran it), or nothing."""
+    path = folder / READING
+    return [f"**Reading** ({READING}):", "", path.read_text().strip(), ""] if path.is_file() else []
+
+
+def study_section(
+    name: str, results: Mapping[str, Any] | None, question: str, studies_dir: Path = STUDIES
+) -> list[str]:
     """Markdown lines for one study."""
     lines = [
         f"## {name}",
@@ -101,7 +112,7 @@ def study_section(name: str, results: Mapping[str, Any] | None, question: str) -
     pictures = ", ".join(
         f"[{p}](studies/{name}/{p})" for p in ("learning_curves.png", "count.png", "cells.png")
     )
-    return lines + ["", f"Pictures: {pictures}.", ""]
+    return lines + ["", f"Pictures: {pictures}.", "", *reading(studies_dir / name)]
 
 
 def base_limits(path: Path = EMBEDDED_WORLD) -> list[str]:
@@ -118,8 +129,8 @@ def base_limits(path: Path = EMBEDDED_WORLD) -> list[str]:
     met = data.get("met", {})
     return [
         "Every study fine-tunes the embedded tiny base, whose own limits cap what a study can "
-        "show (`python -m experiments.bench.embedded_world`, fresh scenes; target in brackets "
-        "after each):",
+        "show (`python -m experiments.bench.embedded_world`, fresh scenes; each target "
+        "follows its reading as ≥ x):",
         "",
         f"- VAE round trip keeps the face count in {shown('vae_count_kept')} of images "
         f"(≥ {data['targets']['vae_count_kept']}; met: {met.get('vae_count_kept')}), identity in "
@@ -150,7 +161,7 @@ def render(studies_dir: Path = STUDIES, world: Path = EMBEDDED_WORLD) -> str:
     for name in available_studies():
         path = studies_dir / name / "results.json"
         results = json.loads(path.read_text()) if path.is_file() else None
-        lines += study_section(name, results, load_study(name).question)
+        lines += study_section(name, results, load_study(name).question, studies_dir)
     return "\n".join(lines).rstrip() + "\n"
 
 
