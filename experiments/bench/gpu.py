@@ -149,25 +149,20 @@ def _shown(path: Path) -> str:
 
 
 def _ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    def ips(resolution: int, mode: str, cached: bool) -> float | None:
-        row = next(r for r in rows if (r["resolution"], r["mode"], r["cached_latents"])
-                   == (resolution, mode, cached))  # fmt: skip
-        return row.get("images_per_s")
-
-    def share(a: float | None, b: float | None) -> float | None:
-        return a / b if a and b else None
-
+    by_case = {(r["resolution"], r["mode"], r["cached_latents"]): r for r in rows}
     top = max(r["resolution"] for r in rows)
-    full_cached = next(r for r in rows if (r["resolution"], r["mode"], r["cached_latents"])
-                       == (top, "full", True))  # fmt: skip
+
+    def share(a: tuple, b: tuple) -> float | None:
+        x, y = by_case[a].get("images_per_s"), by_case[b].get("images_per_s")
+        return x / y if x and y else None
+
+    full_cached = (top, "full", True)
     return {
         f"full fine-tune at {top}: img/s cached / VAE every step": share(
-            ips(top, "full", True), ips(top, "full", False)
+            full_cached, (top, "full", False)
         ),
-        f"LoRA / full fine-tune at {top}, cached (img/s)": share(
-            ips(top, "lora", True), ips(top, "full", True)
-        ),
-        f"MFU, full fine-tune at {top}, cached": full_cached.get("mfu"),
+        f"LoRA / full fine-tune at {top}, cached (img/s)": share((top, "lora", True), full_cached),
+        f"MFU, full fine-tune at {top}, cached": by_case[full_cached].get("mfu"),
     }
 
 

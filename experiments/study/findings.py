@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from experiments.probes.report import fmt_rate
 from experiments.study.readings import METRICS
+from experiments.study.report import diff_cell, pooled_cell
 from experiments.study.spec import available_studies, load_study
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,12 +45,6 @@ def verdict(diff: Mapping[str, Any] | None) -> str:
     low, high = diff["ci95"]
     excludes_zero = low > 0 or high < 0
     return "established" if diff["p"] < ALPHA and excludes_zero else "not established"
-
-
-def _value(value: float | None, ci: list[float] | None = None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3f}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
 
 
 def _images_read(metric: str, entry: Mapping[str, Any]) -> int:
@@ -97,15 +93,11 @@ def study_section(
             row = entry["metrics"][metric]
             size = f"{len(entry['seeds'])} × {_images_read(metric, entry)}"
             diff = row.get("vs_baseline")
-            pooled = _value(row["pooled"], row.get("pooled_ci95"))
+            pooled = pooled_cell(row)
             if arm == baseline:
                 cells = [label, f"`{arm}` (baseline)", size, pooled, "", ""]
-            elif diff and diff.get("diff") is not None:
-                low, high = diff["ci95"]
-                shown = f"{diff['diff']:+.3f} [{low:+.3f}, {high:+.3f}], p = {diff['p']:.3g}"
-                cells = [label, f"`{arm}`", size, pooled, shown, verdict(diff)]
             else:
-                cells = [label, f"`{arm}`", size, pooled, "–", verdict(diff)]
+                cells = [label, f"`{arm}`", size, pooled, diff_cell(diff), verdict(diff)]
             lines.append("| " + " | ".join(cells) + " |")
     if base is None:
         lines += ["", f"The baseline arm `{baseline}` has not finished: no differences yet."]
@@ -122,9 +114,7 @@ def base_limits(path: Path = EMBEDDED_WORLD) -> list[str]:
     data = json.loads(path.read_text())
 
     def shown(key: str) -> str:
-        r = data[key]
-        low, high = r["ci95"]
-        return f"{r['value']:.3f} [{low:.3f}, {high:.3f}] (n = {r['n']})"
+        return fmt_rate(data[key])
 
     met = data.get("met", {})
     return [

@@ -88,16 +88,18 @@ def _seed_cell(stat: Mapping[str, Any]) -> str:
     return f"{stat['mean']:.3f}{ci}"
 
 
-def _pooled_cell(row: Mapping[str, Any]) -> str:
+def pooled_cell(row: Mapping[str, Any]) -> str:
+    """A pooled value with its bootstrap CI: `0.384 [0.347, 0.420]`."""
     ci = row.get("pooled_ci95")
     return _fmt(row["pooled"]) + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
 
 
-def _diff_cell(diff: Mapping[str, Any] | None) -> str:
+def diff_cell(diff: Mapping[str, Any] | None) -> str:
+    """A paired difference: `-0.089 [-0.139, -0.042], p = 0.001` (– when none)."""
     if not diff or diff.get("diff") is None:
         return "–"
     low, high = diff["ci95"]
-    return f"{diff['diff']:+.3f} [{low:+.3f}, {high:+.3f}] p={diff['p']:.3g}"
+    return f"{diff['diff']:+.3f} [{low:+.3f}, {high:+.3f}], p = {diff['p']:.3g}"
 
 
 def _size(entry: Mapping[str, Any]) -> str:
@@ -128,8 +130,8 @@ def render(spec: StudySpec, summary: Mapping[str, Any], command: str) -> str:
         ]
         for arm in arms:
             row = summary[arm]["metrics"][metric]
-            cells = [_seed_cell(row["over_seeds"]), _pooled_cell(row)]
-            cells.append(_diff_cell(row.get("vs_baseline")))
+            cells = [_seed_cell(row["over_seeds"]), pooled_cell(row)]
+            cells.append(diff_cell(row.get("vs_baseline")))
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lines.append("")
     cost = ", ".join(
