@@ -12,7 +12,13 @@ import pytest
 from experiments.study.readings import METRICS, RunReading, columns, read_run, record_terms
 from experiments.study.report import cell_accuracy, write_results
 from experiments.study.runner import StaleRunError, command, plan, run_jobs
-from experiments.study.spec import StudySpec, StudySpecError, available_studies, load_study
+from experiments.study.spec import (
+    StudySpec,
+    StudySpecError,
+    available_studies,
+    load_study,
+    only_arms,
+)
 from experiments.study.stats import paired_difference, t_interval
 
 
@@ -61,6 +67,25 @@ def test_bad_study_files_name_the_problem(tmp_path):
         load_study(str(bad))
     with pytest.raises(StudySpecError, match="known studies"):
         load_study("no_such_study")
+
+
+def test_a_study_runs_in_parts_keeping_the_baseline_and_phase_chains(tmp_path):
+    study = tmp_path / "parts.yaml"
+    study.write_text(
+        "name: parts\nbaseline: a\nseeds: [1]\nsteps: 2\n"
+        "arms: {a: [], b: [x=1], c: {after: b, steps: 3}, d: [y=2]}\n"
+    )
+    full = load_study(str(study))
+    part = only_arms(full, ["d", "a"])
+    assert list(part.arms) == ["a", "d"] and part.jobs() == [("a", 1), ("d", 1)]
+    chain = only_arms(full, ["a", "b", "c"])
+    assert chain.arm_after == {"c": "b"} and chain.steps_of("c") == 3
+    with pytest.raises(StudySpecError, match=r"keep \['a'\]"):
+        only_arms(full, ["b"])
+    with pytest.raises(StudySpecError, match=r"keep \['b'\]"):
+        only_arms(full, ["a", "c"])
+    with pytest.raises(StudySpecError, match="no arm"):
+        only_arms(full, ["a", "zz"])
 
 
 def test_an_arm_with_an_unknown_key_fails_before_anything_runs(tmp_path):

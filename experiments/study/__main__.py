@@ -3,6 +3,7 @@
     python -m experiments.study --list
     python -m experiments.study count                      # run (or continue) and report
     python -m experiments.study count --parallel 2 --seeds 1 2 3 --steps 1200
+    python -m experiments.study count --arms token_first token_last   # a part of it
     python -m experiments.study count --collect-only       # re-read finished runs
     python -m experiments.study count --full-command       # the SD 1.5 command
 
@@ -23,7 +24,13 @@ from pathlib import Path
 from experiments.study.readings import RunReading, read_run
 from experiments.study.report import write_results
 from experiments.study.runner import Job, plan, run_jobs
-from experiments.study.spec import StudySpec, StudySpecError, available_studies, load_study
+from experiments.study.spec import (
+    StudySpec,
+    StudySpecError,
+    available_studies,
+    load_study,
+    only_arms,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,6 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs at once")
     parser.add_argument("--seeds", type=int, nargs="+", help="replace the study's seeds")
     parser.add_argument("--steps", type=int, help="replace the study's steps per run")
+    parser.add_argument("--arms", nargs="+", help="run (and report) only these arms")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "studies")
     parser.add_argument("--out", type=Path, help="default: experiments/studies/NAME")
     parser.add_argument("--collect-only", action="store_true", help="report finished runs only")
@@ -64,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         spec = load_study(args.name)
+        if args.arms:
+            spec = only_arms(spec, args.arms)
     except StudySpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ full_command: ymn-train --multirun ...            # the same study on SD 1.5 (pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -51,6 +51,28 @@ class StudySpec:
     def jobs(self) -> list[tuple[str, int]]:
         """(arm, seed) of every run, seed-major so early results cover every arm."""
         return [(arm, seed) for seed in self.seeds for arm in self.arms]
+
+
+def only_arms(spec: StudySpec, names: list[str]) -> StudySpec:
+    """The study restricted to `names` (a study run in parts); the baseline and any arm a kept
+    arm starts from must be kept, so every difference and phase chain stays computable."""
+    unknown = [n for n in names if n not in spec.arms]
+    if unknown:
+        raise StudySpecError(f"{spec.source}: no arm(s) {unknown}; arms: {list(spec.arms)}")
+    needed = {spec.baseline} | {spec.arm_after[n] for n in names if n in spec.arm_after}
+    missing = sorted(needed - set(names))
+    if missing:
+        raise StudySpecError(
+            f"{spec.source}: --arms must keep {missing} (the baseline, or an arm a kept arm "
+            "starts from)"
+        )
+    kept = [n for n in spec.arms if n in names]  # the study file's order
+    return replace(
+        spec,
+        arms={n: spec.arms[n] for n in kept},
+        arm_steps={n: s for n, s in spec.arm_steps.items() if n in kept},
+        arm_after={n: a for n, a in spec.arm_after.items() if n in kept},
+    )
 
 
 def study_path(name_or_path: str) -> Path:
