@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,32 @@ def tiny_components():
     from ymn.model.components import build_tiny
 
     return build_tiny(seed=0)
+
+
+class ModuleTemp:
+    """`mktemp` for a test module's shared fixtures, under one folder of that module."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def mktemp(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir()
+        return path
+
+
+@pytest.fixture(scope="module")
+def module_tmp(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ModuleTemp]:
+    """Folders for module-scoped fixtures, deleted once the module's tests pass: trained runs
+    and checkpoints (hundreds of MB) would otherwise stay on disk until the session ends.
+    Kept after a failure, like a failing test's tmp_path."""
+    failed_before = request.session.testsfailed
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield ModuleTemp(root)
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

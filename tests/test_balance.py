@@ -64,9 +64,9 @@ def derive_weights(probs: dict[str, float]) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], Path]:
+def logged(module_tmp) -> tuple[Path, list[dict], Path]:
     """Fixture tree on disk, the logged rows, and a weights CSV with full-path patterns."""
-    base = tmp_path_factory.mktemp("balance")
+    base = module_tmp.mktemp("balance")
     root = base / "processed"
     rows = build_tree(root)
     weights = derive_weights({r["dir"]: r["prob"] for r in rows})

@@ -55,9 +55,9 @@ class TinyData(L.LightningDataModule):
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(module_tmp):
     """Fit 2 steps with both callbacks and a CSV logger; return (run dir, callbacks)."""
-    run_dir = tmp_path_factory.mktemp("run")
+    run_dir = module_tmp.mktemp("run")
     module = DiffusionModule(build_tiny(0), optimizer=functools.partial(torch.optim.AdamW, lr=1e-5))
     samples = SampleImages(
         every_n_steps=1,

@@ -42,8 +42,8 @@ def _noisy(image: Image.Image, sigma: float, seed: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Image.Image, dict]]:
-    root = tmp_path_factory.mktemp("synth")
+def samples(module_tmp) -> list[tuple[Image.Image, dict]]:
+    root = module_tmp.mktemp("synth")
     generate_dataset(root, n=50, seed=21, size=SIZE)
     pairs = []
     for path in sorted(root.rglob("ymnsynth_*.png")):

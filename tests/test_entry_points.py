@@ -33,11 +33,11 @@ class Inputs:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
+def data(module_tmp) -> tuple[Path, Path]:
     from ymn.data.pack import pack_folder
     from ymn.data.synthetic import generate_dataset
 
-    root = tmp_path_factory.mktemp("entry-data")
+    root = module_tmp.mktemp("entry-data")
     generate_dataset(root / "images", 6, seed=0, size=64)
     pack_folder(root / "images", root / "shards", progress=False)
     return root / "images", root / "shards"

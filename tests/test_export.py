@@ -61,8 +61,8 @@ def tiny() -> Components:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny, tmp_path_factory):
-    return export_single_file(tiny, tmp_path_factory.mktemp("sf") / "tiny.safetensors")
+def exported(tiny, module_tmp):
+    return export_single_file(tiny, module_tmp.mktemp("sf") / "tiny.safetensors")
 
 
 def file_keys(path) -> list[str]:

@@ -46,9 +46,9 @@ def _run(*args: str | Path, cwd: Path, **env: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def wheel(module_tmp) -> Path:
     """A wheel built offline from a copy of the sources (the shared checkout stays clean)."""
-    tmp = tmp_path_factory.mktemp("wheel")
+    tmp = module_tmp.mktemp("wheel")
     source = tmp / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):

@@ -30,8 +30,8 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("latents")
+def shards(module_tmp) -> Path:
+    tmp = module_tmp.mktemp("latents")
     root = make_tree(tmp / "root", {"a": 6, "b": 4}, {"a": 2})
     out = tmp / "shards"
     pack_folder(root, out, shard_size=4, progress=False)

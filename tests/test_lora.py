@@ -70,11 +70,11 @@ def _outputs(unet, text_encoder, tokenizer) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[DiffusionModule, Path, list[Path]]:
+def trained(module_tmp) -> tuple[DiffusionModule, Path, list[Path]]:
     """A LoCon module (UNet + text encoder) trained 3 steps and exported as a run does."""
     module = _module(build_tiny(0), **LOCON)
     _train(module)
-    out = tmp_path_factory.mktemp("lora") / "export"
+    out = module_tmp.mktemp("lora") / "export"
     return module, out, export_run(module, out)
 
 

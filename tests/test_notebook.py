@@ -42,8 +42,8 @@ def smoke(run_dir: Path, data_dir: Path, extra: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("phases")
+def runs_root(module_tmp) -> Path:
+    tmp = module_tmp.mktemp("phases")
     model = base_model(tmp / "base")
     root = tmp / "runs"
     smoke(root / "phase1", tmp / "data", model)  # default loggers: wandb offline + CSV

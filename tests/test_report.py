@@ -46,17 +46,17 @@ def shard_metadata(folder: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("report-synth")
+def synthetic(module_tmp) -> Path:
+    root = module_tmp.mktemp("report-synth")
     generate_dataset(root / "images", 24, seed=1, size=64)
     pack_folder(root / "images", root / "shards", shard_size=8, progress=False)
     return root / "shards"
 
 
 @pytest.fixture(scope="module")
-def crafted(tmp_path_factory) -> Path:
+def crafted(module_tmp) -> Path:
     """Caption-only folders: one with 102-token captions, one short, one ED1 drops."""
-    root = tmp_path_factory.mktemp("report-crafted")
+    root = module_tmp.mktemp("report-crafted")
     for folder, (n, caption, multiply, size) in CRAFTED.items():
         (root / "images" / folder).mkdir(parents=True)
         for j in range(n):

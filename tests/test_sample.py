@@ -17,9 +17,9 @@ from ymn.sample import run_sample as sample_main
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(module_tmp):
     """A ymn run directory holding both export formats of the tiny model."""
-    run = tmp_path_factory.mktemp("run")
+    run = module_tmp.mktemp("run")
     (run / "config_resolved.yaml").write_text("model: {}\n")
     export_both(build_tiny(0), run / "export")
     return run

@@ -34,8 +34,8 @@ def _kind_of(rel: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("synth")
+def dataset(module_tmp) -> tuple[Path, dict]:
+    out = module_tmp.mktemp("synth")
     return out, generate_dataset(out, n=60, seed=3, size=SIZE)
 
 

@@ -24,8 +24,8 @@ def offline_command(command: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("smoke")
+def smoke_run(module_tmp) -> Path:
+    root = module_tmp.mktemp("smoke")
     run_dir = root / "run"
     env = {
         **os.environ,
