@@ -4,6 +4,7 @@ statistics behave, and the report is written."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def test_bad_study_files_name_the_problem(tmp_path):
         load_study("no_such_study")
 
 
-def test_a_study_runs_in_parts_keeping_the_baseline_and_phase_chains(tmp_path):
+def test_a_study_runs_in_parts_keeping_its_phase_chains(tmp_path):
     study = tmp_path / "parts.yaml"
     study.write_text(
         "name: parts\nbaseline: a\nseeds: [1]\nsteps: 2\n"
@@ -78,10 +79,9 @@ def test_a_study_runs_in_parts_keeping_the_baseline_and_phase_chains(tmp_path):
     full = load_study(str(study))
     part = only_arms(full, ["d", "a"])
     assert list(part.arms) == ["a", "d"] and part.jobs() == [("a", 1), ("d", 1)]
+    assert list(only_arms(full, ["d"]).arms) == ["d"]  # the baseline may run in another part
     chain = only_arms(full, ["a", "b", "c"])
     assert chain.arm_after == {"c": "b"} and chain.steps_of("c") == 3
-    with pytest.raises(StudySpecError, match=r"keep \['a'\]"):
-        only_arms(full, ["b"])
     with pytest.raises(StudySpecError, match=r"keep \['b'\]"):
         only_arms(full, ["a", "c"])
     with pytest.raises(StudySpecError, match="no arm"):
@@ -319,3 +319,63 @@ def test_collect_only_records_the_command_that_reproduces_the_table(tmp_path):
     assert main(args) == 0
     recorded = json.loads((out / "results.json").read_text())["command"]
     assert recorded == f"python -m experiments.study {definition} --runs {runs} --out {out}"
+
+
+def test_kept_readings_count_as_finished_runs_when_the_runs_folder_is_gone(tmp_path):
+    from experiments.study.__main__ import finished_readings
+
+    study, kept = spec(), tmp_path / "kept"
+    jobs = plan(study, tmp_path / "runs", kept_root=kept)
+    run_jobs(jobs, 2, lambda job: None, fake_launcher([]), poll_s=0)
+    before, _ = finished_readings(study, jobs)  # keeps each finished run's reading
+    assert sorted(p.name for p in (kept / "b" / "seed1" / "probes").iterdir()) == [
+        "step_000000.json", "step_000003.json"]  # fmt: skip
+    shutil.rmtree(tmp_path / "runs")
+    fresh = plan(study, tmp_path / "runs", kept_root=kept)
+    calls: list = []
+    assert run_jobs(fresh, 2, lambda job: None, fake_launcher(calls), poll_s=0) == []
+    assert calls == []  # nothing reruns
+    after, walls = finished_readings(study, fresh)
+    assert [r.value("count/exact") for r in after] == [r.value("count/exact") for r in before]
+    assert len(walls["a"]) == 2
+
+
+def test_a_run_that_needs_weights_of_a_kept_only_run_retrains_that_run_first(tmp_path):
+    from experiments.study.__main__ import finished_readings
+
+    chained = spec(arms={"a": ["caption=asp"], "then": ["caption=count_last"]},
+                   arm_after={"then": "a"}, seeds=[1])  # fmt: skip
+    kept = tmp_path / "kept"
+    jobs = plan(chained, tmp_path / "runs", kept_root=kept)
+    run_jobs(jobs[:1], 1, lambda job: None, fake_launcher([]), poll_s=0)
+    finished_readings(chained, jobs)
+    shutil.rmtree(tmp_path / "runs")
+    calls: list = []
+    run_jobs(plan(chained, tmp_path / "runs", kept_root=kept), 1, lambda job: None,
+             fake_launcher(calls), poll_s=0)  # fmt: skip
+    assert [c[-2].rsplit("/", 2)[-2] for c in calls] == ["a", "then"]
+
+
+def test_a_study_run_in_parts_reports_every_part_and_the_command_for_all(tmp_path):
+    from experiments.study.__main__ import main
+
+    definition = tmp_path / "t.yaml"
+    definition.write_text(
+        "name: t\nquestion: q\narms: {a: [caption=asp], b: [caption=count_last], c: []}\n"
+        "baseline: a\nseeds: [1]\nsteps: 3\ncommon: [experiment=smoke]\nmetrics: [count/exact]\n"
+    )
+    out = tmp_path / "out"
+    study = load_study(str(definition))
+    jobs = [j for j in plan(study, tmp_path / "one", kept_root=out / "runs") if j.arm != "c"]
+    run_jobs(jobs, 2, lambda job: None, fake_launcher([]), 0)  # the first part: a and b
+    args = [str(definition), "--arms", "a", "b", "--collect-only", "--runs", str(tmp_path / "one"),
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    args = [str(definition), "--arms", "c", "--collect-only", "--runs", str(tmp_path / "two"),
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0  # a later part, with the first part's runs folder gone
+    result = json.loads((out / "results.json").read_text())
+    assert sorted(result["arms"]) == ["a", "b"]  # c never ran; a and b come from kept readings
+    assert result["command"] == (
+        f"python -m experiments.study {definition} --runs {tmp_path / 'two'} --out {out}"
+    )

@@ -8,7 +8,9 @@
     python -m experiments.study count --full-command       # the SD 1.5 command
 
 Runs go to `runs/studies/NAME/ARM/seedK/`, results to `experiments/studies/NAME/`
-(RESULTS.md, results.json, PNGs), rewritten after every finished run. A killed study continues
+(RESULTS.md, results.json, PNGs), rewritten after every finished run, with each finished run's
+reading kept in `experiments/studies/NAME/runs/` (committed: a study run in parts, `--arms`,
+keeps every part's runs; the table holds every arm with a reading). A killed study continues
 where it stopped: finished runs are reused and a half-done run resumes from its checkpoint.
 Extra `key=value` arguments are Hydra overrides given to every run.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from experiments.study.readings import RunReading, read_run
 from experiments.study.report import write_results
-from experiments.study.runner import Job, plan, run_jobs
+from experiments.study.runner import Job, keep_reading, plan, run_jobs
 from experiments.study.spec import (
     StudySpec,
     StudySpecError,
@@ -45,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs at once")
     parser.add_argument("--seeds", type=int, nargs="+", help="replace the study's seeds")
     parser.add_argument("--steps", type=int, help="replace the study's steps per run")
-    parser.add_argument("--arms", nargs="+", help="run (and report) only these arms")
+    parser.add_argument("--arms", nargs="+", help="run only these arms (the report keeps all)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "studies")
     parser.add_argument("--out", type=Path, help="default: experiments/studies/NAME")
     parser.add_argument("--collect-only", action="store_true", help="report finished runs only")
@@ -59,10 +61,26 @@ def finished_readings(
     """Readings and wall times of the jobs that have finished."""
     readings, walls = [], {}
     for job in jobs:
+        if job.has_weights():
+            keep_reading(job)
         if job.is_done():
-            readings.append(read_run(job.run_dir, job.arm, job.seed, spec.metrics))
+            readings.append(read_run(job.reading_dir(), job.arm, job.seed, spec.metrics))
             walls.setdefault(job.arm, []).append(job.marker()["wall_s"])
     return readings, walls
+
+
+def reproducing(args: argparse.Namespace, argv: list[str] | None) -> list[str]:
+    """The arguments of the command that reproduces the table: the table holds every arm with
+    a finished or kept run, so `--arms` and `--collect-only` are left out (without them the
+    command reuses finished runs and also runs the missing ones)."""
+    given = argv if argv is not None else sys.argv[1:]
+    shown, skipping = [], False
+    for arg in given:
+        if arg.startswith("--"):
+            skipping = arg == "--arms"
+        if not skipping and arg != "--collect-only":
+            shown.append(arg)
+    return shown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         spec = load_study(args.name)
-        if args.arms:
-            spec = only_arms(spec, args.arms)
+        running = set(only_arms(spec, args.arms).arms if args.arms else spec.arms)
     except StudySpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -82,11 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     spec = dataclasses.replace(spec, seeds=args.seeds or spec.seeds, steps=args.steps or spec.steps)
     out = args.out or REPO / "experiments" / "studies" / spec.name
-    jobs = plan(spec, args.runs, args.overrides)
-    given = argv if argv is not None else sys.argv[1:]
-    # Without --collect-only the same command reuses finished runs and also runs missing ones.
-    shown = [a for a in given if a != "--collect-only"]
-    command = " ".join(["python -m experiments.study", *shown])
+    jobs = plan(spec, args.runs, args.overrides, kept_root=out / "runs")
+    command = " ".join(["python -m experiments.study", *reproducing(args, argv)])
 
     def report(_: Job | None = None) -> None:
         readings, walls = finished_readings(spec, jobs)
@@ -94,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             written = write_results(spec, readings, walls, out, command)
             print(f"results ({len(readings)}/{len(jobs)} runs): {written}", flush=True)
 
-    failed = [] if args.collect_only else run_jobs(jobs, args.parallel, report)
+    chosen = [job for job in jobs if job.arm in running]
+    failed = [] if args.collect_only else run_jobs(chosen, args.parallel, report)
     report()
     return 1 if failed else 0
 

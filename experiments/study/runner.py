@@ -5,12 +5,18 @@ same overrides is reused; any other run is (re)started with `ckpt_path=last`, so
 half-way continues exactly from its last checkpoint and a run never started begins fresh. Runs
 that share a data folder wait until the first of them has built it (shards, latent cache), so
 parallel runs never prepare the same files at once.
+
+`runs/` is scratch; a finished run's reading (its marker, probe passes and metrics CSV, not its
+weights) is also kept beside the study's results (`experiments/studies/NAME/runs/`), where it
+counts as finished: a study committed in parts keeps every part. A run that starts from another
+run's weights (`after`) has that run retrained when only its reading was kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,11 +45,21 @@ class Job:
     overrides: list[str]
     data_marker: Path | None = None
     after: Job | None = None  # starts from this job's finished run (init_from)
+    kept_dir: Path | None = None  # where its finished reading is kept (committed)
     started: float = 0.0
     process: subprocess.Popen | None = field(default=None, repr=False)
 
+    def reading_dir(self) -> Path:
+        """The run folder when it holds a finished run, else the kept reading's folder."""
+        if (self.run_dir / MARKER).is_file() or self.kept_dir is None:
+            return self.run_dir
+        return self.kept_dir
+
+    def has_weights(self) -> bool:
+        return (self.run_dir / MARKER).is_file()
+
     def marker(self) -> dict | None:
-        path = self.run_dir / MARKER
+        path = self.reading_dir() / MARKER
         return json.loads(path.read_text()) if path.is_file() else None
 
     def is_done(self) -> bool:
@@ -116,8 +132,27 @@ def data_markers(override_lists: Sequence[Sequence[str]]) -> list[Path | None]:
     return [found[key] for key in keys]
 
 
-def plan(spec: StudySpec, runs_root: Path, extra: Sequence[str] = ()) -> list[Job]:
-    """Every job of the study, in run order; `extra` overrides go to every run."""
+KEPT = ("study.json", "probes/step_*.json", "csv/metrics.csv")
+
+
+def keep_reading(job: Job) -> None:
+    """Copy what the report reads of a finished run to its kept folder (replacing an older
+    copy): marker, probe passes, metrics CSV."""
+    if job.kept_dir is None:
+        return
+    shutil.rmtree(job.kept_dir, ignore_errors=True)
+    for pattern in KEPT:
+        for path in sorted(job.run_dir.glob(pattern)):
+            target = job.kept_dir / path.relative_to(job.run_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
+def plan(
+    spec: StudySpec, runs_root: Path, extra: Sequence[str] = (), kept_root: Path | None = None
+) -> list[Job]:
+    """Every job of the study, in run order; `extra` overrides go to every run; finished
+    readings are kept under `kept_root/ARM/seedK` when it is given."""
     pairs = spec.jobs()
     override_lists = [run_overrides(spec, arm, seed, extra) for arm, seed in pairs]
     run_dirs = {(arm, seed): runs_root / spec.name / arm / f"seed{seed}" for arm, seed in pairs}
@@ -126,9 +161,10 @@ def plan(spec: StudySpec, runs_root: Path, extra: Sequence[str] = ()) -> list[Jo
             overrides.append(f"init_from={run_dirs[spec.arm_after[arm], seed]}")
     markers = data_markers(override_lists)
     jobs = {
-        pair: Job(pair[0], pair[1], run_dirs[pair], overrides, marker)
+        pair: Job(pair[0], pair[1], run_dirs[pair], overrides, marker,
+                  kept_dir=kept_root / pair[0] / f"seed{pair[1]}" if kept_root else None)
         for pair, overrides, marker in zip(pairs, override_lists, markers, strict=True)
-    }
+    }  # fmt: skip
     for (arm, seed), job in jobs.items():
         if arm in spec.arm_after:
             job.after = jobs[spec.arm_after[arm], seed]
@@ -149,11 +185,21 @@ def command(job: Job) -> list[str]:
 def _may_start(job: Job, running: Sequence[Job]) -> bool:
     """A job waits for the run it starts from, and while another job that shares its data
     folder is still building it."""
-    if job.after is not None and not job.after.is_done():
+    if job.after is not None and not job.after.has_weights():
         return False
     if job.data_marker is None or job.data_marker.is_file():
         return True
     return all(other.data_marker != job.data_marker for other in running)
+
+
+def to_run(jobs: Sequence[Job]) -> list[Job]:
+    """The unfinished jobs, plus any finished one whose weights an unfinished job starts from
+    but of which only the reading was kept; in plan order."""
+    needed = {id(j) for j in jobs if not j.is_done()}
+    for job in jobs:
+        if id(job) in needed and job.after is not None and not job.after.has_weights():
+            needed.add(id(job.after))
+    return [j for j in jobs if id(j) in needed]
 
 
 def run_jobs(
@@ -165,7 +211,7 @@ def run_jobs(
 ) -> list[Job]:
     """Run the unfinished jobs, `parallel` at a time; call on_finish after each success.
     Returns the jobs that failed (their logs name why)."""
-    pending = [j for j in jobs if not j.is_done()]
+    pending = to_run(jobs)
     running: list[Job] = []
     failed: list[Job] = []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

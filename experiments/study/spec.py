@@ -54,17 +54,17 @@ class StudySpec:
 
 
 def only_arms(spec: StudySpec, names: list[str]) -> StudySpec:
-    """The study restricted to `names` (a study run in parts); the baseline and any arm a kept
-    arm starts from must be kept, so every difference and phase chain stays computable."""
+    """The study restricted to `names` (a study run in parts); an arm a kept arm starts from must
+    be kept too (its weights are needed). The baseline may run in another part: the report
+    reads every kept run."""
     unknown = [n for n in names if n not in spec.arms]
     if unknown:
         raise StudySpecError(f"{spec.source}: no arm(s) {unknown}; arms: {list(spec.arms)}")
-    needed = {spec.baseline} | {spec.arm_after[n] for n in names if n in spec.arm_after}
+    needed = {spec.arm_after[n] for n in names if n in spec.arm_after}
     missing = sorted(needed - set(names))
     if missing:
         raise StudySpecError(
-            f"{spec.source}: --arms must keep {missing} (the baseline, or an arm a kept arm "
-            "starts from)"
+            f"{spec.source}: --arms must keep {missing} (a kept arm starts from its weights)"
         )
     kept = [n for n in spec.arms if n in names]  # the study file's order
     return replace(
