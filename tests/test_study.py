@@ -3,6 +3,7 @@ statistics behave, and the report is written."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -175,6 +176,9 @@ def fake_launcher(calls: list, fail: set = frozenset()):
         run_dir = log.parent
         (run_dir / "probes").mkdir(parents=True, exist_ok=True)
         good = "caption=count_last" in cmd
+        if "export=true" in cmd:
+            (run_dir / "export" / "diffusers").mkdir(parents=True, exist_ok=True)
+            (run_dir / "export" / "diffusers" / "model_index.json").write_text("{}")
         for step, ok in ((0, False), (3, good)):
             payload = {"step": step, "records": [record(1, 1 if ok else 2) for _ in range(8)]}
             (run_dir / "probes" / f"step_{step:06d}.json").write_text(json.dumps(payload))
@@ -379,3 +383,19 @@ def test_a_study_run_in_parts_reports_every_part_and_the_command_for_all(tmp_pat
     assert result["command"] == (
         f"python -m experiments.study {definition} --runs {tmp_path / 'two'} --out {out}"
     )
+
+
+def test_an_arm_others_start_from_exports_and_is_rerun_to_export_when_it_did_not(tmp_path):
+    chained = spec(arms={"a": ["caption=asp"], "then": ["caption=count_last"]},
+                   arm_after={"then": "a"}, seeds=[1],
+                   common=["experiment=smoke", "export=false"])  # fmt: skip
+    jobs = plan(chained, tmp_path)
+    assert jobs[0].overrides[-1] == "export=true" and "export=true" not in jobs[1].overrides
+    without_export = [o for o in jobs[0].overrides if o != "export=true"]
+    run_jobs([dataclasses.replace(jobs[0], overrides=without_export)], 1, lambda job: None,
+             fake_launcher([]), poll_s=0)  # fmt: skip
+    first_wall = jobs[0].marker()["wall_s"]
+    calls: list = []
+    run_jobs(plan(chained, tmp_path), 1, lambda job: None, fake_launcher(calls), poll_s=0)
+    assert [c[-2].rsplit("/", 2)[-2] for c in calls] == ["a", "then"]  # a reran to export
+    assert jobs[0].marker()["wall_s"] == first_wall  # its cost is its first run's

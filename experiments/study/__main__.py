@@ -61,7 +61,7 @@ def finished_readings(
     """Readings and wall times of the jobs that have finished."""
     readings, walls = [], {}
     for job in jobs:
-        if job.has_weights():
+        if job.finished_here():
             keep_reading(job)
         if job.is_done():
             readings.append(read_run(job.reading_dir(), job.arm, job.seed, spec.metrics))

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.study.spec import StudySpec
+from ymn.run_dir import diffusers_export
 
 MARKER = "study.json"
-LOG_ONLY = frozenset({"name", "group", "tags", "logger"})  # how a run is logged, not its numbers
+# How a run is named, logged and exported: not its numbers.
+NOT_DEFINING = frozenset({"name", "group", "tags", "logger", "export"})
 Launcher = Callable[[list[str], Path, dict[str, str]], subprocess.Popen]
 
 
@@ -51,12 +53,16 @@ class Job:
 
     def reading_dir(self) -> Path:
         """The run folder when it holds a finished run, else the kept reading's folder."""
-        if (self.run_dir / MARKER).is_file() or self.kept_dir is None:
+        if self.finished_here() or self.kept_dir is None:
             return self.run_dir
         return self.kept_dir
 
-    def has_weights(self) -> bool:
+    def finished_here(self) -> bool:
         return (self.run_dir / MARKER).is_file()
+
+    def has_weights(self) -> bool:
+        """Finished here with its exported model, what a run starting from it loads."""
+        return self.finished_here() and diffusers_export(self.run_dir) is not None
 
     def marker(self) -> dict | None:
         path = self.reading_dir() / MARKER
@@ -96,9 +102,9 @@ def run_overrides(spec: StudySpec, arm: str, seed: int, extra: Sequence[str] = (
 
 
 def defining(overrides: Sequence[str]) -> list[str]:
-    """The overrides that can change a run's numbers: logging keys (LOG_ONLY) are left out, so
-    a finished run stays reusable when only how it is logged changes."""
-    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in LOG_ONLY]
+    """The overrides that can change a run's numbers: naming, logging and export keys
+    (NOT_DEFINING) are left out, so a finished run stays reusable when only those change."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_DEFINING]
 
 
 def _marker_of(cfg) -> Path | None:
@@ -156,9 +162,12 @@ def plan(
     pairs = spec.jobs()
     override_lists = [run_overrides(spec, arm, seed, extra) for arm, seed in pairs]
     run_dirs = {(arm, seed): runs_root / spec.name / arm / f"seed{seed}" for arm, seed in pairs}
+    starts = set(spec.arm_after.values())
     for (arm, seed), overrides in zip(pairs, override_lists, strict=True):
         if arm in spec.arm_after:
             overrides.append(f"init_from={run_dirs[spec.arm_after[arm], seed]}")
+        if arm in starts:
+            overrides.append("export=true")  # the next arm loads its exported model
     markers = data_markers(override_lists)
     jobs = {
         pair: Job(pair[0], pair[1], run_dirs[pair], overrides, marker,
@@ -193,8 +202,9 @@ def _may_start(job: Job, running: Sequence[Job]) -> bool:
 
 
 def to_run(jobs: Sequence[Job]) -> list[Job]:
-    """The unfinished jobs, plus any finished one whose weights an unfinished job starts from
-    but of which only the reading was kept; in plan order."""
+    """The unfinished jobs, plus any finished one whose exported model an unfinished job starts
+    from but which lacks it (only its reading was kept, or it ran without export: rerun, it
+    resumes from its last checkpoint and exports); in plan order."""
     needed = {id(j) for j in jobs if not j.is_done()}
     for job in jobs:
         if id(job) in needed and job.after is not None and not job.after.has_weights():
@@ -250,6 +260,9 @@ def run_jobs(
 
 
 def _write_marker(job: Job, wall_s: float) -> None:
-    """`wall_s` is the last launch's time (a resumed run's earlier part is not in it)."""
+    """`wall_s` is the last launch's time (a resumed run's earlier part is not in it); a run
+    that had finished before (rerun to export) keeps its first time."""
+    earlier = job.marker() if job.finished_here() else None
+    wall_s = earlier["wall_s"] if earlier else wall_s
     payload = {"arm": job.arm, "seed": job.seed, "overrides": job.overrides, "wall_s": wall_s}
     (job.run_dir / MARKER).write_text(json.dumps(payload, indent=1) + "\n")
