@@ -399,3 +399,8 @@ def test_an_arm_others_start_from_exports_and_is_rerun_to_export_when_it_did_not
     run_jobs(plan(chained, tmp_path), 1, lambda job: None, fake_launcher(calls), poll_s=0)
     assert [c[-2].rsplit("/", 2)[-2] for c in calls] == ["a", "then"]  # a reran to export
     assert jobs[0].marker()["wall_s"] == first_wall  # its cost is its first run's
+
+
+def test_the_cards_three_to_five_reading_counts_only_images_asked_for_three():
+    rows = [record(3, 3), record(3, 5), record(3, 6), record(3, 2), record(1, 4)]
+    assert METRICS["count/3to5@3"][1](columns([record_terms(r) for r in rows])) == 0.5

@@ -85,6 +85,10 @@ METRICS: dict[str, tuple[str, Metric]] = {
         )
         for k in range(1, 6)
     },
+    "count/3to5@3": (  # the card's "3people gives 3–5"
+        "share drawing 3–5 people, asked 3",
+        _mean(lambda c: (c["detected"] >= 3) & (c["detected"] <= 5), _asked(3)),
+    ),
     **{
         f"count/exact@{k}": (f"exact accuracy, asked {k}", _mean(lambda c: c["exact"], _asked(k)))
         for k in range(1, 6)
