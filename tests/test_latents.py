@@ -12,7 +12,13 @@ from test_stream import make_tree
 
 from ymn.data.buckets import apply_crop, plan_crop
 from ymn.data.decode import SkipCounter, iter_tar, parse_sample, resolve_shards, to_tensor
-from ymn.data.latent_source import LatentCacheError, LatentSource, check_cache, read_index
+from ymn.data.latent_source import (
+    LatentCacheError,
+    LatentSource,
+    check_cache,
+    read_index,
+    vae_fingerprint,
+)
 from ymn.data.latents import LatentDataModule, cache_latents, cached_crop, main
 from ymn.data.pack import pack_folder
 from ymn.data.pixels import PixelSource
@@ -188,3 +194,18 @@ def test_datamodule_builds_the_cache_with_the_model_vae_and_refuses_another(
     )
     with pytest.raises(LatentCacheError, match="not the VAE"):
         with_vae(build_tiny(seed=1).vae).setup("fit")
+
+
+def test_the_same_vae_loaded_from_another_folder_serves_the_cache(cache, tiny, tmp_path) -> None:
+    """A run's export (or another checkout) holds the same VAE under another path: the
+    fingerprint reads weights and public config, not where the VAE was loaded from."""
+    from diffusers import AutoencoderKL
+
+    tiny.vae.save_pretrained(tmp_path / "a")
+    tiny.vae.save_pretrained(tmp_path / "b")
+    first, second = (AutoencoderKL.from_pretrained(tmp_path / n) for n in "ab")
+    assert first.config._name_or_path != second.config._name_or_path
+    assert vae_fingerprint(first) == vae_fingerprint(second) == read_index(cache)["vae"]
+    with torch.no_grad():
+        second.decoder.conv_out.bias.add_(1e-3)
+    assert vae_fingerprint(second) != vae_fingerprint(first)

@@ -35,9 +35,11 @@ class LatentCacheError(ValueError):
 
 
 def vae_fingerprint(vae: torch.nn.Module) -> str:
-    """A hash of the VAE's config and weights: a cache only serves the VAE that made it."""
+    """A hash of the VAE's config and weights: a cache only serves the VAE that made it.
+    Diffusers' private config keys (`_name_or_path`: where it was loaded from) are left out,
+    so the same VAE matches wherever it lies (another checkout, a run's export)."""
     digest = hashlib.blake2b(digest_size=16)
-    config = dict(getattr(vae, "config", {}))
+    config = {k: v for k, v in dict(getattr(vae, "config", {})).items() if not k.startswith("_")}
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())
