@@ -358,6 +358,11 @@ def test_a_run_that_needs_weights_of_a_kept_only_run_retrains_that_run_first(tmp
     run_jobs(plan(chained, tmp_path / "runs", kept_root=kept), 1, lambda job: None,
              fake_launcher(calls), poll_s=0)  # fmt: skip
     assert [c[-2].rsplit("/", 2)[-2] for c in calls] == ["a", "then"]
+    finished_readings(chained, jobs)
+    kept_marker = (kept / "then" / "seed1" / "study.json").read_text()
+    assert "init_from=RUNS_ROOT/t/a/seed1" in kept_marker and str(tmp_path) not in kept_marker
+    moved = plan(chained, tmp_path / "elsewhere", kept_root=kept)  # another checkout
+    assert all(job.is_done() for job in moved)
 
 
 def test_a_study_run_in_parts_reports_every_part_and_the_command_for_all(tmp_path):

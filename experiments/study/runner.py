@@ -28,6 +28,7 @@ from experiments.study.spec import StudySpec
 from ymn.run_dir import diffusers_export
 
 MARKER = "study.json"
+RUNS_ROOT = "RUNS_ROOT"  # the runs folder's place in a kept marker
 # How a run is named, logged and exported: not its numbers.
 NOT_DEFINING = frozenset({"name", "group", "tags", "logger", "export"})
 Launcher = Callable[[list[str], Path, dict[str, str]], subprocess.Popen]
@@ -51,6 +52,12 @@ class Job:
     started: float = 0.0
     process: subprocess.Popen | None = field(default=None, repr=False)
 
+    def portable(self, overrides: Sequence[str]) -> list[str]:
+        """Overrides with this machine's runs folder written as RUNS_ROOT (a kept marker is
+        committed; `init_from` points into the runs folder)."""
+        root = str(self.run_dir.parents[2])
+        return [o.replace(root, RUNS_ROOT) for o in overrides]
+
     def reading_dir(self) -> Path:
         """The run folder when it holds a finished run, else the kept reading's folder."""
         if self.finished_here() or self.kept_dir is None:
@@ -73,7 +80,7 @@ class Job:
         marker = self.marker()
         if marker is None:
             return False
-        if defining(marker["overrides"]) != defining(self.overrides):
+        if defining(self.portable(marker["overrides"])) != defining(self.portable(self.overrides)):
             raise StaleRunError(
                 f"{self.run_dir} holds a finished run with other overrides "
                 f"({marker['overrides']} vs {self.overrides}); delete it to rerun this arm"
@@ -152,6 +159,9 @@ def keep_reading(job: Job) -> None:
             target = job.kept_dir / path.relative_to(job.run_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
+    marker = json.loads((job.run_dir / MARKER).read_text())
+    marker["overrides"] = job.portable(marker["overrides"])
+    (job.kept_dir / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
 
 
 def plan(
