@@ -403,6 +403,10 @@ def test_an_arm_others_start_from_exports_and_is_rerun_to_export_when_it_did_not
     calls: list = []
     run_jobs(plan(chained, tmp_path), 1, lambda job: None, fake_launcher(calls), poll_s=0)
     assert [c[-2].rsplit("/", 2)[-2] for c in calls] == ["a", "then"]  # a reran to export
+    from experiments.study.report import steps_line
+
+    assert steps_line(chained, ["a", "then"]) == "steps: a 3, then 3 after a"
+    assert steps_line(spec(), ["a", "b"]) == "3 steps each"
     assert jobs[0].marker()["wall_s"] == first_wall  # its cost is its first run's
 
 

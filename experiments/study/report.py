@@ -107,6 +107,18 @@ def _size(entry: Mapping[str, Any]) -> str:
     return f"{seeds} seeds × {entry['images'] // max(seeds, 1)} probe images"
 
 
+def steps_line(spec: StudySpec, arms: Sequence[str]) -> str:
+    """'600 steps each', or each arm's own steps (and the arm it starts from)."""
+    if not any(a in spec.arm_steps or a in spec.arm_after for a in arms):
+        return f"{spec.steps} steps each"
+
+    def one(arm: str) -> str:
+        after = f" after {spec.arm_after[arm]}" if arm in spec.arm_after else ""
+        return f"{arm} {spec.steps_of(arm)}{after}"
+
+    return "steps: " + ", ".join(one(a) for a in arms)
+
+
 def render(spec: StudySpec, summary: Mapping[str, Any], command: str) -> str:
     """RESULTS.md: question, caveat, how it was run, one table per metric, cost, full command."""
     lines = [f"# Study: {spec.name}", "", spec.question, "", f"*{CAVEAT}*", ""]
@@ -115,7 +127,7 @@ def render(spec: StudySpec, summary: Mapping[str, Any], command: str) -> str:
     arms = list(summary)
     sizes = ", ".join(f"{a}: {_size(summary[a])}" for a in arms)
     lines += [
-        f"- Runs: {sizes}; {spec.steps} steps each; baseline arm `{spec.baseline}`.",
+        f"- Runs: {sizes}; {steps_line(spec, arms)}; baseline arm `{spec.baseline}`.",
         "- *over seeds*: mean ± half-width of the 95 % t-interval of the per-seed values. "
         "*pooled*: all images of the arm. *vs baseline*: pooled difference, paired bootstrap "
         "95 % CI over images (within training seed), two-sided paired permutation p (2000 draws).",
