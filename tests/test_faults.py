@@ -67,7 +67,7 @@ def test_nan_loss_is_skipped_and_counted(tmp_path, tiny_model):
         tiny_model,
         "trainer.max_steps=4",
         "callbacks.checkpoint.every_n_train_steps=1",
-        "callbacks.checkpoint.keep_last=10",
+        "callbacks.checkpoint.keep_last=3",  # steps 2, 3 and 4 are read
         *NanAt.overrides(2),
     )
     ckpt = run_dir / "checkpoints"

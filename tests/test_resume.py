@@ -63,7 +63,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_model, workers)
         *SHORT_EPOCHS,
         f"trainer.max_steps={steps}",
         "callbacks.checkpoint.every_n_train_steps=1",
-        "callbacks.checkpoint.keep_last=20",
+        "callbacks.checkpoint.keep_last=2",  # the newest two: last and the step a test loads
         f"data.num_workers={workers}",
     )
     run_training(short_train_args(tmp_path, tiny_model, tmp_path / "A", *common))
@@ -115,7 +115,7 @@ def test_killed_twice_near_epoch_ends_resumes_bitwise_identical(
         *SHORT_EPOCHS,
         f"trainer.max_steps={steps}",
         "callbacks.checkpoint.every_n_train_steps=1",
-        "callbacks.checkpoint.keep_last=20",
+        "callbacks.checkpoint.keep_last=2",  # the newest two: last and the step a test loads
     )
     args = partial(short_train_args, tmp_path, tiny_model)
     run_training(args(tmp_path / "A", *common, f"data.num_workers={workers}"))
