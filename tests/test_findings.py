@@ -14,12 +14,12 @@ def _results(diff: dict) -> dict:
         row = {"over_seeds": {"mean": pooled, "ci95": None}, "pooled": pooled}
         if vs is not None:
             row["vs_baseline"] = vs
-        return {"seeds": [1], "images": 640, "images_per_count": {"1": 128},
-                "metrics": {"count/exact": row, "identity/lead@1": row}}  # fmt: skip
+        metrics = {m: row for m in ("count/exact", "identity/lead@1", "count/abs_err")}
+        return {"seeds": [1], "images": 640, "images_per_count": {"1": 128}, "metrics": metrics}
 
     return {
         "study": "count", "steps": 600, "baseline": "first",
-        "metrics": ["count/exact", "identity/lead@1"],
+        "metrics": ["count/exact", "identity/lead@1", "count/abs_err"],
         "arms": {"first": arm(0.20), "last": arm(0.26, diff)},
         "command": "python -m experiments.study count --seeds 1",
     }  # fmt: skip
@@ -30,6 +30,8 @@ def test_verdict_needs_both_the_p_value_and_the_interval() -> None:
     assert verdict({"diff": 0.06, "ci95": [-0.01, 0.10], "p": 0.04}) == "not established"
     assert verdict({"diff": 0.06, "ci95": [0.01, 0.10], "p": 0.20}) == "not established"
     assert verdict({"diff": None, "ci95": None, "p": None}) == "no difference computed"
+    one_run = verdict({"diff": 0.06, "ci95": [0.02, 0.10], "p": 0.001}, seeds=1)
+    assert one_run.startswith("established") and "seed spread unknown" in one_run
 
 
 def test_render_reports_run_and_unrun_studies(tmp_path: Path) -> None:
@@ -38,7 +40,9 @@ def test_render_reports_run_and_unrun_studies(tmp_path: Path) -> None:
     (tmp_path / "count" / "results.json").write_text(json.dumps(_results(diff)))
     text = render(studies_dir=tmp_path, world=tmp_path / "missing.json")
     count = text.split("## count")[1].split("\n## ")[0]
-    assert "+0.060 [+0.020, +0.100], p = 0.002 | established |" in count
+    one_seed = "+0.060 [+0.020, +0.100], p = 0.002 | established within one run"
+    assert one_seed in count  # both arms have one training seed
+    assert "| mean \\|detected − asked\\| |" in count  # the label's bars do not split cells
     assert "`python -m experiments.study count --seeds 1`" in count
     assert "1 × 640" in count and "| `last` | 1 × 128 |" in count  # lead@1 reads 1-person images
     assert "**Reading**" not in count  # none written for it

@@ -38,13 +38,20 @@ CARD = {
 }
 
 
-def verdict(diff: Mapping[str, Any] | None) -> str:
-    """'established' when p < ALPHA and the CI excludes 0, else 'not established'."""
+ONE_RUN = "within one run: seed spread unknown"
+
+
+def verdict(diff: Mapping[str, Any] | None, seeds: int = 2) -> str:
+    """'established' when p < ALPHA and the CI excludes 0, else 'not established'. With one
+    training seed the test covers the probe pass's sampling only, not how another training
+    run of each arm would differ, and the verdict says so."""
     if not diff or diff.get("diff") is None:
         return "no difference computed"
     low, high = diff["ci95"]
     excludes_zero = low > 0 or high < 0
-    return "established" if diff["p"] < ALPHA and excludes_zero else "not established"
+    if not (diff["p"] < ALPHA and excludes_zero):
+        return "not established"
+    return "established" if seeds >= 2 else f"established {ONE_RUN}"
 
 
 def _images_read(metric: str, entry: Mapping[str, Any]) -> int:
@@ -88,7 +95,7 @@ def study_section(
         "|---|---|---|---|---|---|",
     ]
     for metric in results["metrics"]:
-        label = METRICS[metric][0] if metric in METRICS else metric
+        label = (METRICS[metric][0] if metric in METRICS else metric).replace("|", "\\|")
         for arm, entry in arms.items():
             row = entry["metrics"][metric]
             size = f"{len(entry['seeds'])} × {_images_read(metric, entry)}"
@@ -97,7 +104,8 @@ def study_section(
             if arm == baseline:
                 cells = [label, f"`{arm}` (baseline)", size, pooled, "", ""]
             else:
-                cells = [label, f"`{arm}`", size, pooled, diff_cell(diff), verdict(diff)]
+                seeds = min(len(entry["seeds"]), len(base["seeds"])) if base else 0
+                cells = [label, f"`{arm}`", size, pooled, diff_cell(diff), verdict(diff, seeds)]
             lines.append("| " + " | ".join(cells) + " |")
     if base is None:
         lines += ["", f"The baseline arm `{baseline}` has not finished: no differences yet."]
