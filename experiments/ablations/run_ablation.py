@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps per run (default 200)")
     parser.add_argument("--full-command", action="store_true", help="print the GPU command")
     parser.add_argument("--collect", type=Path, nargs="+", help="only tabulate these sweep dirs")
-    parser.add_argument("--out", type=Path, default=HERE, help="where NAME.md/.json go")
+    parser.add_argument(  # a smoke table of the sweep; toy evidence is experiments/studies/
+        "--out", type=Path, default=REPO / "runs" / "ablations", help="where NAME.md/.json go"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_intermixed_args(argv)
     if args.full_command:
