@@ -356,3 +356,23 @@ def test_probe_capture_and_the_loss_share_layers():
 
 def cross_attention_layers_of(unet) -> list[str]:
     return [k for k in unet.attn_processors if ".attn2." in k]
+
+
+def test_the_localization_loss_arm_builds_from_its_hydra_config():
+    """`+loss=attn_localization` on the toy recipe builds the module as ymn-train does (the
+    study arm failed in instantiate: the losses dict holds tensors)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from ymn.paths import CONFIG_DIR
+    from ymn.remedies.attn_localization import AttnLocalizationLoss
+    from ymn.train import build_model
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=toy_phase1", "+loss=attn_localization",
+                                            "paths.run_dir=/tmp/ymn-compose"])  # fmt: skip
+    GlobalHydra.instance().clear()
+    module = build_model(cfg, loss_guard=instantiate(cfg.faults))
+    assert isinstance(module.aux_losses["attn_localization"], AttnLocalizationLoss)

@@ -69,6 +69,13 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
 
 
+def build_model(cfg: DictConfig, loss_guard: Any) -> Any:
+    """The LightningModule of `cfg.model`. `_convert_="partial"`: the `losses` dict holds
+    instantiated modules (tensors), which an OmegaConf container refuses."""
+    # a partial, so the guard arrives as itself: Hydra would turn a dataclass kwarg into a config
+    return instantiate(cfg.model, _partial_=True, _convert_="partial")(loss_guard=loss_guard)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit once; returns the final logged metrics (for sweeps)."""
     validate_config(cfg)  # unknown keys / wrong types fail here, before any work
@@ -77,8 +84,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     apply_init_from(cfg)
 
-    # a partial, so the guard arrives as itself: Hydra would turn a dataclass kwarg into a config
-    module = instantiate(cfg.model, _partial_=True)(loss_guard=instantiate(cfg.faults))
+    module = build_model(cfg, loss_guard=instantiate(cfg.faults))
     datamodule = instantiate(cfg.data, tokenizer=module.tokenizer)
     callbacks = [*build_callbacks(cfg), RecordDataManifest(run_dir), RngState(), ResumeState()]
     if cfg.get("carry_optimizer") and cfg.get("init_from"):
