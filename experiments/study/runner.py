@@ -150,8 +150,15 @@ KEPT = ("study.json", "probes/step_*.json", "csv/metrics.csv")
 
 def keep_reading(job: Job) -> None:
     """Copy what the report reads of a finished run to its kept folder (replacing an older
-    copy): marker, probe passes, metrics CSV."""
+    copy): marker, probe passes, metrics CSV. A copy newer than the run's marker is current
+    (a run's files do not change after its marker), so each report copies only new runs."""
     if job.kept_dir is None:
+        return
+    kept_marker = job.kept_dir / MARKER
+    if (
+        kept_marker.is_file()
+        and kept_marker.stat().st_mtime >= (job.run_dir / MARKER).stat().st_mtime
+    ):
         return
     shutil.rmtree(job.kept_dir, ignore_errors=True)
     for pattern in KEPT:
