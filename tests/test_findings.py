@@ -34,6 +34,14 @@ def test_verdict_needs_both_the_p_value_and_the_interval() -> None:
     assert one_run.startswith("established") and "seed spread unknown" in one_run
 
 
+def test_verdict_refuses_a_difference_the_training_seeds_disagree_on() -> None:
+    pooled = {"diff": -0.06, "ci95": [-0.09, -0.03], "p": 0.0005}
+    agree = verdict({**pooled, "per_seed": {"1": -0.10, "2": -0.02}}, seeds=2)
+    disagree = verdict({**pooled, "per_seed": {"1": -0.13, "2": +0.01}}, seeds=2)
+    assert agree == "established"
+    assert disagree.startswith("not established") and "disagree" in disagree
+
+
 def test_render_reports_run_and_unrun_studies(tmp_path: Path) -> None:
     diff = {"diff": 0.06, "ci95": [0.02, 0.10], "p": 0.002, "n_images": 640}
     (tmp_path / "count").mkdir()
@@ -52,3 +60,12 @@ def test_render_reports_run_and_unrun_studies(tmp_path: Path) -> None:
     face_grid = text.split("## face_grid")[1].split("\n## ")[0]
     assert "**Not run yet.**" in face_grid
     assert "not measured" in text  # the base's limits, when embedded_world.json is absent
+
+
+def test_a_difference_over_several_seeds_lists_each_seeds_own() -> None:
+    from experiments.study.report import diff_cell
+
+    two = {"diff": -0.06, "ci95": [-0.09, -0.03], "p": 0.0005, "per_seed": {"1": -0.13, "2": 0.01}}
+    assert diff_cell(two).endswith("p = 0.0005; seeds -0.130 / +0.010")
+    one = {**two, "per_seed": {"1": -0.06}}
+    assert diff_cell(one).endswith("p = 0.0005")

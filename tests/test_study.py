@@ -135,6 +135,14 @@ def test_paired_difference_is_zero_for_identical_arms_and_significant_for_a_clea
     assert mixed["ci95"][0] <= mixed["diff"] <= mixed["ci95"][1] and mixed["p"] > 0.3
 
 
+def test_paired_difference_keeps_each_training_seeds_own_difference():
+    arm = [reading("b", 1, [True] * 8 + [False] * 2), reading("b", 2, [True] * 3 + [False] * 7)]
+    base = [reading("a", 1, [True] * 4 + [False] * 6), reading("a", 2, [True] * 5 + [False] * 5)]
+    diff = paired_difference("count/exact", arm, base)
+    assert diff["per_seed"] == pytest.approx({"1": 0.4, "2": -0.2})
+    assert diff["diff"] == pytest.approx(0.1)
+
+
 def test_unpaired_probe_passes_are_refused():
     other = RunReading("b", 1, 10, columns([record_terms(record(3, 3))]), [record(3, 3)])
     with pytest.raises(ValueError, match="different probe passes"):

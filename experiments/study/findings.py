@@ -3,7 +3,8 @@ one, from every study's `experiments/studies/NAME/results.json`.
 
 Per study: the card's claim it tests, the baseline arm's pooled reading of each metric with its
 image count, and each other arm's paired difference (bootstrap 95 % CI, permutation p), called
-*established* only when p < 0.05 and the CI excludes 0. A study without results is listed with
+*established* only when p < 0.05, the CI excludes 0 and each training seed's own difference
+points the same way. A study without results is listed with
 the command that runs it; a study's READING.md (its reading in words) is included as written.
 The page states the base's own limits first, from the committed
 `experiments/bench/embedded_world.json`, because every reading is capped by them.
@@ -39,19 +40,31 @@ CARD = {
 
 
 ONE_RUN = "within one run: seed spread unknown"
+SEEDS_DISAGREE = "not established: the training seeds disagree in sign"
+
+
+def _seeds_agree(diff: Mapping[str, Any]) -> bool:
+    """Every training seed's own difference has the pooled difference's sign (a results.json
+    written before per-seed differences were kept counts as agreeing)."""
+    per_seed = [v for v in diff.get("per_seed", {}).values() if v is not None]
+    return all(v * diff["diff"] > 0 for v in per_seed)
 
 
 def verdict(diff: Mapping[str, Any] | None, seeds: int = 2) -> str:
-    """'established' when p < ALPHA and the CI excludes 0, else 'not established'. With one
-    training seed the test covers the probe pass's sampling only, not how another training
-    run of each arm would differ, and the verdict says so."""
+    """'established' when p < ALPHA, the CI excludes 0 and every training seed's own difference
+    has the same sign; else 'not established'. The test covers the probe pass's sampling
+    between the trained models: with one training seed, how another training run would differ
+    is unknown, and the verdict says so; with several, a seed that points the other way means
+    the pooled difference is one run's, not the arm's."""
     if not diff or diff.get("diff") is None:
         return "no difference computed"
     low, high = diff["ci95"]
     excludes_zero = low > 0 or high < 0
     if not (diff["p"] < ALPHA and excludes_zero):
         return "not established"
-    return "established" if seeds >= 2 else f"established {ONE_RUN}"
+    if seeds < 2:
+        return f"established {ONE_RUN}"
+    return "established" if _seeds_agree(diff) else SEEDS_DISAGREE
 
 
 def _images_read(metric: str, entry: Mapping[str, Any]) -> int:
@@ -151,8 +164,9 @@ def render(studies_dir: Path = STUDIES, world: Path = EMBEDDED_WORLD) -> str:
         "# Findings: the card's failures at toy scale",
         "",
         "Regenerate: `python -m experiments.study.findings`. A difference is *established* only "
-        f"when its paired permutation p < {ALPHA} and its bootstrap 95 % CI excludes 0; "
-        "everything else is reported as not established, with its numbers.",
+        f"when its paired permutation p < {ALPHA}, its bootstrap 95 % CI excludes 0 and, with "
+        "several training seeds, each seed's own difference (listed after the p-value) has its "
+        "sign; everything else is reported as not established, with its numbers.",
         "",
         *base_limits(world),
     ]

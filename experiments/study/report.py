@@ -95,11 +95,20 @@ def pooled_cell(row: Mapping[str, Any]) -> str:
 
 
 def diff_cell(diff: Mapping[str, Any] | None) -> str:
-    """A paired difference: `-0.089 [-0.139, -0.042], p = 0.001` (– when none)."""
+    """A paired difference: `-0.089 [-0.139, -0.042], p = 0.001`, then with several training
+    seeds each seed's own difference (`; seeds +0.012 / -0.151`); – when none."""
     if not diff or diff.get("diff") is None:
         return "–"
     low, high = diff["ci95"]
-    return f"{diff['diff']:+.3f} [{low:+.3f}, {high:+.3f}], p = {diff['p']:.3g}"
+    cell = f"{diff['diff']:+.3f} [{low:+.3f}, {high:+.3f}], p = {diff['p']:.3g}"
+    per_seed = diff.get("per_seed") or {}
+    if len(per_seed) >= 2:
+        cell += "; seeds " + " / ".join(_fmt_signed(v) for v in per_seed.values())
+    return cell
+
+
+def _fmt_signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
 
 
 def _size(entry: Mapping[str, Any]) -> str:

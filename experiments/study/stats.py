@@ -5,6 +5,8 @@ rerun would see). Between an arm and the baseline: probe images are paired — s
 same probe layout and requested count, same sampling seed — so the difference on the pooled
 images gets a paired bootstrap 95 % CI (images resampled with replacement within each training
 seed) and a two-sided paired permutation p-value (each pair's two arm labels swapped at random).
+Both measure the probe pass's sampling error between the two trained models; the difference
+within each training seed (`per_seed`) shows whether another training run agrees.
 """
 
 from __future__ import annotations
@@ -69,6 +71,19 @@ def _stratified_resample(strata: np.ndarray, rng: np.random.Generator) -> np.nda
     return np.concatenate(picks)
 
 
+def per_seed_differences(
+    metric: str, left: Columns, right: Columns, strata: np.ndarray
+) -> dict[str, float | None]:
+    """arm − baseline of `metric` within each training seed (None where not finite)."""
+    fn = METRICS[metric][1]
+    out: dict[str, float | None] = {}
+    for value in np.unique(strata):
+        mask = strata == value
+        diff = fn(_take(left, mask)) - fn(_take(right, mask))
+        out[str(int(value))] = float(diff) if math.isfinite(diff) else None
+    return out
+
+
 def pooled_interval(
     metric: str, runs: Sequence[RunReading], n_resamples: int = 2000, seed: int = 0
 ) -> list[float] | None:
@@ -96,7 +111,7 @@ def paired_difference(
     seed: int = 0,
 ) -> dict[str, Any]:
     """arm − baseline of `metric` on the pooled paired images: estimate, bootstrap 95 % CI,
-    permutation p-value and the number of paired images."""
+    permutation p-value, the number of paired images and the difference within each seed."""
     fn = METRICS[metric][1]
     left, right, strata = paired_columns(arm, baseline)
     n = len(strata)
@@ -126,4 +141,5 @@ def paired_difference(
         "ci95": [float(low), float(high)],
         "p": float((extreme + 1) / (len(null_arr) + 1)),
         "n_images": n,
+        "per_seed": per_seed_differences(metric, left, right, strata),
     }
