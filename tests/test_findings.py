@@ -42,6 +42,14 @@ def test_verdict_refuses_a_difference_the_training_seeds_disagree_on() -> None:
     assert disagree.startswith("not established") and "disagree" in disagree
 
 
+def test_a_significant_but_tiny_difference_is_called_negligible_and_printed_with_its_size() -> None:
+    from experiments.study.report import diff_cell
+
+    tiny = {"diff": 4.2e-6, "ci95": [3.1e-6, 5.0e-6], "p": 0.0005}
+    assert "negligible" in verdict(tiny)
+    assert diff_cell(tiny) == "+4.2e-06 [+3.1e-06, +5.0e-06], p = 0.0005"
+
+
 def test_render_reports_run_and_unrun_studies(tmp_path: Path) -> None:
     diff = {"diff": 0.06, "ci95": [0.02, 0.10], "p": 0.002, "n_images": 640}
     (tmp_path / "count").mkdir()

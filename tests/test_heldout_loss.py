@@ -1,4 +1,4 @@
-"""The held-out loss: a common scene set, per-image losses independent of batching, a paired test."""
+"""Held-out loss: one common scene set, per-image losses independent of batching, a paired test."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from experiments.study.heldout_loss import heldout_scenes, paired_mean_differenc
 def test_heldout_scenes_are_the_same_set_every_time_and_of_the_asked_kind() -> None:
     first, again = heldout_scenes("hands", 3, 64), heldout_scenes("hands", 3, 64)
     assert torch.equal(first.pixels, again.pixels) and first.metas == again.metas
-    assert first.pixels.shape == (3, 3, 64, 64) and -1 <= first.pixels.min() < first.pixels.max() <= 1
+    assert (
+        first.pixels.shape == (3, 3, 64, 64) and -1 <= first.pixels.min() < first.pixels.max() <= 1
+    )
     assert all("hands" in meta["tags"] for meta in first.metas)
 
 

@@ -41,6 +41,8 @@ CARD = {
 
 ONE_RUN = "within one run: seed spread unknown"
 SEEDS_DISAGREE = "not established: the training seeds disagree in sign"
+NEGLIGIBLE = 1e-3  # every study metric is a rate, a count or a cell distance
+TOO_SMALL = f"established, but negligible (below {NEGLIGIBLE:g})"
 
 
 def _seeds_agree(diff: Mapping[str, Any]) -> bool:
@@ -52,16 +54,19 @@ def _seeds_agree(diff: Mapping[str, Any]) -> bool:
 
 def verdict(diff: Mapping[str, Any] | None, seeds: int = 2) -> str:
     """'established' when p < ALPHA, the CI excludes 0 and every training seed's own difference
-    has the same sign; else 'not established'. The test covers the probe pass's sampling
-    between the trained models: with one training seed, how another training run would differ
-    is unknown, and the verdict says so; with several, a seed that points the other way means
-    the pooled difference is one run's, not the arm's."""
+    has the same sign; else 'not established'. A difference below NEGLIGIBLE is called so.
+    The test covers the probe pass's sampling between the trained models: with one training
+    seed, how another training run would differ is unknown, and the verdict says so; with
+    several, a seed that points the other way means the pooled difference is one run's, not
+    the arm's."""
     if not diff or diff.get("diff") is None:
         return "no difference computed"
     low, high = diff["ci95"]
     excludes_zero = low > 0 or high < 0
     if not (diff["p"] < ALPHA and excludes_zero):
         return "not established"
+    if abs(diff["diff"]) < NEGLIGIBLE:
+        return TOO_SMALL
     if seeds < 2:
         return f"established {ONE_RUN}"
     return "established" if _seeds_agree(diff) else SEEDS_DISAGREE

@@ -100,7 +100,8 @@ def diff_cell(diff: Mapping[str, Any] | None) -> str:
     if not diff or diff.get("diff") is None:
         return "–"
     low, high = diff["ci95"]
-    cell = f"{diff['diff']:+.3f} [{low:+.3f}, {high:+.3f}], p = {diff['p']:.3g}"
+    interval = f"[{_fmt_signed(low)}, {_fmt_signed(high)}]"
+    cell = f"{_fmt_signed(diff['diff'])} {interval}, p = {diff['p']:.3g}"
     per_seed = diff.get("per_seed") or {}
     if len(per_seed) >= 2:
         cell += "; seeds " + " / ".join(_fmt_signed(v) for v in per_seed.values())
@@ -108,7 +109,10 @@ def diff_cell(diff: Mapping[str, Any] | None) -> str:
 
 
 def _fmt_signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.3f}"
+    """+0.012; a nonzero value that would print as ±0.000 keeps two significant digits."""
+    if value is None:
+        return "n/a"
+    return f"{value:+.1e}" if 0 < abs(value) < 5e-4 else f"{value:+.3f}"
 
 
 def _size(entry: Mapping[str, Any]) -> str:
