@@ -107,6 +107,20 @@ def test_record_terms_score_count_cell_and_identity():
     assert METRICS["count/detected@1"][1](cols) == 2.0
 
 
+def test_cell_gain_is_zero_when_faces_ignore_the_asked_cell_and_positive_when_they_follow_it():
+    from experiments.study.readings import pass_terms
+
+    cells = [(0, 0), (4, 0), (0, 4), (4, 4)]
+    follows = [record(1, 1, cell=c, found_cell=c) for c in cells]
+    ignores = [record(1, 1, cell=c, found_cell=(0, 0)) for c in cells]  # always top-left
+    gain = METRICS["grid/cell_gain"][1]
+    assert gain(columns(pass_terms(follows))) == 1.0
+    assert METRICS["grid/cell_acc"][1](columns(pass_terms(ignores))) == 0.25
+    assert gain(columns(pass_terms(ignores))) == 0.0
+    mixed = pass_terms([*follows, record(2, 2, cell=(2, 2), found_cell=(2, 2))])
+    assert mixed[-1]["cell_hits_shuffled"] == 1  # the only 2-person image is its own partner
+
+
 def test_lead_drawn_reads_one_person_prompts_only():
     wrong = record(1, 1) | {"identities": ["KonoRina"]}
     rows = [record_terms(r) for r in (record(1, 1), wrong, record(2, 2))]

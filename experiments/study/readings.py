@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ymn.probes.scores import record_scores
+from ymn.probes.scores import cell_scores, record_scores
 
 Terms = dict[str, float]
 Metric = Callable[["Columns"], float]
@@ -25,6 +25,23 @@ Metric = Callable[["Columns"], float]
 def record_terms(record: Mapping[str, Any]) -> Terms:
     """The additive terms of one probe image (ymn.probes.scores); metrics are sums of these."""
     return record_scores(record)
+
+
+def pass_terms(records: Sequence[Mapping[str, Any]]) -> list[Terms]:
+    """Each probe image's terms, plus its detections scored against the cells asked of the next
+    image with the same requested count (`cell_hits_shuffled` of `cell_targets_shuffled`): the
+    image-to-prompt binding broken, the probe set's position prior and the face count kept."""
+    rows = [record_terms(r) for r in records]
+    by_count: dict[int, list[int]] = {}
+    for index, record in enumerate(records):
+        by_count.setdefault(int(record["count"]), []).append(index)
+    for members in by_count.values():
+        for place, index in enumerate(members):
+            partner = records[members[(place + 1) % len(members)]]
+            swapped = cell_scores({**records[index], "cells": partner.get("cells")})
+            rows[index]["cell_hits_shuffled"] = swapped["cell_hits"]
+            rows[index]["cell_targets_shuffled"] = swapped["cell_targets"]
+    return rows
 
 
 Columns = dict[str, np.ndarray]
@@ -43,6 +60,15 @@ def _ratio(num: str, den: str, where: Callable[[Columns], np.ndarray] | None = N
         return float(cols[num][mask].sum() / total) if total else math.nan
 
     return metric
+
+
+def _cell_gain(cols: Columns) -> float:
+    """Cell accuracy minus the same detections' accuracy against shuffled targets (0: the grid
+    tokens are not used at all, whatever the layout prior gives)."""
+    own, shuffled = cols["cell_targets"].sum(), cols["cell_targets_shuffled"].sum()
+    if not own or not shuffled:
+        return math.nan
+    return float(cols["cell_hits"].sum() / own - cols["cell_hits_shuffled"].sum() / shuffled)
 
 
 def _mean(
@@ -94,6 +120,7 @@ METRICS: dict[str, tuple[str, Metric]] = {
         for k in range(1, 6)
     },
     "grid/cell_acc": ("face-grid cell accuracy", _ratio("cell_hits", "cell_targets")),
+    "grid/cell_gain": ("cell accuracy above shuffled targets", _cell_gain),
     "grid/chebyshev": ("mean Chebyshev distance (matched faces)", _ratio("cheb_sum", "cheb_n")),
     "grid/attn_in_target": ("attention mass in the target cell", _ratio("attn_mass", "attn_n")),
     "identity/lead@1": (
@@ -160,9 +187,9 @@ def read_run(run_dir: Path, arm: str, seed: int, metrics: Sequence[str]) -> RunR
     final: dict[str, Any] = {}
     for path in files:
         payload = json.loads(path.read_text())
-        terms = columns([record_terms(r) for r in payload["records"]])
+        terms = columns(pass_terms(payload["records"]))
         curve[int(payload["step"])] = {m: METRICS[m][1](terms) for m in metrics}
         final = payload
     records = final["records"]
-    terms = columns([record_terms(r) for r in records])
+    terms = columns(pass_terms(records))
     return RunReading(arm, seed, int(final["step"]), terms, records, curve, _val_losses(run_dir))

@@ -112,7 +112,7 @@ def _fmt_signed(value: float | None) -> str:
     """+0.012; a nonzero value that would print as ±0.000 keeps two significant digits."""
     if value is None:
         return "n/a"
-    return f"{value:+.1e}" if 0 < abs(value) < 5e-4 else f"{value:+.3f}"
+    return f"{value:+.1e}" if 1e-12 < abs(value) < 5e-4 else f"{value:+.3f}"
 
 
 def _size(entry: Mapping[str, Any]) -> str:
