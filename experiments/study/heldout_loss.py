@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from experiments.probes.vae_ceiling import FRESH_SEED
+from experiments.probes.vae_ceiling import FRESH_SEED, paired_difference
 from experiments.study.spec import StudySpec, load_study
-from ymn.data.captions import CaptionConfig, build_caption
+from ymn.data.captions import CaptionConfig, build_caption, caption_config
 from ymn.data.metadata import normalize_metadata
 from ymn.data.synthetic import render_scene, sample_scene_spec
 from ymn.data.tokenizer import tokenize
@@ -65,9 +65,7 @@ def run_caption_config(run_dir: Path) -> CaptionConfig:
     clip_skip = OmegaConf.select(cfg, "model.text_encoder_controls.clip_skip", default=None)
     if cfg.model.get("max_token_length", 77) != 77 or clip_skip not in (None, 1):
         raise ValueError(f"{run_dir}: held-out loss supports 77-token captions without clip skip")
-    values = OmegaConf.to_container(cfg.caption, resolve=True)
-    values.pop("_target_", None)
-    return CaptionConfig(**values)
+    return caption_config(OmegaConf.to_container(cfg.caption, resolve=True))
 
 
 @torch.no_grad()
@@ -119,23 +117,13 @@ def hash_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def paired_mean_difference(
-    arm: np.ndarray, baseline: np.ndarray, n_resamples: int = 2000, seed: int = 0
-) -> dict[str, Any]:
-    """mean(arm − baseline) over paired images: bootstrap 95 % CI, sign-flip permutation p."""
-    diffs = np.asarray(arm, dtype=float) - np.asarray(baseline, dtype=float)
-    rng = np.random.default_rng(seed)
-    n = len(diffs)
-    boots = diffs[rng.integers(0, n, (n_resamples, n))].mean(axis=1)
-    null = (diffs * rng.choice([-1.0, 1.0], (n_resamples, n))).mean(axis=1)
-    observed = float(diffs.mean())
-    extreme = int(np.sum(np.abs(null) >= abs(observed) - 1e-15))
-    return {
-        "diff": observed,
-        "ci95": [float(v) for v in np.percentile(boots, [2.5, 97.5])],
-        "p": float((extreme + 1) / (n_resamples + 1)),
-        "n_images": n,
-    }
+def paired_mean_difference(arm: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
+    """mean(arm − baseline) over paired images, with the bootstrap 95 % CI and the permutation
+    p of `vae_ceiling.paired_difference` (a mean is its pooled rate with every total 1)."""
+    ones = np.ones(len(arm))
+    result = paired_difference({"loss": (baseline, ones)}, {"loss": (arm, ones)})["loss"]
+    return {"diff": result["difference"], "ci95": result["ci95"], "p": result["p_permutation"],
+            "n_images": result["n_images"]}  # fmt: skip
 
 
 def score_study(
@@ -144,20 +132,22 @@ def score_study(
     """Per arm and seed, the held-out per-image losses' mean, and each arm's paired difference
     to the baseline arm at the same seed."""
     losses: dict[str, dict[int, np.ndarray]] = {}
-    heldout: HeldOut | None = None
+    heldout: dict[int, HeldOut] = {}  # one set per training resolution (same scenes)
     for arm, seed in spec.jobs():
         run_dir = runs_root / spec.name / arm / f"seed{seed}"
         if not (run_dir / "study.json").is_file():
             continue
         components = load_run_components(run_dir)
         size = int(OmegaConf.load(run_dir / "config_resolved.yaml").data.resolution)
-        heldout = heldout or heldout_scenes(kind, n, size)
+        if size not in heldout:
+            heldout[size] = heldout_scenes(kind, n, size)
+        scenes = heldout[size]
         cfg = run_caption_config(run_dir)
         captions = [
             build_caption(m, cfg, random.Random(i), dropout=False)
-            for i, m in enumerate(heldout.metas)
+            for i, m in enumerate(scenes.metas)
         ]
-        losses.setdefault(arm, {})[seed] = per_image_loss(components, heldout, captions, timesteps)
+        losses.setdefault(arm, {})[seed] = per_image_loss(components, scenes, captions, timesteps)
         print(f"{arm} seed {seed}: held-out {kind} loss {losses[arm][seed].mean():.5f}", flush=True)
     if spec.baseline not in losses:
         raise SystemExit(f"{spec.name}: the baseline arm {spec.baseline} has no finished run")
@@ -218,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="default: experiments/studies/STUDY")
     args = parser.parse_args(argv)
     spec = load_study(args.study)
-    torch.manual_seed(0)
     result = score_study(spec, args.runs, args.kind, args.n, args.timesteps)
     out = args.out or REPO / "experiments" / "studies" / spec.name
     out.mkdir(parents=True, exist_ok=True)

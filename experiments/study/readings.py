@@ -184,12 +184,10 @@ def read_run(run_dir: Path, arm: str, seed: int, metrics: Sequence[str]) -> RunR
     if not files:
         raise FileNotFoundError(f"{run_dir}: no probes/step_*.json; did the run finish?")
     curve: dict[int, dict[str, float]] = {}
-    final: dict[str, Any] = {}
-    for path in files:
-        payload = json.loads(path.read_text())
-        terms = columns(pass_terms(payload["records"]))
-        curve[int(payload["step"])] = {m: METRICS[m][1](terms) for m in metrics}
-        final = payload
-    records = final["records"]
-    terms = columns(pass_terms(records))
-    return RunReading(arm, seed, int(final["step"]), terms, records, curve, _val_losses(run_dir))
+    for path in files:  # step order: the last pass read is the final one
+        final = json.loads(path.read_text())
+        terms = columns(pass_terms(final["records"]))
+        curve[int(final["step"])] = {m: METRICS[m][1](terms) for m in metrics}
+    return RunReading(
+        arm, seed, int(final["step"]), terms, final["records"], curve, _val_losses(run_dir)
+    )

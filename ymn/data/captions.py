@@ -96,6 +96,16 @@ class CaptionConfig:
                 raise ValueError(f"CaptionConfig.{name} must be one of {allowed}")
 
 
+def caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> CaptionConfig:
+    """A CaptionConfig from one, a (Hydra) mapping (`_target_` and other `_` keys ignored), or
+    None (ASP's defaults)."""
+    if caption is None:
+        return CaptionConfig()
+    if isinstance(caption, CaptionConfig):
+        return caption
+    return CaptionConfig(**{k: v for k, v in dict(caption).items() if not k.startswith("_")})
+
+
 def load_caption_config(path: Path) -> CaptionConfig:
     """Read a `ymn/conf/caption/*.yaml` file (its `_target_` key is ignored)."""
     from omegaconf import OmegaConf

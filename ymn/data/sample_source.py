@@ -8,7 +8,7 @@ Sources: the packed shards' pixels (`ymn.data.pixels.PixelSource`) and a latent 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
@@ -16,17 +16,8 @@ from typing import Any, Protocol
 import torch
 
 from ymn.data.buckets import bucket_table
-from ymn.data.captions import CaptionConfig
+from ymn.data.captions import CaptionConfig, caption_config
 from ymn.data.decode import Sample, SkipCounter
-
-
-def caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> CaptionConfig:
-    """A CaptionConfig from one, a mapping (Hydra keys like `_target_` ignored), or None."""
-    if caption is None:
-        return CaptionConfig()
-    if isinstance(caption, CaptionConfig):
-        return caption
-    return CaptionConfig(**{k: v for k, v in dict(caption).items() if not k.startswith("_")})
 
 
 @dataclass

@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ymn.data.captions import CaptionConfig
+from ymn.data.captions import CaptionConfig, caption_config
 from ymn.probes.linear import DEFAULT_FEATURE_LAYERS
-from ymn.probes.prompts import caption_config
 
 
 @dataclass

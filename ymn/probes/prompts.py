@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ymn.data.captions import GRID_TOKENS, CaptionConfig, build_caption, grid_cell
+from ymn.data.captions import GRID_TOKENS, CaptionConfig, build_caption, caption_config, grid_cell
 from ymn.data.synthetic import CHARACTERS
 
 MANY = 6  # the requested count recorded for `manypeople` (ASP: >= 6)
@@ -28,16 +28,6 @@ AUTO_CHARACTERS = tuple(list(CHARACTERS)[:5])
 ALIASES = {"negative_prompt": "negative", "scale": "cfg", "guidance_scale": "cfg"}
 # keys of an EveryDream2 sample_prompts.json object that hold defaults for all its samples
 FILE_DEFAULTS = {"seed": "seed", "size": "size", "cfgs": "cfg", "cfg": "cfg", "scale": "cfg"}
-
-
-def caption_config(caption: CaptionConfig | Mapping[str, Any] | None) -> CaptionConfig:
-    """A CaptionConfig from a config object, a (Hydra) mapping, or None (ASP defaults)."""
-    if caption is None:
-        return CaptionConfig()
-    if isinstance(caption, CaptionConfig):
-        return caption
-    values = {k: v for k, v in dict(caption).items() if k != "_target_"}
-    return CaptionConfig(**values)
 
 
 def grid_size(caption: CaptionConfig) -> int:
