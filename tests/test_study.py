@@ -367,19 +367,22 @@ def test_kept_readings_count_as_finished_runs_when_the_runs_folder_is_gone(tmp_p
 
 
 def test_kept_readings_are_committed_not_ignored_as_scratch():
-    """The scratch runs folder is ignored; a study's kept readings beside its results are not
-    (an ignore rule matching any `runs/` once dropped every kept reading from the commits)."""
+    """The runner's default runs folder is ignored; a study's kept readings beside its results
+    are not (an ignore rule matching any `runs/` once dropped every kept reading from the
+    commits)."""
     import subprocess
 
-    repo = Path(__file__).resolve().parents[1]
+    from experiments.study.__main__ import REPO, default_out, parse_args
 
-    def ignored(path: str) -> bool:
-        check = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo)
+    def ignored(path: Path) -> bool:
+        check = subprocess.run(["git", "check-ignore", "-q", str(path.relative_to(REPO))], cwd=REPO)
         assert check.returncode in (0, 1), "needs a git checkout of ymn"
         return check.returncode == 0
 
-    assert ignored("runs/studies/count/token_first/seed1/study.json")
-    assert not ignored("experiments/studies/count/runs/token_first/seed1/study.json")
+    study = spec(name="count")
+    job = plan(study, parse_args(["count"]).runs, kept_root=default_out("count") / "runs")[0]
+    assert ignored(job.run_dir / "study.json")
+    assert not ignored(job.kept_dir / "study.json")
 
 
 def test_a_run_that_needs_weights_of_a_kept_only_run_retrains_that_run_first(tmp_path):

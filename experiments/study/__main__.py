@@ -37,6 +37,11 @@ from experiments.study.spec import (
 REPO = Path(__file__).resolve().parents[2]
 
 
+def default_out(name: str) -> Path:
+    """Where a study's results and its kept run readings (`runs/` inside it) are committed."""
+    return REPO / "experiments" / "studies" / name
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.study", description=__doc__.splitlines()[0]
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(spec.full_command)
         return 0
     spec = dataclasses.replace(spec, seeds=args.seeds or spec.seeds, steps=args.steps or spec.steps)
-    out = args.out or REPO / "experiments" / "studies" / spec.name
+    out = args.out or default_out(spec.name)
     jobs = plan(spec, args.runs, args.overrides, kept_root=out / "runs")
     command = " ".join(["python -m experiments.study", *reproducing(args, argv)])
 
