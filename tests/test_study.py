@@ -313,6 +313,9 @@ def test_the_report_has_tables_differences_and_pictures(tmp_path):
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     assert result["arms"]["b"]["metrics"]["count/exact"]["vs_baseline"]["p"] < 0.01
     assert result["arms"]["a"]["images_per_count"] == {"1": 16}
+    for arm in ("a", "b"):  # each training seed's own value, beside the interval over them
+        assert result["arms"][arm]["metrics"]["count/exact"]["per_seed"] == {
+            str(r.seed): r.value("count/exact") for r in readings if r.arm == arm}  # fmt: skip
     for picture in ("learning_curves.png", "count.png", "cells.png"):
         assert (tmp_path / "out" / picture).stat().st_size > 1000
     assert str(tmp_path) not in (tmp_path / "out" / "results.json").read_text()

@@ -63,6 +63,7 @@ def summarize(
             fn = METRICS[metric][1]
             row = {
                 "over_seeds": t_interval([r.value(metric) for r in runs]),
+                "per_seed": {str(r.seed): _finite(r.value(metric)) for r in runs},
                 "pooled": _finite(fn(pooled)),
                 "pooled_ci95": pooled_interval(metric, runs),
             }
