@@ -54,11 +54,11 @@ class TinyData(L.LightningDataModule):
         return DataLoader([heldout_batch(0), heldout_batch(1), heldout_batch(2)], batch_size=None)
 
 
-@pytest.fixture(scope="module")
-def fitted(module_tmp):
-    """Fit 2 steps with both callbacks and a CSV logger; return (run dir, callbacks)."""
-    run_dir = module_tmp.mktemp("run")
-    module = DiffusionModule(build_tiny(0), optimizer=functools.partial(torch.optim.AdamW, lr=1e-5))
+def tiny_module() -> DiffusionModule:
+    return DiffusionModule(build_tiny(0), optimizer=functools.partial(torch.optim.AdamW, lr=1e-5))
+
+
+def both_callbacks() -> list[L.Callback]:
     samples = SampleImages(
         every_n_steps=1,
         prompts=["2people, fhml fvmd fhmr fvmd"],
@@ -81,18 +81,29 @@ def fitted(module_tmp):
             n_permutations=50,
         )
     )
-    trainer = L.Trainer(
+    return [samples, probes]
+
+
+def two_step_trainer(run_dir) -> L.Trainer:
+    return L.Trainer(
         max_steps=2,
         accelerator="cpu",
         logger=CSVLogger(run_dir, name="csv", version=""),
-        callbacks=[samples, probes],
+        callbacks=both_callbacks(),
         enable_checkpointing=False,
         enable_progress_bar=False,
         limit_val_batches=0,
         default_root_dir=run_dir,
         enable_model_summary=False,
     )
-    trainer.fit(module, datamodule=TinyData())
+
+
+@pytest.fixture(scope="module")
+def fitted(module_tmp):
+    """Fit 2 steps with both callbacks and a CSV logger; return (run dir, trainer)."""
+    run_dir = module_tmp.mktemp("run")
+    trainer = two_step_trainer(run_dir)
+    trainer.fit(tiny_module(), datamodule=TinyData())
     return run_dir, trainer
 
 
@@ -128,6 +139,30 @@ def test_probe_reports_and_logged_metrics(fitted) -> None:
     logged = [r for r in rows if r.get("probe/count/exact_acc")]
     assert sorted(int(r["step"]) for r in logged) == [0, 2]
     assert float(trainer.callback_metrics["probe/count/exact_acc"]) == 0.5
+
+
+def test_a_run_resumed_at_its_end_writes_the_end_pass_it_was_killed_in(fitted, tmp_path) -> None:
+    """Resumed from its final checkpoint, a fit skips the training loop (and on_train_end):
+    the missing end passes are written, equal to the uninterrupted run's; a rerun keeps them."""
+    run_dir, trainer = fitted
+    trainer.save_checkpoint(tmp_path / "end.ckpt")  # as a run killed during its end passes
+    resumed = tmp_path / "resumed"
+    two_step_trainer(resumed).fit(tiny_module(), TinyData(), ckpt_path=tmp_path / "end.ckpt")
+    assert [p.name for p in (resumed / "probes").glob("step_*.json")] == ["step_000002.json"]
+    end = json.loads((resumed / "probes" / "step_000002.json").read_text())
+    uninterrupted = json.loads((run_dir / "probes" / "step_000002.json").read_text())
+    assert end["records"] == uninterrupted["records"]
+
+    def measured(report: dict) -> dict:
+        return {k: v for k, v in report["metrics"].items() if not k.startswith("probe/time/")}
+
+    assert measured(end) == measured(uninterrupted)
+    grid = (resumed / "samples" / "step_000002.png").read_bytes()
+    assert grid == (run_dir / "samples" / "step_000002.png").read_bytes()
+
+    written = (resumed / "probes" / "step_000002.json").stat().st_mtime_ns
+    two_step_trainer(resumed).fit(tiny_module(), TinyData(), ckpt_path=tmp_path / "end.ckpt")
+    assert (resumed / "probes" / "step_000002.json").stat().st_mtime_ns == written
 
 
 def test_schedule_and_grid_helpers() -> None:

@@ -191,7 +191,8 @@ class FakeProcess:
 
 
 def fake_launcher(calls: list, fail: set = frozenset()):
-    """Writes a finished-looking run (two probe passes) instead of training."""
+    """Writes a finished-looking run (probe passes at step 0 and at max_steps) instead of
+    training."""
 
     def launch(cmd: list[str], log: Path, env: dict) -> FakeProcess:
         calls.append(cmd)
@@ -201,7 +202,10 @@ def fake_launcher(calls: list, fail: set = frozenset()):
         if "export=true" in cmd:
             (run_dir / "export" / "diffusers").mkdir(parents=True, exist_ok=True)
             (run_dir / "export" / "diffusers" / "model_index.json").write_text("{}")
-        for step, ok in ((0, False), (3, good)):
+        end = int(
+            next(c for c in reversed(cmd) if c.startswith("trainer.max_steps=")).split("=")[1]
+        )
+        for step, ok in ((0, False), (end, good)):
             payload = {"step": step, "records": [record(1, 1 if ok else 2) for _ in range(8)]}
             (run_dir / "probes" / f"step_{step:06d}.json").write_text(json.dumps(payload))
         return FakeProcess(1 if run_dir.name in fail else 0)
@@ -223,6 +227,24 @@ def test_finished_runs_are_reused_and_unfinished_ones_resume(tmp_path):
     calls.clear()
     run_jobs(plan(study, tmp_path), 2, lambda job: None, fake_launcher(calls), 0)
     assert calls == []  # everything finished: nothing runs again
+
+
+def test_a_run_that_exits_0_without_its_final_probe_pass_fails_and_reruns(tmp_path, capsys):
+    """A run killed during its end pass resumes at max_steps; if that resume wrote no pass at
+    the final step, it is reported as failed, not marked finished with nothing to read."""
+
+    def without_end_pass(cmd: list[str], log: Path, env: dict) -> FakeProcess:
+        process = fake_launcher([])(cmd, log, env)
+        (log.parent / "probes" / "step_000003.json").unlink()
+        return process
+
+    study = spec(seeds=[1])
+    failed = run_jobs(plan(study, tmp_path), 2, lambda job: None, without_end_pass, poll_s=0)
+    assert {(j.arm, j.seed) for j in failed} == {("a", 1), ("b", 1)}
+    assert "no probe pass at step 3" in capsys.readouterr().out
+    assert not any(job.finished_here() for job in plan(study, tmp_path))
+    assert run_jobs(plan(study, tmp_path), 2, lambda job: None, fake_launcher([]), 0) == []
+    assert all(job.is_done() for job in plan(study, tmp_path))
 
 
 def test_an_arm_after_another_starts_from_its_finished_run_or_is_skipped(tmp_path):

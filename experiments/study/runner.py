@@ -67,6 +67,15 @@ class Job:
     def finished_here(self) -> bool:
         return (self.run_dir / MARKER).is_file()
 
+    def final_step(self) -> int:
+        """The step the run trains to (its last `trainer.max_steps` override)."""
+        steps = [o.split("=", 1)[1] for o in self.overrides if o.startswith("trainer.max_steps=")]
+        return int(steps[-1])
+
+    def wrote_final_pass(self) -> bool:
+        """The run folder holds the probe pass of its final step, what its reading is."""
+        return (self.run_dir / "probes" / f"step_{self.final_step():06d}.json").is_file()
+
     def has_weights(self) -> bool:
         """Finished here with its exported model, what a run starting from it loads."""
         return self.finished_here() and diffusers_export(self.run_dir) is not None
@@ -261,11 +270,12 @@ def run_jobs(
                 if code is None:
                     continue
                 running.remove(job)
-                if code == 0:
+                if code == 0 and job.wrote_final_pass():
                     _write_marker(job, time.perf_counter() - job.started)
                     on_finish(job)
                 else:
-                    print(f"FAILED {job.arm} seed {job.seed} (exit {code}): "
+                    why = f"exit {code}" if code else f"no probe pass at step {job.final_step()}"
+                    print(f"FAILED {job.arm} seed {job.seed} ({why}): "
                           f"see {job.run_dir / 'study.log'}", flush=True)  # fmt: skip
                     failed.append(job)
     except KeyboardInterrupt:

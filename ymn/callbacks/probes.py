@@ -102,6 +102,9 @@ class ProbeCallback(StepScheduledCallback):
         self._log(trainer, metrics, step)
         return metrics
 
+    def output_path(self, trainer: L.Trainer, step: int) -> Path:
+        return probe_paths(self.run_dir(trainer), step)[0]
+
     def _log(self, trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
         for logger in trainer.loggers:
             try:

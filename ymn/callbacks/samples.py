@@ -112,7 +112,7 @@ class SampleImages(StepScheduledCallback):
                 guidance_scale=first.get("cfg") or self.guidance_scale,
                 negative_prompts=[e["negative"] for e in batch] if first.get("negative") else None,
             )
-        path = self.run_dir(trainer) / "samples" / f"step_{step:06d}.png"
+        path = self.output_path(trainer, step)
         path.parent.mkdir(parents=True, exist_ok=True)
         columns = len({e["prompt"] for e in self.entries})
         image_grid(images, columns=min(columns, 8)).save(path)
@@ -120,6 +120,9 @@ class SampleImages(StepScheduledCallback):
         path.with_suffix(".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         self._log(trainer, images, step)
         return path
+
+    def output_path(self, trainer: L.Trainer, step: int) -> Path:
+        return self.run_dir(trainer) / "samples" / f"step_{step:06d}.png"
 
     def _batches(self) -> list[list[dict[str, Any]]]:
         """Consecutive entries sharing size, cfg and negative prompt, at most batch_size each."""
