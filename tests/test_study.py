@@ -247,6 +247,23 @@ def test_a_run_that_exits_0_without_its_final_probe_pass_fails_and_reruns(tmp_pa
     assert all(job.is_done() for job in plan(study, tmp_path))
 
 
+def test_a_resumed_run_is_marked_and_left_out_of_the_measured_cost(tmp_path):
+    """A launch that continues a killed run's checkpoint timed only its own part: the marker
+    says so and the cost per run averages the runs that ran in one launch."""
+    from experiments.study.__main__ import finished_readings
+
+    study = spec()
+    jobs = plan(study, tmp_path)
+    killed = next(j for j in jobs if (j.arm, j.seed) == ("a", 2))
+    (killed.run_dir / "checkpoints").mkdir(parents=True)
+    (killed.run_dir / "checkpoints" / "step0000002.ckpt").write_bytes(b"")
+    assert run_jobs(jobs, 2, lambda job: None, fake_launcher([]), poll_s=0) == []
+    assert {(j.arm, j.seed): j.marker()["resumed"] for j in jobs} == {
+        ("a", 1): False, ("a", 2): True, ("b", 1): False, ("b", 2): False}  # fmt: skip
+    _, walls = finished_readings(study, plan(study, tmp_path))
+    assert len(walls["a"]) == 1 and len(walls["b"]) == 2
+
+
 def test_an_arm_after_another_starts_from_its_finished_run_or_is_skipped(tmp_path):
     chained = spec(
         arms={"a": ["caption=asp"], "first": ["caption=asp"], "second": ["caption=count_last"]},

@@ -70,7 +70,9 @@ def finished_readings(
             keep_reading(job)
         if job.is_done():
             readings.append(read_run(job.reading_dir(), job.arm, job.seed, spec.metrics))
-            walls.setdefault(job.arm, []).append(job.marker()["wall_s"])
+            marker = job.marker()
+            if not marker.get("resumed"):  # a resumed launch's time is only part of the run
+                walls.setdefault(job.arm, []).append(marker["wall_s"])
     return readings, walls
 
 

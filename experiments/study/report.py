@@ -165,7 +165,11 @@ def render(spec: StudySpec, summary: Mapping[str, Any], command: str) -> str:
         for a in arms
         if summary[a]["wall_s_per_run"]
     )
-    lines += [f"Measured cost per run (one CPU core each): {cost or 'not recorded'}.", ""]
+    lines += [
+        f"Measured cost per run (one CPU core each; runs resumed after a kill left out): "
+        f"{cost or 'not recorded'}.",
+        "",
+    ]
     if spec.full_command:
         lines += [
             "Full scale (SD 1.5, real shards; paths are examples):",

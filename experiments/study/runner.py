@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.study.spec import StudySpec
-from ymn.run_dir import diffusers_export
+from ymn.run_dir import diffusers_export, latest_checkpoint
 
 MARKER = "study.json"
 RUNS_ROOT = "RUNS_ROOT"  # the runs folder's place in a kept marker
@@ -50,6 +50,7 @@ class Job:
     after: Job | None = None  # starts from this job's finished run (init_from)
     kept_dir: Path | None = None  # where its finished reading is kept (committed)
     started: float = 0.0
+    resumed: bool = False  # its last launch continued from a checkpoint of an earlier one
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def portable(self, overrides: Sequence[str]) -> list[str]:
@@ -261,6 +262,7 @@ def run_jobs(
                 if len(running) < parallel and _may_start(job, running):
                     print(f"start {job.arm} seed {job.seed} → {job.run_dir}", flush=True)
                     job.started = time.perf_counter()
+                    job.resumed = latest_checkpoint(job.run_dir) is not None
                     job.process = launcher(command(job), job.run_dir / "study.log", env)
                     pending.remove(job)
                     running.append(job)
@@ -287,9 +289,17 @@ def run_jobs(
 
 
 def _write_marker(job: Job, wall_s: float) -> None:
-    """`wall_s` is the last launch's time (a resumed run's earlier part is not in it); a run
-    that had finished before (rerun to export) keeps its first time."""
+    """`wall_s` is the last launch's time; `resumed` says whether that launch continued a
+    killed one (its earlier part is then not in `wall_s`, and the report leaves it out of the
+    cost). A run that had finished before (rerun to export) keeps its first record."""
     earlier = job.marker() if job.finished_here() else None
-    wall_s = earlier["wall_s"] if earlier else wall_s
-    payload = {"arm": job.arm, "seed": job.seed, "overrides": job.overrides, "wall_s": wall_s}
+    wall_s, resumed = (earlier["wall_s"], earlier.get("resumed", False)) if earlier else (
+        wall_s, job.resumed)  # fmt: skip
+    payload = {
+        "arm": job.arm,
+        "seed": job.seed,
+        "overrides": job.overrides,
+        "wall_s": wall_s,
+        "resumed": resumed,
+    }
     (job.run_dir / MARKER).write_text(json.dumps(payload, indent=1) + "\n")
