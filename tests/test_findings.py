@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiments.study.findings import render, verdict
+from experiments.study.findings import render, run_size, verdict
 
 
 def _results(diff: dict) -> dict:
@@ -61,6 +61,9 @@ def test_render_reports_run_and_unrun_studies(tmp_path: Path) -> None:
     assert "| mean \\|detected − asked\\| |" in count  # the label's bars do not split cells
     assert "`python -m experiments.study count --seeds 1`" in count
     assert "1 × 640" in count and "| `last` | 1 × 128 |" in count  # lead@1 reads 1-person images
+    two_seeds = {"seeds": [1, 2], "images": 1280, "images_per_count": {"1": 256}}
+    assert run_size("count/exact", two_seeds) == "2 × 640"  # images are pooled over seeds
+    assert run_size("identity/lead@1", two_seeds) == "2 × 128"
     assert "**Reading**" not in count  # none written for it
     (tmp_path / "count" / "READING.md").write_text("The count token was not learned.\n")
     with_reading = render(studies_dir=tmp_path, world=tmp_path / "missing.json")

@@ -80,6 +80,14 @@ def _images_read(metric: str, entry: Mapping[str, Any]) -> int:
     return int(entry["images"])
 
 
+def run_size(metric: str, entry: Mapping[str, Any]) -> str:
+    """`seeds × images each` (the arm's images are pooled over its training seeds)."""
+    seeds, images = len(entry["seeds"]), _images_read(metric, entry)
+    if seeds and images % seeds == 0:
+        return f"{seeds} × {images // seeds}"
+    return f"{images} over {seeds}"
+
+
 def reading(folder: Path) -> list[str]:
     """The study's written reading (READING.md beside its results: what the numbers say, in
     words, by whoever ran it), or nothing."""
@@ -109,14 +117,15 @@ def study_section(
         f"{results['steps']} steps per run; tables and pictures in "
         f"[studies/{name}/RESULTS.md](studies/{name}/RESULTS.md).",
         "",
-        "| metric | arm | seeds × images | pooled (95 % CI) | vs baseline (95 % CI, p) | verdict |",
+        "| metric | arm | seeds × images each | pooled (95 % CI) "
+        "| vs baseline (95 % CI, p) | verdict |",
         "|---|---|---|---|---|---|",
     ]
     for metric in results["metrics"]:
         label = (METRICS[metric][0] if metric in METRICS else metric).replace("|", "\\|")
         for arm, entry in arms.items():
             row = entry["metrics"][metric]
-            size = f"{len(entry['seeds'])} × {_images_read(metric, entry)}"
+            size = run_size(metric, entry)
             diff = row.get("vs_baseline")
             pooled = pooled_cell(row)
             if arm == baseline:
