@@ -41,6 +41,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return latest_in(checkpoint_folder(run_dir))
 
 
+def probe_paths(run_dir: str | Path, step: int) -> tuple[Path, Path]:
+    """(JSON, confusion PNG) written by the probe pass at `step`."""
+    folder = Path(run_dir).expanduser() / "probes"
+    return folder / f"step_{step:06d}.json", folder / f"confusion_step_{step:06d}.png"
+
+
 def diffusers_export(run_dir: str | Path) -> Path | None:
     """`RUN/export/diffusers` when the run exported a diffusers folder, else None."""
     folder = Path(run_dir).expanduser() / EXPORT / "diffusers"

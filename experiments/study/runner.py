@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.study.spec import StudySpec
-from ymn.run_dir import diffusers_export, latest_checkpoint
+from ymn.run_dir import diffusers_export, latest_checkpoint, probe_paths
 
 MARKER = "study.json"
 RUNS_ROOT = "RUNS_ROOT"  # the runs folder's place in a kept marker
@@ -47,6 +47,7 @@ class Job:
     run_dir: Path
     overrides: list[str]
     data_marker: Path | None = None
+    steps: int = 0  # the step it trains to; its reading is the probe pass there
     after: Job | None = None  # starts from this job's finished run (init_from)
     kept_dir: Path | None = None  # where its finished reading is kept (committed)
     started: float = 0.0
@@ -68,14 +69,9 @@ class Job:
     def finished_here(self) -> bool:
         return (self.run_dir / MARKER).is_file()
 
-    def final_step(self) -> int:
-        """The step the run trains to (its last `trainer.max_steps` override)."""
-        steps = [o.split("=", 1)[1] for o in self.overrides if o.startswith("trainer.max_steps=")]
-        return int(steps[-1])
-
     def wrote_final_pass(self) -> bool:
         """The run folder holds the probe pass of its final step, what its reading is."""
-        return (self.run_dir / "probes" / f"step_{self.final_step():06d}.json").is_file()
+        return probe_paths(self.run_dir, self.steps)[0].is_file()
 
     def has_weights(self) -> bool:
         """Finished here with its exported model, what a run starting from it loads."""
@@ -198,6 +194,7 @@ def plan(
     markers = data_markers(override_lists)
     jobs = {
         pair: Job(pair[0], pair[1], run_dirs[pair], overrides, marker,
+                  steps=spec.steps_of(pair[0]),
                   kept_dir=kept_root / pair[0] / f"seed{pair[1]}" if kept_root else None)
         for pair, overrides, marker in zip(pairs, override_lists, markers, strict=True)
     }  # fmt: skip
@@ -276,7 +273,7 @@ def run_jobs(
                     _write_marker(job, time.perf_counter() - job.started)
                     on_finish(job)
                 else:
-                    why = f"exit {code}" if code else f"no probe pass at step {job.final_step()}"
+                    why = f"exit {code}" if code else f"no probe pass at step {job.steps}"
                     print(f"FAILED {job.arm} seed {job.seed} ({why}): "
                           f"see {job.run_dir / 'study.log'}", flush=True)  # fmt: skip
                     failed.append(job)
@@ -293,13 +290,7 @@ def _write_marker(job: Job, wall_s: float) -> None:
     killed one (its earlier part is then not in `wall_s`, and the report leaves it out of the
     cost). A run that had finished before (rerun to export) keeps its first record."""
     earlier = job.marker() if job.finished_here() else None
-    wall_s, resumed = (earlier["wall_s"], earlier.get("resumed", False)) if earlier else (
-        wall_s, job.resumed)  # fmt: skip
-    payload = {
-        "arm": job.arm,
-        "seed": job.seed,
-        "overrides": job.overrides,
-        "wall_s": wall_s,
-        "resumed": resumed,
-    }
+    timing = earlier or {"wall_s": wall_s, "resumed": job.resumed}
+    payload = {"arm": job.arm, "seed": job.seed, "overrides": job.overrides,
+               "wall_s": timing["wall_s"], "resumed": timing.get("resumed", False)}  # fmt: skip
     (job.run_dir / MARKER).write_text(json.dumps(payload, indent=1) + "\n")

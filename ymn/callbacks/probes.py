@@ -20,7 +20,8 @@ import torch
 from ymn.callbacks.schedule import StepScheduledCallback, wandb_loggers
 from ymn.probes.config import ProbeConfig, probe_config
 from ymn.probes.prompts import build_probe_prompts
-from ymn.probes.runner import probe_paths, run_probe_pass
+from ymn.probes.runner import run_probe_pass
+from ymn.run_dir import probe_paths
 
 log = logging.getLogger(__name__)
 HELDOUT_KEYS = ("pixel_values", "latents", "meta", "captions")

@@ -85,7 +85,9 @@ class StepScheduledCallback(L.Callback):
         """A run resumed from its final checkpoint (killed during its end pass) skips the
         training loop and with it on_train_end: its end pass runs here, unless written before."""
         step = trainer.global_step
-        if not self.at_end or step in self._done or self.output_path(trainer, step).is_file():
+        if not (self.at_end and trainer.is_global_zero) or step in self._done:
+            return
+        if self.output_path(trainer, step).is_file():
             return
         with on_device(pl_module, trainer.strategy.root_device):
             self.run_once(trainer, pl_module, step)

@@ -37,12 +37,7 @@ from ymn.probes.facegrid import facegrid_metrics, match_cells
 from ymn.probes.identity import identify_character, identity_flat_metrics, measures_identity
 from ymn.probes.linear import capture_features, linear_probe_metrics, pool_features
 from ymn.probes.prompts import MANY, grid_size
-
-
-def probe_paths(out_dir: str | Path, step: int) -> tuple[Path, Path]:
-    """(JSON, confusion PNG) written by the pass at `step`."""
-    folder = Path(out_dir) / "probes"
-    return folder / f"step_{step:06d}.json", folder / f"confusion_step_{step:06d}.png"
+from ymn.run_dir import probe_paths
 
 
 def _latent_hw(module: Any, size: tuple[int, int] | None) -> tuple[int, int]:
