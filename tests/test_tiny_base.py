@@ -214,3 +214,50 @@ def test_decoder_stage_changes_the_decoder_and_keeps_every_latent(tmp_path):
         assert torch.equal(old.encode(x).latent_dist.mean, new.encode(x).latent_dist.mean)
         z = old.encode(x).latent_dist.mean
         assert not torch.equal(old.decode(z).sample, new.decode(z).sample)
+
+
+def test_a_v_prediction_zero_terminal_snr_base_saves_and_reloads_its_schedule(tmp_path):
+    from ymn.model.tiny_base import load_stage2_weights
+
+    flags = ["--images", "8", "--batch", "2", "--vae-batch", "2", "--vae-steps", "1"]
+    flags += ["--unet-steps", "2", "--prediction-type", "v_prediction"]
+    flags += ["--zero-terminal-snr", "true"]
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main([*flags, "--out", str(out), "--work", str(work)]) == 0
+    saved = load_components("tiny", pretrained=str(out)).scheduler
+    assert saved.config.prediction_type == "v_prediction"
+    assert saved.config.rescale_betas_zero_snr and saved.config.timestep_spacing == "trailing"
+    assert float(saved.alphas_cumprod[-1]) < 1e-6  # t = 999 is pure noise
+    shipped = load_components("tiny")
+    assert shipped.scheduler.config.prediction_type == "epsilon"
+    load_stage2_weights(shipped, work)  # a stage-2 reading uses the schedule it trained under
+    assert shipped.scheduler.config.prediction_type == "v_prediction"
+    assert shipped.scheduler.config.rescale_betas_zero_snr
+
+
+def test_zero_terminal_snr_with_epsilon_is_refused_before_any_training(tmp_path):
+    work = tmp_path / "work"
+    with pytest.raises(ValueError, match="v_prediction"):
+        main(["--zero-terminal-snr", "yes", "--work", str(work), "--out", str(tmp_path / "o")])
+    assert not work.exists()
+
+
+def test_stage2_trains_on_pyramid_noise_when_asked(tmp_path, monkeypatch):
+    from ymn.model.module import DiffusionModule
+
+    drawn: list[torch.Tensor] = []
+    original = DiffusionModule.diffusion_loss
+
+    def recording(self, latents, input_ids, noise, timesteps, *args, **kwargs):
+        drawn.append(noise.clone())
+        return original(self, latents, input_ids, noise, timesteps, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionModule, "diffusion_loss", recording)
+    flags = ["--images", "8", "--batch", "8", "--vae-batch", "2", "--vae-steps", "1"]
+    out, work = str(tmp_path / "out"), str(tmp_path / "work")
+    assert main([*flags, "--unet-steps", "2", "--out", out, "--work", work]) == 0
+    assert main([*flags, "--unet-steps", "4", "--pyramid-discount", "0.8", "--out", out,
+                 "--work", work]) == 0  # fmt: skip
+    plain, pyramid = torch.cat(drawn[:2]), torch.cat(drawn[2:])
+    image_means = [float(n.mean(dim=(2, 3)).std()) for n in (plain, pyramid)]
+    assert image_means[1] > 4 * image_means[0]

@@ -109,8 +109,14 @@ def vae_downsampling(vae: AutoencoderKL) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def sd_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
-    """SD 1.x's training noise schedule (scaled-linear betas, 1,000 steps)."""
+def sd_scheduler(
+    prediction_type: str = "epsilon", zero_terminal_snr: bool = False
+) -> DDPMScheduler:
+    """SD 1.x's training noise schedule (scaled-linear betas, 1,000 steps); `zero_terminal_snr`
+    rescales the betas so t = 999 is pure noise, with trailing sampler timesteps (Lin et al.
+    2023), which needs v-prediction: epsilon carries no information about the image there."""
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise ValueError("a zero terminal SNR schedule needs prediction_type='v_prediction'")
     return DDPMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -119,6 +125,8 @@ def sd_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
         clip_sample=False,
         steps_offset=1,
         prediction_type=prediction_type,
+        rescale_betas_zero_snr=zero_terminal_snr,
+        timestep_spacing="trailing" if zero_terminal_snr else "leading",
     )
 
 

@@ -53,6 +53,7 @@ from ymn.model.components import (
 from ymn.model.contrastive import TextStage, train_text_encoder
 from ymn.model.export import save_diffusers
 from ymn.model.module import DiffusionModule
+from ymn.model.noise import pyramid_noise
 from ymn.model.stage_training import (
     StageCheckpoint,
     derived_seed,
@@ -66,6 +67,7 @@ from ymn.model.tiny_base_data import base_caption, make_scenes
 from ymn.model.vae_training import face_centres, random_crops, to_pixels, vae_loss
 
 ENCODE_BATCH = 64
+STAGE2_SCHEDULER = "stage2_scheduler.json"  # the noise schedule stage 2 trains under
 
 
 @dataclass
@@ -98,6 +100,10 @@ class TinyBaseConfig:
     timestep_bias: str = "uniform"
     timestep_multiplier: float = 2.0
     timestep_portion: float = 0.25
+    # stage 2's target and noise ("epsilon", no rescaling, i.i.d. noise: the shipped base's)
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    zero_terminal_snr: bool = False  # needs v_prediction (ymn.model.components.sd_scheduler)
+    pyramid_discount: float = 0.0  # > 0: multi-resolution noise (ymn.model.noise)
     save_every: int = 200
     threads: int = 1
 
@@ -125,7 +131,12 @@ def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
 
 def load_stage2_weights(components: Components, work: Path) -> int:
     """Put the text encoder and UNet of a (possibly unfinished) stage-2 checkpoint in `work`
-    into `components` (whose VAE must be that run's stage 1); returns the checkpoint's step."""
+    into `components` (whose VAE must be that run's stage 1), with the noise schedule it was
+    trained under; returns the checkpoint's step."""
+    scheduler = Path(work) / STAGE2_SCHEDULER
+    if scheduler.is_file():
+        config = json.loads(scheduler.read_text())
+        components.scheduler = type(components.scheduler).from_config(config)
     tensors = load_file(Path(work) / "stage2_unet.safetensors")
     for name in ("unet", "text_encoder"):
         weights = module_weights(tensors, name)
@@ -220,7 +231,8 @@ def train_unet(
     metas: list[dict],
     cfg: TinyBaseConfig,
 ) -> dict[str, float]:
-    """Stage 2: epsilon-prediction training; returns the mean loss of the last 50 steps."""
+    """Stage 2: epsilon- or v-prediction training (the module's scheduler decides); returns the
+    mean loss of the last 50 steps."""
     mean, std = latents
     scale = module.latent_scale
     n_timesteps = module.noise_scheduler.config.num_train_timesteps
@@ -233,13 +245,16 @@ def train_unet(
         eps = torch.randn(mean[idx].shape, generator=generator)
         z = (mean[idx] + std[idx] * eps) * scale
         captions = [base_caption(metas[i], caption_rng, cfg.caption_dropout) for i in idx.tolist()]
-        noise = torch.randn(z.shape, generator=generator)
+        noise = pyramid_noise(z.shape, generator, cfg.pyramid_discount)
         timesteps = bias.sample(cfg.batch, n_timesteps, generator=generator)
         input_ids = tokenize(module.tokenizer, captions)
         return module.diffusion_loss(z, input_ids, noise, timesteps).mean(), {}
 
     module.unet.train()
     module.text_encoder.train()
+    Path(cfg.work).mkdir(parents=True, exist_ok=True)
+    scheduler_config = dict(module.noise_scheduler.config)
+    (Path(cfg.work) / STAGE2_SCHEDULER).write_text(json.dumps(scheduler_config, indent=2) + "\n")
     checkpoint = StageCheckpoint(
         cfg.work, "stage2_unet", {"unet": module.unet, "text_encoder": module.text_encoder}
     )
@@ -296,7 +311,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
         text_encoder=tiny_text_encoder(),
         tokenizer=load_clip_tokenizer(),
         unet=tiny_unet(),
-        scheduler=sd_scheduler(),
+        scheduler=sd_scheduler(cfg.prediction_type, cfg.zero_terminal_snr),
     )
     if cfg.stage not in ("all", "vae"):
         raise ValueError(f"--stage {cfg.stage!r}: expected 'all' or 'vae'")
@@ -352,8 +367,17 @@ def parse_args(argv: list[str] | None) -> TinyBaseConfig:
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
         kind = Path if isinstance(value, Path) else type(value)
+        kind = flag_bool if kind is bool else kind
         parser.add_argument(flag, type=kind, default=value, help=f"default: {value}")
     return TinyBaseConfig(**vars(parser.parse_args(argv)))
+
+
+def flag_bool(text: str) -> bool:
+    """A boolean flag's value: true/false, yes/no, 1/0 (argparse's bool() calls "False" true)."""
+    lowered = text.strip().lower()
+    if lowered not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+    return lowered in ("true", "yes", "1")
 
 
 def main(argv: list[str] | None = None) -> int:
