@@ -3,6 +3,8 @@ names the drawn character on ground-truth scenes."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -23,7 +25,7 @@ class _ExactUNet(torch.nn.Module):
             target = self.scheduler.get_velocity(self.clean, self.noise, timesteps)
         else:
             target = self.noise
-        return type("Out", (), {"sample": target})()
+        return SimpleNamespace(sample=target)
 
 
 @pytest.mark.parametrize(

@@ -174,19 +174,25 @@ def test_base_captions_are_generic_tags_only():
     assert base_caption(metas[0], random.Random(0), dropout=1.0) == ""
 
 
-def test_stage2_draws_its_timesteps_from_the_configured_bias(tmp_path, monkeypatch):
-    """`--timestep-bias high` moves stage 2's training towards high noise (uniform: the shipped
-    base's `torch.randint`)."""
+def _record_stage2_draws(monkeypatch, what: str) -> list[torch.Tensor]:
+    """Every stage-2 loss call's `noise` or `timesteps`, in order (the loss itself unchanged)."""
     from ymn.model.module import DiffusionModule
 
     drawn: list[torch.Tensor] = []
     original = DiffusionModule.diffusion_loss
 
     def recording(self, latents, input_ids, noise, timesteps, *args, **kwargs):
-        drawn.append(timesteps.clone())
+        drawn.append({"noise": noise, "timesteps": timesteps}[what].clone())
         return original(self, latents, input_ids, noise, timesteps, *args, **kwargs)
 
     monkeypatch.setattr(DiffusionModule, "diffusion_loss", recording)
+    return drawn
+
+
+def test_stage2_draws_its_timesteps_from_the_configured_bias(tmp_path, monkeypatch):
+    """`--timestep-bias high` moves stage 2's training towards high noise (uniform: the shipped
+    base's `torch.randint`)."""
+    drawn = _record_stage2_draws(monkeypatch, "timesteps")
     flags = ["--images", "8", "--batch", "8", "--vae-batch", "2", "--vae-steps", "1"]
     flags += ["--decoder-steps", "0"]
     bias = ["--timestep-bias", "high", "--timestep-portion", "0.1", "--timestep-multiplier", "1e9"]
@@ -243,16 +249,7 @@ def test_zero_terminal_snr_with_epsilon_is_refused_before_any_training(tmp_path)
 
 
 def test_stage2_trains_on_pyramid_noise_when_asked(tmp_path, monkeypatch):
-    from ymn.model.module import DiffusionModule
-
-    drawn: list[torch.Tensor] = []
-    original = DiffusionModule.diffusion_loss
-
-    def recording(self, latents, input_ids, noise, timesteps, *args, **kwargs):
-        drawn.append(noise.clone())
-        return original(self, latents, input_ids, noise, timesteps, *args, **kwargs)
-
-    monkeypatch.setattr(DiffusionModule, "diffusion_loss", recording)
+    drawn = _record_stage2_draws(monkeypatch, "noise")
     flags = ["--images", "8", "--batch", "8", "--vae-batch", "2", "--vae-steps", "1"]
     out, work = str(tmp_path / "out"), str(tmp_path / "work")
     assert main([*flags, "--unet-steps", "2", "--out", out, "--work", work]) == 0

@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from experiments.bench.common import setup_torch
-from experiments.bench.embedded_world import FRESH_SEED, fresh_scenes, own_tags
+from experiments.bench.embedded_world import FRESH_SEED, fresh_scenes, own_tags, scene_latents
+from experiments.probes.vae_ceiling import decoded_images
 from ymn.data.tokenizer import tokenize
 from ymn.model.components import Components, load_components
 from ymn.probes.identity import identify_character
@@ -49,9 +50,7 @@ def predicted_clean(
 
 def decode(components: Components, latents: torch.Tensor) -> list[Image.Image]:
     """Scaled latents → RGB images."""
-    x = components.vae.decode(latents / components.vae.config.scaling_factor).sample
-    pixels = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-    return [Image.fromarray(array) for array in pixels.numpy()]
+    return decoded_images(components.vae, latents / components.vae.config.scaling_factor)
 
 
 def look_hits(images: list[Image.Image], metas: list[dict]) -> np.ndarray:
@@ -72,9 +71,7 @@ def colour_leak(components: Components, n: int, seed: int = 0) -> dict[str, Any]
         module.eval()
     scenes = fresh_scenes(n, one_person=True)
     metas = [meta for _, meta in scenes]
-    pixels = torch.stack([torch.from_numpy(np.array(image)) for image, _ in scenes])
-    x = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1
-    z = components.vae.encode(x).latent_dist.mode() * components.vae.config.scaling_factor
+    z = scene_latents(components, scenes)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(z.shape, generator=generator)
     no_caption = {}

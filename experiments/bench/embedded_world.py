@@ -111,6 +111,16 @@ def count_error(samples: list[Image.Image], metas: list[dict]) -> dict[str, Any]
     }
 
 
+@torch.no_grad()
+def scene_latents(components: Components, scenes: list[tuple[Image.Image, dict]]) -> torch.Tensor:
+    """Scaled posterior-mode latents of the scenes' images (no sampling: no RNG drawn)."""
+    from ymn.model.vae_training import to_pixels
+
+    pixels = torch.stack([torch.from_numpy(np.array(image)) for image, _ in scenes])
+    latents = components.vae.encode(to_pixels(pixels.permute(0, 3, 1, 2))).latent_dist.mode()
+    return latents * components.vae.config.scaling_factor
+
+
 def own_tags(meta: dict) -> str:
     """A scene's generic tags as the base's caption (no shuffle, no dropout)."""
     return ", ".join(meta["tags"])
@@ -224,13 +234,11 @@ def caption_reliance(components: Components, n: int, seed: int = 0) -> dict[str,
     own = [own_tags(meta) for _, meta in scenes]
     captions = {"own": own, "other": own[1:] + own[:1], "empty": [""] * n}
     token_ids = {name: tokenize(module.tokenizer, texts) for name, texts in captions.items()}
-    pixels = torch.stack([torch.from_numpy(np.asarray(image)) for image, _ in scenes])
+    z = scene_latents(components, scenes)
     generator = torch.Generator().manual_seed(seed)
     losses = {name: torch.zeros(n) for name in captions}
     by_timestep = {}
     with torch.no_grad():
-        x = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1
-        z = components.vae.encode(x).latent_dist.mode() * module.latent_scale
         for t in RELIANCE_TIMESTEPS:
             noise = torch.randn(z.shape, generator=generator)
             timesteps = torch.full((n,), t)

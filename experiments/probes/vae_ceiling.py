@@ -33,7 +33,13 @@ def round_trip(vae: AutoencoderKL, images: list[Image.Image]) -> list[Image.Imag
     pixels = torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
     param = next(vae.parameters())
     pixels = pixels.to(param.device, dtype=param.dtype)
-    decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.float().clamp(-1, 1)
+    return decoded_images(vae, vae.encode(pixels).latent_dist.mode())
+
+
+@torch.no_grad()
+def decoded_images(vae: AutoencoderKL, latents: torch.Tensor) -> list[Image.Image]:
+    """Unscaled latents → uint8 RGB images."""
+    decoded = vae.decode(latents).sample.float().clamp(-1, 1)
     out = ((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in out]
 
