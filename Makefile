@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-slow bench lint format clean tiny-base
+.PHONY: install demo test test-slow test-gpu bench lint format clean tiny-base
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+test-gpu: $(STAMP)  # on a CUDA machine (the CPU torch of `make install` sees none)
+	$(BIN)/python -m pytest -q -m gpu
 
 bench: $(STAMP)
 	$(BIN)/python -m experiments.bench.run_all

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,27 @@ def test_stage2_trains_on_pyramid_noise_when_asked(tmp_path, monkeypatch):
     plain, pyramid = torch.cat(drawn[:2]), torch.cat(drawn[2:])
     image_means = [float(n.mean(dim=(2, 3)).std()) for n in (plain, pyramid)]
     assert image_means[1] > 4 * image_means[0]
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_draws_what_a_cpu_run_draws_and_resumes_on_the_cpu(tmp_path):
+    """`--device cuda` makes the same seeded draws (on the CPU) and writes CPU checkpoints."""
+    assert torch.cuda.is_available(), "`make test-gpu` needs a CUDA device"
+    flags = ["--images", "8", "--batch", "2", "--vae-batch", "2", "--seed", "3"]
+    flags += ["--vae-steps", "3", "--text-steps", "2", "--text-batch", "4", "--unet-steps", "3"]
+    flags += ["--save-every", "1", "--prediction-type", "v_prediction"]
+    flags += ["--zero-terminal-snr", "true"]
+    on_cpu, on_cuda = tmp_path / "cpu", tmp_path / "cuda"
+    assert main([*flags, "--work", str(on_cpu), "--out", str(tmp_path / "cpu-out")]) == 0
+    cuda_run = [*flags, "--work", str(on_cuda), "--out", str(tmp_path / "cuda-out")]
+    assert main([*cuda_run, "--device", "cuda", "--stage", "vae"]) == 0
+    assert main(cuda_run) == 0  # stages 1c and 2 on the CPU, from the CUDA run's stage 1
+    for stage in ("stage1_vae", "stage1c_text", "stage2_unet"):
+        first_loss = [
+            json.loads((work / f"{stage}.json").read_text())["history"][0]["loss"]
+            for work in (on_cpu, on_cuda)
+        ]
+        # step 0 starts from the same weights and draws; TF32 convolutions round differently
+        assert first_loss[1] == pytest.approx(first_loss[0], rel=1e-2), stage
+    components = load_components("tiny", pretrained=str(tmp_path / "cuda-out"))
+    assert components.scheduler.config.prediction_type == "v_prediction"

@@ -26,6 +26,7 @@ from ymn.model.stage_training import (
     StageCheckpoint,
     derived_seed,
     mean_of_last,
+    module_device,
     module_weights,
     run_stage,
     step_generator,
@@ -134,6 +135,8 @@ def train_text_encoder(
     with torch.random.fork_rng():  # the heads' init leaves the global stream as it was
         torch.manual_seed(derived_seed(stage.seed, 6))
         heads = ContrastiveHeads(text_encoder.config.hidden_size, mean.shape[1])
+    device = module_device(text_encoder)
+    heads.to(device)
     eos = text_encoder.config.eos_token_id
 
     def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -141,9 +144,9 @@ def train_text_encoder(
         caption_rng = random.Random(derived_seed(stage.seed, 7, step))
         idx = torch.randperm(mean.shape[0], generator=generator)[: stage.batch]
         eps = torch.randn(mean[idx].shape, generator=generator)
-        z = (mean[idx] + std[idx] * eps) * scale
+        z = ((mean[idx] + std[idx] * eps) * scale).to(device)
         captions = [base_caption(metas[i], caption_rng, 0.0) for i in idx.tolist()]
-        input_ids = tokenize(components.tokenizer, captions)
+        input_ids = tokenize(components.tokenizer, captions).to(device)
         text = heads.text_projection(caption_embedding(text_encoder(input_ids)[0], input_ids, eos))
         return contrastive_loss(text, heads.image_tower(z), heads.logit_scale)
 

@@ -4,8 +4,9 @@ Under i.i.d. noise the mean of a large region survives to the last timestep: at 
 SD's schedule sqrt(alpha_bar) = 0.069, while the noise on the mean of a 300-pixel region has
 std 1 / sqrt(300) = 0.058. A model can then read part of a large region's colour (a close-up's
 hair) from the noisy latent even at high noise, so it needs the caption less for it
-(`experiments.bench.colour_leak`), yet sampling starts from noise that holds no colour. Pyramid noise (multi-resolution noise, as kohya's
-`multires_noise`) adds noise at every coarser scale, so region means are destroyed too.
+(`experiments.bench.colour_leak`), yet sampling starts from noise that holds no colour.
+Pyramid noise (multi-resolution noise, as kohya's `multires_noise`) adds noise at every
+coarser scale, so region means are destroyed too.
 """
 
 from __future__ import annotations

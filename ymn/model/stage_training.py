@@ -32,8 +32,16 @@ def derived_seed(*parts: int) -> int:
 
 
 def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
-    """The generator of one training step: a resumed run redraws exactly what it would have."""
+    """The generator of one training step: a resumed run redraws exactly what it would have.
+
+    It lives on the CPU whatever device trains: draws are made there and moved, so a step's
+    randomness is the same on every device."""
     return torch.Generator().manual_seed(derived_seed(seed, stage, step))
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a module's parameters are (the device its stage trains on)."""
+    return next(module.parameters()).device
 
 
 def module_weights(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
@@ -58,14 +66,14 @@ class StageCheckpoint:
     def save(self, step: int, optimizer, schedule, history: list[dict[str, float]]) -> None:
         self.record.parent.mkdir(parents=True, exist_ok=True)
         tensors = {
-            f"module.{name}.{key}": value.contiguous()
+            f"module.{name}.{key}": value.detach().cpu().contiguous()
             for name, module in self.modules.items()
             for key, value in module.state_dict().items()
         }
         opt = optimizer.state_dict()
         for index, values in opt["state"].items():
             for key, value in values.items():
-                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).contiguous()
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).cpu().contiguous()
         record = {
             "step": step,
             "param_groups": opt["param_groups"],

@@ -58,6 +58,7 @@ from ymn.model.stage_training import (
     StageCheckpoint,
     derived_seed,
     mean_of_last,
+    module_device,
     module_weights,
     run_stage,
     step_generator,
@@ -106,6 +107,7 @@ class TinyBaseConfig:
     pyramid_discount: float = 0.0  # > 0: multi-resolution noise (ymn.model.noise)
     save_every: int = 200
     threads: int = 1
+    device: str = "cpu"  # or "cuda": the same seeded draws (made on the CPU), moved there
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,11 +191,12 @@ def _fit_vae(
     checkpoint name, seed stream). The VAE ends in eval mode, frozen."""
     name, record, stream = stage
     centres = face_centres(metas, images.shape[-1])
+    device = module_device(vae)
 
     def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         generator = step_generator(cfg.seed, stream, step)
         x = random_crops(images, batch, cfg.vae_crop, generator, centres, cfg.vae_face_crops)
-        return vae_loss(vae, x, kl_weight, generator)
+        return vae_loss(vae, x.to(device), kl_weight, generator)
 
     vae.train()
     checkpoint = StageCheckpoint(cfg.work, record, {"vae": vae})
@@ -206,12 +209,14 @@ def _fit_vae(
 
 @torch.no_grad()
 def encode_all(vae: AutoencoderKL, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every image (unscaled), in batches."""
+    """Posterior mean and std of every image (unscaled), in batches, on the CPU."""
     means, stds = [], []
+    device = module_device(vae)
     for start in tqdm(range(0, images.shape[0], ENCODE_BATCH), desc="cache latents", unit="batch"):
-        dist = vae.encode(to_pixels(images[start : start + ENCODE_BATCH])).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
+        batch = to_pixels(images[start : start + ENCODE_BATCH]).to(device)
+        dist = vae.encode(batch).latent_dist
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -237,6 +242,7 @@ def train_unet(
     scale = module.latent_scale
     n_timesteps = module.noise_scheduler.config.num_train_timesteps
     bias = TimestepBias(cfg.timestep_bias, cfg.timestep_multiplier, cfg.timestep_portion)
+    device = module_device(module.unet)
 
     def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         generator = step_generator(cfg.seed, 2, step)
@@ -248,7 +254,8 @@ def train_unet(
         noise = pyramid_noise(z.shape, generator, cfg.pyramid_discount)
         timesteps = bias.sample(cfg.batch, n_timesteps, generator=generator)
         input_ids = tokenize(module.tokenizer, captions)
-        return module.diffusion_loss(z, input_ids, noise, timesteps).mean(), {}
+        on_device = (t.to(device) for t in (z, input_ids, noise, timesteps))
+        return module.diffusion_loss(*on_device).mean(), {}
 
     module.unet.train()
     module.text_encoder.train()
@@ -313,6 +320,8 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
         unet=tiny_unet(),
         scheduler=sd_scheduler(cfg.prediction_type, cfg.zero_terminal_snr),
     )
+    for name in ("vae", "text_encoder", "unet"):
+        getattr(components, name).to(cfg.device)
     if cfg.stage not in ("all", "vae"):
         raise ValueError(f"--stage {cfg.stage!r}: expected 'all' or 'vae'")
     images, metas = make_scenes(cfg.data, cfg.images, cfg.seed, TINY_RESOLUTION)
@@ -331,6 +340,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     text_losses = train_text_encoder(components, latents, metas, text_stage)
     module = DiffusionModule(components, optimizer=torch.optim.AdamW)
     unet_losses = train_unet(module, latents, metas, cfg)
+    module.cpu()
     info = {
         "command": "python -m ymn.model.tiny_base " + " ".join(cli_args(cfg)),
         "config": dict(arg.removeprefix("--").split("=", 1) for arg in cli_args(cfg)),
@@ -385,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)  # >1 thread on shared cores is slower than 1 here
+    if cfg.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # as cuDNN's convolutions already do
     try:
         info = train_tiny_base(cfg)
     finally:
