@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 
 from ymn.data.tokenizer import load_clip_tokenizer
 from ymn.model.components import PICKLE_SUFFIXES, Components, resolve_model_path
+from ymn.model.prediction_markers import apply_markers, prediction_markers
 from ymn.paths import ASSETS_DIR
 
 log = logging.getLogger(__name__)
@@ -291,8 +292,10 @@ def export_single_file(
         raise ValueError(f"{path}: single-file exports are written as .safetensors only.")
     ldm = components_to_ldm(components)
     tensors = {k: (v.to(dtype) if dtype else v).detach().cpu().contiguous() for k, v in ldm.items()}
+    markers, marker_metadata = prediction_markers(components.scheduler.config)
+    tensors.update(markers)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", CONFIG_METADATA_KEY: config_metadata(components)}
+    metadata = {"format": "pt", CONFIG_METADATA_KEY: config_metadata(components), **marker_metadata}
     save_file(tensors, str(path), metadata=metadata)
     log.info("Wrote %s (%d tensors, %s)", path, len(tensors), dtype or "as trained")
     return path
@@ -377,10 +380,14 @@ def load_single_file(
                 f"Could not load {path} as an SD 1.x single file with the configs in "
                 f"{config_dir}: {error}"
             ) from error
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    if path.suffix == ".safetensors":
+        keys, metadata, _ = _safetensors_header(path)
+        scheduler = apply_markers(scheduler, keys, metadata)
     return Components(
         vae=pipe.vae,
         text_encoder=pipe.text_encoder,
         tokenizer=pipe.tokenizer,
         unet=pipe.unet,
-        scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+        scheduler=scheduler,
     )
