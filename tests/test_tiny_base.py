@@ -261,6 +261,29 @@ def test_stage2_trains_on_pyramid_noise_when_asked(tmp_path, monkeypatch):
     assert image_means[1] > 4 * image_means[0]
 
 
+def test_stage2_runs_under_bfloat16_autocast_only_when_asked(tmp_path, monkeypatch):
+    from ymn.model.module import DiffusionModule
+
+    autocast_on: list[bool] = []
+    original = DiffusionModule.diffusion_loss
+
+    def recording(self, *args, **kwargs):
+        autocast_on.append(torch.is_autocast_enabled("cpu"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionModule, "diffusion_loss", recording)
+    flags = ["--images", "8", "--batch", "2", "--vae-batch", "2", "--vae-steps", "1"]
+    out, work = str(tmp_path / "out"), str(tmp_path / "work")
+    assert main([*flags, "--unet-steps", "2", "--out", out, "--work", work]) == 0
+    assert main([*flags, "--unet-steps", "4", "--autocast", "bfloat16", "--out", out,
+                 "--work", work]) == 0  # fmt: skip
+    assert autocast_on == [False, False, True, True]
+    history = json.loads((tmp_path / "work" / "stage2_unet.json").read_text())["history"]
+    assert all(np.isfinite(h["loss"]) for h in history)
+    with pytest.raises(ValueError, match="autocast"):
+        main([*flags, "--autocast", "fp8", "--out", out, "--work", work])
+
+
 @pytest.mark.gpu
 def test_a_cuda_run_draws_what_a_cpu_run_draws_and_resumes_on_the_cpu(tmp_path):
     """`--device cuda` makes the same seeded draws (on the CPU) and writes CPU checkpoints."""

@@ -105,6 +105,7 @@ class TinyBaseConfig:
     prediction_type: str = "epsilon"  # or "v_prediction"
     zero_terminal_snr: bool = False  # needs v_prediction (ymn.model.components.sd_scheduler)
     pyramid_discount: float = 0.0  # > 0: multi-resolution noise (ymn.model.noise)
+    autocast: str = "none"  # or "bfloat16": stage 2's forward under torch.autocast
     save_every: int = 200
     threads: int = 1
     device: str = "cpu"  # or "cuda": the same seeded draws (made on the CPU), moved there
@@ -255,7 +256,8 @@ def train_unet(
         timesteps = bias.sample(cfg.batch, n_timesteps, generator=generator)
         input_ids = tokenize(module.tokenizer, captions)
         on_device = (t.to(device) for t in (z, input_ids, noise, timesteps))
-        return module.diffusion_loss(*on_device).mean(), {}
+        with torch.autocast(device.type, torch.bfloat16, enabled=cfg.autocast == "bfloat16"):
+            return module.diffusion_loss(*on_device).mean(), {}
 
     module.unet.train()
     module.text_encoder.train()
@@ -324,6 +326,8 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
         getattr(components, name).to(cfg.device)
     if cfg.stage not in ("all", "vae"):
         raise ValueError(f"--stage {cfg.stage!r}: expected 'all' or 'vae'")
+    if cfg.autocast not in ("none", "bfloat16"):
+        raise ValueError(f"--autocast {cfg.autocast!r}: expected 'none' or 'bfloat16'")
     images, metas = make_scenes(cfg.data, cfg.images, cfg.seed, TINY_RESOLUTION)
     vae_losses = train_vae(components.vae, images, metas, cfg)
     vae_losses.update(
