@@ -69,6 +69,10 @@ def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):
     for reading in compared["difference"].values():  # a checkpoint against itself, paired
         assert reading["difference"] == 0.0 and reading["p_permutation"] == 1.0
         assert reading["n_images"] == 2
+    finished = run_stage2(str(out), tmp_path, n_samples=2, steps=2, cfg=5.0, against=out)
+    assert finished["against"]["stage2_step"] == 3  # the saved base, read from its folder
+    for reading in finished["difference"].values():  # same prompts and seeds, paired
+        assert reading["n_images"] == 2
 
 
 def test_caption_reliance_is_zero_exactly_when_the_unet_ignores_text(tiny_components):

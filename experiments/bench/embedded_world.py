@@ -13,6 +13,7 @@ On synthetic scenes from a seed the base never saw (it trained on seed 0):
     python -m experiments.bench.embedded_world [--model DIR] [--n-vae 200] [--n-samples 100]
     python -m experiments.bench.embedded_world --stage2 WORK   # a UNet mid-training: 2. only
     python -m experiments.bench.embedded_world --stage2 WORK --against WORK0   # paired
+    python -m experiments.bench.embedded_world --stage2 WORK --against ymn/assets/tiny-base
 """
 
 from __future__ import annotations
@@ -200,11 +201,16 @@ def run_stage2(
 def stage2_reading(
     model: str | None, work: Path, n_samples: int, steps: int, cfg: float
 ) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """One stage-2 checkpoint's readings, and its per-sample values as (hits, totals)."""
+    """One stage-2 checkpoint's readings, and its per-sample values as (hits, totals). `work`
+    may also be a finished base (a diffusers folder, e.g. the shipped one), read whole."""
     from ymn.model.tiny_base import load_stage2_weights
 
-    components = load_components("tiny", pretrained=model)
-    step = load_stage2_weights(components, work)
+    if (Path(work) / "model_index.json").is_file():
+        components = load_components("tiny", pretrained=str(work))
+        step = finished_base_steps(Path(work))
+    else:
+        components = load_components("tiny", pretrained=model)
+        step = load_stage2_weights(components, work)
     readings, _ = sample_readings(components, n_samples, steps, cfg)
     reliance = caption_reliance(components, n_samples)
     per_sample = {
@@ -214,6 +220,15 @@ def stage2_reading(
     removed = reliance.pop("per_scene")
     per_sample["caption_share_removed"] = (removed.astype(float), np.ones(len(removed)))
     return {"stage2_step": step, **readings, "caption_reliance": reliance}, per_sample
+
+
+def finished_base_steps(folder: Path) -> int | None:
+    """The stage-2 steps a saved base was trained for (its train_info.json), if recorded."""
+    info = folder / "train_info.json"
+    if not info.is_file():
+        return None
+    steps = json.loads(info.read_text()).get("config", {}).get("unet-steps")
+    return None if steps is None else int(steps)
 
 
 RELIANCE_TIMESTEPS = (100, 400, 700, 900)
@@ -342,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--against",
         type=Path,
-        help="with --stage1 or --stage2: a second work folder, compared paired",
+        help="with --stage1 or --stage2: a second work folder (with --stage2 also a finished "
+        "base, e.g. ymn/assets/tiny-base), compared paired",
     )
     args = parser.parse_args(argv)
     if args.stage1 is not None:
