@@ -184,3 +184,18 @@ def make_batch(n: int = 2, size: int = 64, seed: int = 0) -> dict:
         "captions": [f"{i + 1}people, fhml fvmd" for i in range(n)],
         "keys": [f"k{i}" for i in range(n)],
     }
+
+
+# The tiny-base script's defaults are the shipped recipe (hours of stages 1b, 1c and 2); tests
+# start from every optional stage off and the plain epsilon schedule, and set what they test.
+TINY_BASE_TEST_FLAGS = (
+    "--decoder-steps", "0", "--text-steps", "0", "--prediction-type", "epsilon",
+    "--zero-terminal-snr", "false", "--autocast", "none",
+)  # fmt: skip
+
+
+def train_tiny_base(argv: list[str]) -> int:
+    """`ymn.model.tiny_base.main` with TINY_BASE_TEST_FLAGS first (later flags win)."""
+    from ymn.model.tiny_base import main
+
+    return main([*TINY_BASE_TEST_FLAGS, *argv])

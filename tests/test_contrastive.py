@@ -7,8 +7,8 @@ import json
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import train_tiny_base as main
 from ymn.model.contrastive import ContrastiveHeads, caption_embedding, contrastive_loss
-from ymn.model.tiny_base import main
 
 EOS = 49407
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from experiments.bench.embedded_world import run, run_vae_only
-from ymn.model.tiny_base import main as train_tiny_base
+from tests.conftest import train_tiny_base
 
 
 def test_benchmark_reports_every_target_with_n_and_ci(tiny_model, tmp_path):

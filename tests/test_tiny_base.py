@@ -10,9 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ymn.model.components import TINY_BASE_DIR, load_components, tiny_vae, vae_downsampling
+from tests.conftest import train_tiny_base as main
+from ymn.model.components import (
+    TINY_BASE_DIR,
+    build_tiny,
+    load_components,
+    tiny_vae,
+    vae_downsampling,
+)
 from ymn.model.stage_training import warmup_cosine
-from ymn.model.tiny_base import latent_scaling_factor, main
+from ymn.model.tiny_base import TinyBaseConfig, cli_args, latent_scaling_factor
 from ymn.model.tiny_base_data import base_caption, make_scenes
 from ymn.model.vae_training import to_pixels
 
@@ -235,11 +242,30 @@ def test_a_v_prediction_zero_terminal_snr_base_saves_and_reloads_its_schedule(tm
     assert saved.config.prediction_type == "v_prediction"
     assert saved.config.rescale_betas_zero_snr and saved.config.timestep_spacing == "trailing"
     assert float(saved.alphas_cumprod[-1]) < 1e-6  # t = 999 is pure noise
-    shipped = load_components("tiny")
-    assert shipped.scheduler.config.prediction_type == "epsilon"
-    load_stage2_weights(shipped, work)  # a stage-2 reading uses the schedule it trained under
-    assert shipped.scheduler.config.prediction_type == "v_prediction"
-    assert shipped.scheduler.config.rescale_betas_zero_snr
+    epsilon_base = build_tiny(0)
+    assert epsilon_base.scheduler.config.prediction_type == "epsilon"
+    load_stage2_weights(epsilon_base, work)  # a reading uses the schedule it trained under
+    assert epsilon_base.scheduler.config.prediction_type == "v_prediction"
+    assert epsilon_base.scheduler.config.rescale_betas_zero_snr
+
+
+def test_the_script_defaults_are_the_shipped_recipe():
+    """`make tiny-base` (no flags) trains what ships: every recorded setting is the default."""
+    recorded = json.loads((TINY_BASE_DIR / "train_info.json").read_text())["config"]
+    defaults = dict(arg.removeprefix("--").split("=", 1) for arg in cli_args(TinyBaseConfig()))
+    where_and_how = {"out", "work", "save-every", "threads", "device"}  # not the recipe
+    differing = {
+        key: (value, defaults.get(key))
+        for key, value in recorded.items()
+        if key not in where_and_how and defaults.get(key) != value
+    }
+    assert not differing
+
+
+def test_the_shipped_base_samples_under_v_prediction_with_zero_terminal_snr(shipped):
+    config = shipped.scheduler.config
+    assert config.prediction_type == "v_prediction" and config.rescale_betas_zero_snr
+    assert config.timestep_spacing == "trailing"
 
 
 def test_zero_terminal_snr_with_epsilon_is_refused_before_any_training(tmp_path):

@@ -87,13 +87,13 @@ class TinyBaseConfig:
     vae_face_crops: float = 0.5  # share of crops centred on a face
     vae_lr: float = 1.5e-3
     kl_weight: float = 1e-6
-    decoder_steps: int = 0  # stage 1b: the decoder alone (latents, so stage 2, unchanged)
+    decoder_steps: int = 3000  # stage 1b: the decoder alone (latents, so stage 2, unchanged)
     decoder_batch: int = 32
     decoder_lr: float = 3e-4
-    text_steps: int = 0  # stage 1c: contrastive text-encoder pretraining (0: off)
+    text_steps: int = 2000  # stage 1c: contrastive text-encoder pretraining (0: off)
     text_batch: int = 64
     text_lr: float = 1e-3
-    unet_steps: int = 2000
+    unet_steps: int = 3400
     batch: int = 16
     unet_lr: float = 1e-3
     caption_dropout: float = 0.1
@@ -102,10 +102,10 @@ class TinyBaseConfig:
     timestep_multiplier: float = 2.0
     timestep_portion: float = 0.25
     # stage 2's target and noise ("epsilon", no rescaling, i.i.d. noise: the shipped base's)
-    prediction_type: str = "epsilon"  # or "v_prediction"
-    zero_terminal_snr: bool = False  # needs v_prediction (ymn.model.components.sd_scheduler)
+    prediction_type: str = "v_prediction"  # or "epsilon" (SD 1.x)
+    zero_terminal_snr: bool = True  # needs v_prediction (ymn.model.components.sd_scheduler)
     pyramid_discount: float = 0.0  # > 0: multi-resolution noise (ymn.model.noise)
-    autocast: str = "none"  # or "bfloat16": stage 2's forward under torch.autocast
+    autocast: str = "bfloat16"  # or "none": stage 2's forward under torch.autocast
     save_every: int = 200
     threads: int = 1
     device: str = "cpu"  # or "cuda": the same seeded draws (made on the CPU), moved there
