@@ -3,7 +3,8 @@
 An SD 1.x single file holds weights only, and a loader assumes epsilon prediction on SD's
 schedule unless the file says otherwise. Two conventions say otherwise, and ymn writes both
 for a v-prediction model: the empty marker tensors `v_pred` and `ztsnr` (zero terminal SNR),
-which ComfyUI's model detection and kohya-style tools look for, and the ModelSpec metadata
+which ComfyUI's model detection reads for SDXL-family checkpoints (not for SD 1.x ones, where
+its user picks the sampling type) and other loaders read for any, and the ModelSpec metadata
 key `modelspec.prediction_type` (`"v"` or `"epsilon"`). On load ymn reads them back, so a
 file from elsewhere that carries them samples under the schedule it was trained with.
 """
@@ -17,7 +18,6 @@ from diffusers import DDPMScheduler
 
 V_PRED_KEY = "v_pred"
 ZTSNR_KEY = "ztsnr"
-MARKER_KEYS = (V_PRED_KEY, ZTSNR_KEY)
 PREDICTION_METADATA_KEY = "modelspec.prediction_type"
 
 

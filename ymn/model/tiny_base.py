@@ -313,6 +313,10 @@ def save_base(components: Components, out: Path, info: dict) -> Path:
 
 def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     """Both stages, then save; returns the run summary written to train_info.json."""
+    if cfg.stage not in ("all", "vae"):
+        raise ValueError(f"--stage {cfg.stage!r}: expected 'all' or 'vae'")
+    if cfg.autocast not in ("none", "bfloat16"):
+        raise ValueError(f"--autocast {cfg.autocast!r}: expected 'none' or 'bfloat16'")
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     components = Components(
@@ -324,10 +328,6 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     )
     for name in ("vae", "text_encoder", "unet"):
         getattr(components, name).to(cfg.device)
-    if cfg.stage not in ("all", "vae"):
-        raise ValueError(f"--stage {cfg.stage!r}: expected 'all' or 'vae'")
-    if cfg.autocast not in ("none", "bfloat16"):
-        raise ValueError(f"--autocast {cfg.autocast!r}: expected 'none' or 'bfloat16'")
     images, metas = make_scenes(cfg.data, cfg.images, cfg.seed, TINY_RESOLUTION)
     vae_losses = train_vae(components.vae, images, metas, cfg)
     vae_losses.update(
