@@ -1,0 +1,177 @@
+"""The toy fine-tune's learning curve: every probe pass of a run, read with intervals.
+
+    python -m experiments.toy_finetune.curve RUN_DIR [--out experiments/toy_finetune]
+
+For each probe pass (`RUN_DIR/probes/step_*.json`) the headline readings of
+`ymn.probes.scores.headline_readings` — the named lead drawn in `1person, <name>` images, exact
+count, face-grid cell, identity — each with k, n and its 95 % interval, plus exact count per
+requested count. The last pass is compared with every earlier one on the same probe images
+(same prompt, layout and sampling seed): a bootstrap 95 % CI and a paired permutation p-value
+of the difference. Writes `curve.json` and `curve.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.probes.vae_ceiling import paired_difference
+from ymn.probes.rates import rate
+from ymn.probes.scores import format_reading, headline_readings, record_scores
+
+PAIRED_READINGS = ("lead drawn (1person, <name>)", "count exact", "face-grid cell", "identity")
+
+
+def read_passes(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's probe passes in step order; FileNotFoundError when it wrote none."""
+    paths = sorted((run_dir / "probes").glob("step_*.json"))
+    if not paths:
+        raise FileNotFoundError(f"{run_dir}/probes: no step_*.json; did the run write probes?")
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def image_key(record: Mapping[str, Any]) -> tuple:
+    """What makes two passes' images a pair: the same prompt, layout and sampling seed."""
+    return (record["prompt"], record.get("layout"), record["seed"])
+
+
+def per_image(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[int], list[int]]]:
+    """(hits, totals) per image of each paired reading (the lead only in one-person images)."""
+    rows = [record_scores(r) for r in records]
+    solo = [r["asked"] == 1 for r in rows]
+    return {
+        PAIRED_READINGS[0]: (
+            [int(r["id_correct"]) * s for r, s in zip(rows, solo, strict=True)],
+            [int(s) for s in solo],
+        ),
+        PAIRED_READINGS[1]: ([int(r["exact"]) for r in rows], [1] * len(rows)),
+        PAIRED_READINGS[2]: (
+            [int(r["cell_hits"]) for r in rows],
+            [int(r["cell_targets"]) for r in rows],
+        ),
+        PAIRED_READINGS[3]: (
+            [int(r["id_correct"]) for r in rows],
+            [int(r["id_matched"]) for r in rows],
+        ),
+    }
+
+
+def exact_by_count(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Exact count accuracy for each requested count."""
+    rows = [record_scores(r) for r in records]
+    asked = sorted({int(r["asked"]) for r in rows})
+    return {
+        str(k): rate(
+            sum(int(r["exact"]) for r in rows if r["asked"] == k),
+            sum(1 for r in rows if r["asked"] == k),
+        )
+        for k in asked
+    }
+
+
+def compare(earlier: Sequence[Mapping], later: Sequence[Mapping]) -> dict[str, Any]:
+    """later − earlier on the same images; ValueError when the passes asked different images."""
+    if [image_key(r) for r in earlier] != [image_key(r) for r in later]:
+        raise ValueError("the two probe passes asked different images; nothing to pair")
+    return paired_difference(per_image(earlier), per_image(later))
+
+
+def run_overrides(run_dir: Path) -> list[str]:
+    """The training run's Hydra overrides (what made it), [] when Hydra left none."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.load(path)]
+
+
+def learning_curve(run_dir: Path) -> dict[str, Any]:
+    """Every pass's readings and the last pass against each earlier one asking the same images
+    (a pass of another probe preset is read but not paired)."""
+    passes = read_passes(run_dir)
+    last = passes[-1]
+    last_keys = [image_key(r) for r in last["records"]]
+    return {
+        "run": run_dir.name,
+        "training_overrides": run_overrides(run_dir),
+        "steps": [p["step"] for p in passes],
+        "passes": [
+            {
+                "step": p["step"],
+                "n_images": len(p["records"]),
+                "readings": headline_readings(p["records"]),
+                "count_exact_by_asked": exact_by_count(p["records"]),
+            }
+            for p in passes
+        ],
+        "last_minus_earlier": {
+            str(p["step"]): compare(p["records"], last["records"])
+            for p in passes[:-1]
+            if [image_key(r) for r in p["records"]] == last_keys
+        },
+    }
+
+
+def plot(curve: Mapping[str, Any], path: Path) -> None:
+    """One panel per headline reading: value and 95 % interval against the training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(curve["passes"][0]["readings"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), sharex=True)
+    steps = curve["steps"]
+    for axis, name in zip(axes, names, strict=True):
+        values = [p["readings"][name]["value"] for p in curve["passes"]]
+        lows = [
+            v - p["readings"][name]["ci95"][0] for v, p in zip(values, curve["passes"], strict=True)
+        ]
+        highs = [
+            p["readings"][name]["ci95"][1] - v for v, p in zip(values, curve["passes"], strict=True)
+        ]
+        axis.errorbar(steps, values, yerr=[lows, highs], marker="o", capsize=3)
+        n = curve["passes"][-1]["readings"][name]["n"]
+        axis.set_title(f"{name}\n(n = {n} at the last step)", fontsize=9)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("fine-tune step")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_lines(curve: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for p in curve["passes"]:
+        cells = "; ".join(f"{k}: {format_reading(v)}" for k, v in p["readings"].items())
+        lines.append(f"step {p['step']}: {cells}")
+    for step, diff in curve["last_minus_earlier"].items():
+        lead = diff[PAIRED_READINGS[0]]
+        lines.append(
+            f"last − step {step}, lead: {lead['difference']:+.3f} "
+            f"[{lead['ci95'][0]:+.3f}, {lead['ci95'][1]:+.3f}], p = {lead['p_permutation']:.4f}"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("experiments/toy_finetune"))
+    args = parser.parse_args(argv)
+    curve = learning_curve(args.run_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
+    plot(curve, args.out / "curve.png")
+    print("\n".join(summary_lines(curve)))
+    print(f"wrote {args.out / 'curve.json'} and {args.out / 'curve.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""The toy fine-tune's learning curve: readings per probe pass, the last pass paired with each
+earlier one on the same images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments.toy_finetune.curve import compare, learning_curve, main
+
+
+def record(seed: int, lead_drawn: bool, count: int = 1) -> dict:
+    names = ["SaitoMio", "KonoRina", "OnoHaru"][:count]
+    boxes = [[c / 5 + 0.05, 0.45, c / 5 + 0.15, 0.55] for c in range(count)]
+    return {
+        "prompt": f"{count}person, " + ", ".join(names),
+        "layout": "row",
+        "seed": seed,
+        "count": count,
+        "cells": [[c, 2] for c in range(count)],
+        "characters": names,
+        "detected_boxes": boxes,
+        "detected_count": count,
+        "identities": [names[0] if lead_drawn else "TeraNao", *names[1:]],
+    }
+
+
+def write_pass(run_dir, step: int, records: list[dict]) -> None:
+    probes = run_dir / "probes"
+    probes.mkdir(parents=True, exist_ok=True)
+    (probes / f"step_{step:06d}.json").write_text(json.dumps({"step": step, "records": records}))
+
+
+def test_the_curve_reads_each_pass_and_pairs_the_last_with_the_earlier(tmp_path):
+    n = 40
+    write_pass(tmp_path, 300, [record(s, lead_drawn=s < 8) for s in range(n)])
+    write_pass(tmp_path, 600, [record(s, lead_drawn=s < 32) for s in range(n)])
+    curve = learning_curve(tmp_path)
+    assert curve["steps"] == [300, 600]
+    leads = [p["readings"]["lead drawn (1person, <name>)"] for p in curve["passes"]]
+    assert [(r["k"], r["n"]) for r in leads] == [(8, n), (32, n)]
+    assert curve["passes"][1]["count_exact_by_asked"]["1"]["k"] == n
+    paired = curve["last_minus_earlier"]["300"]["lead drawn (1person, <name>)"]
+    assert paired["difference"] == pytest.approx(24 / n)
+    assert paired["ci95"][0] > 0 and paired["p_permutation"] < 0.01
+    assert paired["n_images"] == n
+
+
+def test_passes_of_other_images_are_read_but_not_paired(tmp_path):
+    write_pass(tmp_path, 0, [record(s, lead_drawn=False) for s in range(4)])
+    write_pass(tmp_path, 300, [record(s, lead_drawn=True) for s in range(8)])
+    curve = learning_curve(tmp_path)
+    assert curve["steps"] == [0, 300] and curve["last_minus_earlier"] == {}
+    with pytest.raises(ValueError, match="different images"):
+        compare([record(0, True)], [record(1, True)])
+
+
+def test_a_run_without_probes_is_refused_by_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="probes"):
+        learning_curve(tmp_path)
+
+
+def test_the_command_writes_the_json_and_the_picture(tmp_path, capsys):
+    run = tmp_path / "run"
+    write_pass(run, 300, [record(s, lead_drawn=s % 2 == 0, count=1 + s % 3) for s in range(12)])
+    write_pass(run, 600, [record(s, lead_drawn=True, count=1 + s % 3) for s in range(12)])
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+    written = json.loads((tmp_path / "out" / "curve.json").read_text())
+    assert written["steps"] == [300, 600]
+    assert (tmp_path / "out" / "curve.png").stat().st_size > 1000
+    assert "last − step 300, lead: +0.500" in capsys.readouterr().out
