@@ -89,6 +89,12 @@ def run_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in OmegaConf.load(path)]
 
 
+def training_commit(run_dir: Path) -> str | None:
+    """The git commit the run recorded in git.json (None when it has none)."""
+    path = run_dir / "git.json"
+    return json.loads(path.read_text()).get("commit") if path.is_file() else None
+
+
 def learning_curve(run_dir: Path) -> dict[str, Any]:
     """Every pass's readings and the last pass against each earlier one asking the same images
     (a pass of another probe preset is read but not paired)."""
@@ -98,6 +104,7 @@ def learning_curve(run_dir: Path) -> dict[str, Any]:
     return {
         "run": run_dir.name,
         "training_overrides": run_overrides(run_dir),
+        "training_commit": training_commit(run_dir),
         "steps": [p["step"] for p in passes],
         "passes": [
             {
