@@ -41,6 +41,7 @@ def test_the_curve_reads_each_pass_and_pairs_the_last_with_the_earlier(tmp_path)
     leads = [p["readings"]["lead drawn (1person, <name>)"] for p in curve["passes"]]
     assert [(r["k"], r["n"]) for r in leads] == [(8, n), (32, n)]
     assert curve["passes"][1]["count_exact_by_asked"]["1"]["k"] == n
+    assert curve["passes"][1]["mean_detected_by_asked"] == {"1": 1.0}
     paired = curve["last_minus_earlier"]["300"]["lead drawn (1person, <name>)"]
     assert paired["difference"] == pytest.approx(24 / n)
     assert paired["ci95"][0] > 0 and paired["p_permutation"] < 0.01

@@ -72,6 +72,15 @@ def exact_by_count(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
     }
 
 
+def detected_by_count(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean number of detected faces for each requested count."""
+    rows = [record_scores(r) for r in records]
+    by_count: dict[int, list[float]] = {}
+    for r in rows:
+        by_count.setdefault(int(r["asked"]), []).append(float(r["detected"]))
+    return {str(k): sum(v) / len(v) for k, v in sorted(by_count.items())}
+
+
 def compare(earlier: Sequence[Mapping], later: Sequence[Mapping]) -> dict[str, Any]:
     """later − earlier on the same images; ValueError when the passes asked different images."""
     if [image_key(r) for r in earlier] != [image_key(r) for r in later]:
@@ -112,6 +121,7 @@ def learning_curve(run_dir: Path) -> dict[str, Any]:
                 "n_images": len(p["records"]),
                 "readings": headline_readings(p["records"]),
                 "count_exact_by_asked": exact_by_count(p["records"]),
+                "mean_detected_by_asked": detected_by_count(p["records"]),
             }
             for p in passes
         ],
@@ -131,9 +141,9 @@ def plot(curve: Mapping[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(curve["passes"][0]["readings"])
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), sharex=True)
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(4 * len(names) + 4, 3.2), sharex=True)
     steps = curve["steps"]
-    for axis, name in zip(axes, names, strict=True):
+    for axis, name in zip(axes[:-1], names, strict=True):
         values = [p["readings"][name]["value"] for p in curve["passes"]]
         lows = [
             v - p["readings"][name]["ci95"][0] for v, p in zip(values, curve["passes"], strict=True)
@@ -147,9 +157,23 @@ def plot(curve: Mapping[str, Any], path: Path) -> None:
         axis.set_ylim(0, 1)
         axis.set_xlabel("fine-tune step")
         axis.grid(alpha=0.3)
+    plot_detected(axes[-1], curve)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_detected(axis, curve: Mapping[str, Any]) -> None:
+    """Mean detected faces per requested count against the step (the diagonal: right)."""
+    asked = list(curve["passes"][-1]["mean_detected_by_asked"])
+    for k in asked:
+        values = [p["mean_detected_by_asked"].get(k) for p in curve["passes"]]
+        axis.plot(curve["steps"], values, marker="o", label=f"{k} asked")
+        axis.axhline(float(k), color=axis.lines[-1].get_color(), lw=0.6, ls=":")
+    axis.set_title("mean detected faces\n(dotted: the count asked)", fontsize=9)
+    axis.set_xlabel("fine-tune step")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
 
 
 def summary_lines(curve: Mapping[str, Any]) -> list[str]:
