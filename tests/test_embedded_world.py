@@ -91,3 +91,19 @@ def test_caption_reliance_is_zero_exactly_when_the_unet_ignores_text(tiny_compon
     deaf = caption_reliance(tiny_components, n=3)
     assert deaf["share_removed"]["value"] == 0.0 and deaf["share_removed"]["ci95"] == [0.0, 0.0]
     assert set(deaf["share_removed_by_timestep"].values()) == {0.0}
+
+
+def test_sampler_settings_are_read_paired_with_the_benchmarks_setting(tiny_model, tmp_path):
+    from experiments.bench.base_sampler import REFERENCE, SETTINGS, main
+
+    out = tmp_path / "sampler.json"
+    assert main(["--model", str(tiny_model), "--n-samples", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(s["steps"], s["guidance_scale"]) for s in result["settings"]] == list(SETTINGS)
+    for setting in result["settings"]:
+        assert setting["one_person_described"]["n"] == 2
+        paired = setting.get("minus_reference")
+        if (setting["steps"], setting["guidance_scale"]) == REFERENCE:
+            assert paired is None
+        else:
+            assert paired["one_face"]["n_images"] == 2
