@@ -15,10 +15,15 @@ import json
 from pathlib import Path
 
 from experiments.bench.common import setup_torch
-from experiments.bench.embedded_world import fresh_scenes, one_person_flags, own_tags, sample
+from experiments.bench.embedded_world import (
+    fresh_scenes,
+    one_person_flags,
+    one_person_readings,
+    own_tags,
+    sample,
+)
 from experiments.probes.vae_ceiling import paired_difference
 from ymn.model.components import load_components
-from ymn.probes.rates import rate
 
 REFERENCE = (25, 5.0)
 SETTINGS = (REFERENCE, (25, 3.0), (25, 7.5), (50, 5.0))
@@ -37,28 +42,28 @@ def main(argv: list[str] | None = None) -> int:
         module.eval()
     metas = [meta for _, meta in fresh_scenes(args.n_samples, one_person=True)]
     prompts, seeds = [own_tags(m) for m in metas], list(range(args.n_samples))
-    per_image = {}
-    for steps, cfg in SETTINGS:
-        flags = one_person_flags(sample(components, prompts, seeds, steps, cfg), metas)
-        per_image[(steps, cfg)] = {
-            k: (v.astype(int).tolist(), [1] * len(v)) for k, v in flags.items()
-        }
+    flags = {
+        setting: one_person_flags(sample(components, prompts, seeds, *setting), metas)
+        for setting in SETTINGS
+    }
+    per_image = {  # (hits, totals) per image, as paired_difference reads them
+        setting: {k: (v.astype(int).tolist(), [1] * len(v)) for k, v in by_name.items()}
+        for setting, by_name in flags.items()
+    }
     result = {
         "command": "python -m experiments.bench.base_sampler",
         "n": args.n_samples,
         "reference": {"steps": REFERENCE[0], "guidance_scale": REFERENCE[1]},
         "settings": [],
     }
-    for (steps, cfg), reading in per_image.items():
-        entry = {
-            "steps": steps,
-            "guidance_scale": cfg,
-            **{k: rate(sum(h), len(h)) for k, (h, _) in reading.items()},
-        }
+    for (steps, cfg), by_name in flags.items():
+        entry = {"steps": steps, "guidance_scale": cfg, **one_person_readings(by_name)}
         if (steps, cfg) != REFERENCE:
-            entry["minus_reference"] = paired_difference(per_image[REFERENCE], reading)
+            entry["minus_reference"] = paired_difference(
+                per_image[REFERENCE], per_image[(steps, cfg)]
+            )
         result["settings"].append(entry)
-        print(steps, cfg, {k: entry[k]["value"] for k in reading}, flush=True)
+        print(steps, cfg, {k: entry[k]["value"] for k in by_name}, flush=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0

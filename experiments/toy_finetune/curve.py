@@ -38,54 +38,71 @@ def image_key(record: Mapping[str, Any]) -> tuple:
     return (record["prompt"], record.get("layout"), record["seed"])
 
 
-def per_image(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[int], list[int]]]:
+Rows = list[dict[str, float]]  # one record_scores row per probe image
+
+
+def per_image(rows: Rows) -> dict[str, tuple[list[int], list[int]]]:
     """(hits, totals) per image of each paired reading (the lead only in one-person images)."""
-    rows = [record_scores(r) for r in records]
-    solo = [r["asked"] == 1 for r in rows]
+
+    def column(key: str) -> list[int]:
+        return [int(r[key]) for r in rows]
+
+    solo = [int(r["asked"] == 1) for r in rows]
     return {
         PAIRED_READINGS[0]: (
-            [int(r["id_correct"]) * s for r, s in zip(rows, solo, strict=True)],
-            [int(s) for s in solo],
+            [c * s for c, s in zip(column("id_correct"), solo, strict=True)],
+            solo,
         ),
-        PAIRED_READINGS[1]: ([int(r["exact"]) for r in rows], [1] * len(rows)),
-        PAIRED_READINGS[2]: (
-            [int(r["cell_hits"]) for r in rows],
-            [int(r["cell_targets"]) for r in rows],
-        ),
-        PAIRED_READINGS[3]: (
-            [int(r["id_correct"]) for r in rows],
-            [int(r["id_matched"]) for r in rows],
-        ),
+        PAIRED_READINGS[1]: (column("exact"), [1] * len(rows)),
+        PAIRED_READINGS[2]: (column("cell_hits"), column("cell_targets")),
+        PAIRED_READINGS[3]: (column("id_correct"), column("id_matched")),
     }
 
 
-def exact_by_count(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Exact count accuracy for each requested count."""
-    rows = [record_scores(r) for r in records]
-    asked = sorted({int(r["asked"]) for r in rows})
+def by_asked(rows: Rows) -> dict[int, Rows]:
+    """The rows grouped by requested count, in count order."""
+    groups: dict[int, Rows] = {}
+    for row in rows:
+        groups.setdefault(int(row["asked"]), []).append(row)
+    return dict(sorted(groups.items()))
+
+
+def exact_by_count(rows: Rows) -> dict[str, dict[str, Any]]:
+    """Exact count accuracy (k, n, Wilson CI) for each requested count."""
     return {
-        str(k): rate(
-            sum(int(r["exact"]) for r in rows if r["asked"] == k),
-            sum(1 for r in rows if r["asked"] == k),
-        )
-        for k in asked
+        str(k): rate(sum(int(r["exact"]) for r in g), len(g)) for k, g in by_asked(rows).items()
     }
 
 
-def detected_by_count(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+def detected_by_count(rows: Rows) -> dict[str, float]:
     """Mean number of detected faces for each requested count."""
-    rows = [record_scores(r) for r in records]
-    by_count: dict[int, list[float]] = {}
-    for r in rows:
-        by_count.setdefault(int(r["asked"]), []).append(float(r["detected"]))
-    return {str(k): sum(v) / len(v) for k, v in sorted(by_count.items())}
+    return {str(k): sum(r["detected"] for r in g) / len(g) for k, g in by_asked(rows).items()}
+
+
+def same_images(a: Sequence[Mapping], b: Sequence[Mapping]) -> bool:
+    """Whether two passes asked the same images in the same order (so they pair)."""
+    return [image_key(r) for r in a] == [image_key(r) for r in b]
 
 
 def compare(earlier: Sequence[Mapping], later: Sequence[Mapping]) -> dict[str, Any]:
     """later − earlier on the same images; ValueError when the passes asked different images."""
-    if [image_key(r) for r in earlier] != [image_key(r) for r in later]:
+    if not same_images(earlier, later):
         raise ValueError("the two probe passes asked different images; nothing to pair")
-    return paired_difference(per_image(earlier), per_image(later))
+    scores = lambda records: per_image([record_scores(r) for r in records])  # noqa: E731
+    return paired_difference(scores(earlier), scores(later))
+
+
+def pass_reading(probe_pass: Mapping[str, Any]) -> dict[str, Any]:
+    """One pass's headline readings and its count readings per requested count."""
+    records = probe_pass["records"]
+    rows = [record_scores(r) for r in records]
+    return {
+        "step": probe_pass["step"],
+        "n_images": len(records),
+        "readings": headline_readings(records),
+        "count_exact_by_asked": exact_by_count(rows),
+        "mean_detected_by_asked": detected_by_count(rows),
+    }
 
 
 def run_overrides(run_dir: Path) -> list[str]:
@@ -108,27 +125,17 @@ def learning_curve(run_dir: Path) -> dict[str, Any]:
     """Every pass's readings and the last pass against each earlier one asking the same images
     (a pass of another probe preset is read but not paired)."""
     passes = read_passes(run_dir)
-    last = passes[-1]
-    last_keys = [image_key(r) for r in last["records"]]
+    last = passes[-1]["records"]
     return {
         "run": run_dir.name,
         "training_overrides": run_overrides(run_dir),
         "training_commit": training_commit(run_dir),
         "steps": [p["step"] for p in passes],
-        "passes": [
-            {
-                "step": p["step"],
-                "n_images": len(p["records"]),
-                "readings": headline_readings(p["records"]),
-                "count_exact_by_asked": exact_by_count(p["records"]),
-                "mean_detected_by_asked": detected_by_count(p["records"]),
-            }
-            for p in passes
-        ],
+        "passes": [pass_reading(p) for p in passes],
         "last_minus_earlier": {
-            str(p["step"]): compare(p["records"], last["records"])
+            str(p["step"]): compare(p["records"], last)
             for p in passes[:-1]
-            if [image_key(r) for r in p["records"]] == last_keys
+            if same_images(p["records"], last)
         },
     }
 
