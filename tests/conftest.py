@@ -189,8 +189,8 @@ def make_batch(n: int = 2, size: int = 64, seed: int = 0) -> dict:
 # The tiny-base script's defaults are the shipped recipe (hours of stages 1b, 1c and 2); tests
 # start from every optional stage off and the plain epsilon schedule, and set what they test.
 TINY_BASE_TEST_FLAGS = (
-    "--decoder-steps", "0", "--text-steps", "0", "--prediction-type", "epsilon",
-    "--zero-terminal-snr", "false", "--autocast", "none",
+    "--decoder-steps", "0", "--colour-steps", "0", "--text-steps", "0",
+    "--prediction-type", "epsilon", "--zero-terminal-snr", "false", "--autocast", "none",
 )  # fmt: skip
 
 

@@ -230,6 +230,26 @@ def test_decoder_stage_changes_the_decoder_and_keeps_every_latent(tmp_path):
         assert not torch.equal(old.decode(z).sample, new.decode(z).sample)
 
 
+def test_colour_stage_retrains_the_encoder_after_stage_1b_and_is_off_by_default(tmp_path):
+    """Stage 1d fine-tunes the whole VAE from stages 1 and 1b: its latents differ, so stages
+    1c and 2 must be trained on it; without the flag no stage-1d state is written."""
+    from ymn.model.tiny_base import load_stage1_vae
+
+    flags = ["--images", "8", "--vae-batch", "2", "--vae-steps", "2", "--stage", "vae"]
+    flags += ["--decoder-batch", "2", "--decoder-steps", "1"]
+    before, after = tmp_path / "before", tmp_path / "after"
+    assert main([*flags, "--work", str(before), "--out", str(tmp_path / "o1")]) == 0
+    extra = ["--colour-steps", "2"]
+    assert main([*flags, *extra, "--work", str(after), "--out", str(tmp_path / "o2")]) == 0
+    assert not (before / "stage1d_vae.json").exists()
+    record = json.loads((after / "stage1d_vae.json").read_text())
+    assert record["step"] == 2 and "balanced_l1" in record["history"][-1]
+    old, new = load_stage1_vae(before), load_stage1_vae(after)
+    x = to_pixels(make_scenes("synthetic", 2, seed=9, size=128)[0])
+    with torch.no_grad():
+        assert not torch.equal(old.encode(x).latent_dist.mean, new.encode(x).latent_dist.mean)
+
+
 def test_a_v_prediction_zero_terminal_snr_base_saves_and_reloads_its_schedule(tmp_path):
     from ymn.model.tiny_base import load_stage2_weights
 

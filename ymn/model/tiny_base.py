@@ -5,8 +5,11 @@ that it trains itself, deterministically (seeded, data generated in memory from 
 
 1. stage 1: the VAE as an autoencoder (L1 + L1 on image gradients + a tiny KL) on random
    crops, then `scaling_factor` = 1 / std of its latents (SD 1.x's 0.18215 plays this role);
-   stage 1b (`--decoder-steps`, off by default) trains the decoder alone, the encoder frozen,
-   so the latents, and any UNet trained on them, stay valid;
+   stage 1b (`--decoder-steps`) trains the decoder alone, the encoder frozen, so the latents,
+   and any UNet trained on them, stay valid;
+   stage 1d (`--colour-steps`, off by default) fine-tunes the whole VAE with a colour-balanced
+   L1 (every drawn colour weighs the same), so a hair colour is not blended into skin; it
+   changes the latents, so stages 1c and 2 must follow it;
    stage 1c (`--text-steps`, off by default) pretrains the text encoder contrastively against
    the cached latents (`ymn.model.contrastive`), as a web-trained base's text encoder is;
 2. stage 2: text encoder + UNet on the frozen VAE's cached latents, epsilon prediction on SD's
@@ -90,6 +93,9 @@ class TinyBaseConfig:
     decoder_steps: int = 3000  # stage 1b: the decoder alone (latents, so stage 2, unchanged)
     decoder_batch: int = 32
     decoder_lr: float = 3e-4
+    colour_steps: int = 0  # stage 1d: the whole VAE with the colour-balanced L1 (0: off)
+    colour_weight: float = 4.0
+    colour_lr: float = 1e-3
     text_steps: int = 2000  # stage 1c: contrastive text-encoder pretraining (0: off)
     text_batch: int = 64
     text_lr: float = 1e-3
@@ -118,9 +124,9 @@ class TinyBaseConfig:
 
 def load_stage1_vae(work: Path) -> AutoencoderKL:
     """The VAE of a (possibly unfinished) stage-1 checkpoint in `work`, in eval mode, with the
-    decoder of stage 1b when `work` holds one."""
+    decoder of stage 1b and the VAE of stage 1d when `work` holds them (in that order)."""
     vae = tiny_vae()
-    for stage in ("stage1_vae", "stage1b_decoder"):
+    for stage in ("stage1_vae", "stage1b_decoder", "stage1d_vae"):
         path = Path(work) / f"{stage}.safetensors"
         if path.is_file():
             vae.load_state_dict(module_weights(load_file(path), "vae"))
@@ -159,6 +165,22 @@ def train_vae(
     )  # fmt: skip
 
 
+def train_colour(
+    vae: AutoencoderKL, images: torch.Tensor, metas: list[dict], cfg: TinyBaseConfig
+) -> dict[str, float]:
+    """Stage 1d: the whole VAE, from stages 1 and 1b, with `cfg.colour_weight` x the colour-
+    balanced L1 added (stage 1's encoder blends pink hair into skin); returns the mean losses
+    of the last 50 steps. It changes every latent: stages 1c and 2 must come after it."""
+    if cfg.colour_steps <= 0:
+        return {}
+    vae.requires_grad_(True)
+    return _fit_vae(
+        vae, images, metas, cfg, ("stage 1d: VAE colours", "stage1d_vae", 5),
+        list(vae.parameters()), cfg.colour_steps, cfg.vae_batch, cfg.colour_lr, cfg.kl_weight,
+        cfg.colour_weight,
+    )  # fmt: skip
+
+
 def train_decoder(
     vae: AutoencoderKL, images: torch.Tensor, metas: list[dict], cfg: TinyBaseConfig
 ) -> dict[str, float]:
@@ -187,6 +209,7 @@ def _fit_vae(
     batch: int,
     lr: float,
     kl_weight: float,
+    colour_weight: float = 0.0,
 ) -> dict[str, float]:
     """One resumable autoencoder stage on face-centred crops; `stage` = (progress-bar name,
     checkpoint name, seed stream). The VAE ends in eval mode, frozen."""
@@ -197,7 +220,7 @@ def _fit_vae(
     def loss_of_step(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         generator = step_generator(cfg.seed, stream, step)
         x = random_crops(images, batch, cfg.vae_crop, generator, centres, cfg.vae_face_crops)
-        return vae_loss(vae, x.to(device), kl_weight, generator)
+        return vae_loss(vae, x.to(device), kl_weight, generator, colour_weight)
 
     vae.train()
     checkpoint = StageCheckpoint(cfg.work, record, {"vae": vae})
@@ -332,6 +355,9 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     vae_losses = train_vae(components.vae, images, metas, cfg)
     vae_losses.update(
         {f"decoder_{k}": v for k, v in train_decoder(components.vae, images, metas, cfg).items()}
+    )
+    vae_losses.update(
+        {f"colour_{k}": v for k, v in train_colour(components.vae, images, metas, cfg).items()}
     )
     if cfg.stage == "vae":
         return {"stage": "vae", "vae_final_losses": vae_losses, "work": display_path(cfg.work)}
