@@ -6,6 +6,7 @@ import json
 
 from experiments.bench.embedded_world import run, run_vae_only
 from tests.conftest import train_tiny_base
+from ymn.data.synthetic import CHARACTERS
 
 
 def test_benchmark_reports_every_target_with_n_and_ci(tiny_model, tmp_path):
@@ -13,6 +14,9 @@ def test_benchmark_reports_every_target_with_n_and_ci(tiny_model, tmp_path):
     for key in ("vae_count_kept", "vae_identity_kept", "one_person_described", "one_face"):
         assert {"value", "n", "ci95"} <= set(result[key]), key
     assert result["one_person_described"]["n"] == 2
+    by_character = result["one_person_described_by_character"]
+    assert sum(reading["n"] for reading in by_character.values()) == 2
+    assert set(by_character) <= set(CHARACTERS)
     assert set(result["met"]) == set(result["targets"])
     assert not result["met"]["one_person_described"]  # a random model draws no one
     assert (tmp_path / "embedded_world.png").is_file()
@@ -35,6 +39,9 @@ def test_stage1_checkpoint_is_measured_while_it_trains(tmp_path):
     assert compared["stage1b_step"] == compared["against"]["stage1b_step"] == 1
     assert compared["difference"]["count"]["difference"] == 0.0
     assert compared["difference"]["count"]["p_permutation"] == 1.0
+    colour = ["--colour-steps", "1"]  # stage 1d, read with the stages before it
+    assert train_tiny_base([*flags, *decoder, *colour, "--work", str(tmp_path), "--out", out]) == 0
+    assert run_vae_only(tmp_path, n_vae=3)["stage1d_step"] == 1
 
 
 def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):

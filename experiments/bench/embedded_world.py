@@ -96,6 +96,16 @@ def one_person_readings(flags: dict[str, np.ndarray]) -> dict[str, Any]:
     return {name: rate(int(hits.sum()), len(hits)) for name, hits in flags.items()}
 
 
+def described_by_character(
+    flags: dict[str, np.ndarray], metas: list[dict]
+) -> dict[str, dict[str, Any]]:
+    """`one_person_described` per prompted character (which looks the base cannot draw)."""
+    by_name: dict[str, list[bool]] = {}
+    for hit, meta in zip(flags["one_person_described"], metas, strict=True):
+        by_name.setdefault(meta["characters"][0], []).append(bool(hit))
+    return {name: rate(sum(hits), len(hits)) for name, hits in sorted(by_name.items())}
+
+
 def count_error(samples: list[Image.Image], metas: list[dict]) -> dict[str, Any]:
     """Per true count: mean detected count and exact share."""
     detector = SyntheticFaceDetector()
@@ -140,7 +150,11 @@ def picture(rows: list[tuple[str, list[Image.Image]]], path: Path) -> Path:
 
 def stage_steps(work: Path) -> dict[str, int]:
     """The step each VAE stage of a `ymn.model.tiny_base` --work folder has reached."""
-    records = {"stage1": "stage1_vae.json", "stage1b": "stage1b_decoder.json"}
+    records = {
+        "stage1": "stage1_vae.json",
+        "stage1b": "stage1b_decoder.json",
+        "stage1d": "stage1d_vae.json",
+    }
     return {
         f"{stage}_step": int(json.loads((Path(work) / name).read_text())["step"])
         for stage, name in records.items()
@@ -293,6 +307,7 @@ def sample_readings(
     solo_samples = sample(components, [own_tags(m) for m in solo_metas], seeds, steps, cfg)
     flags = one_person_flags(solo_samples, solo_metas)
     result: dict[str, Any] = {**one_person_readings(flags), "per_sample": flags}
+    result["one_person_described_by_character"] = described_by_character(flags, solo_metas)
     group = fresh_scenes(n_samples, one_person=False, offset=100_000)
     group_metas = [meta for _, meta in group]
     group_samples = sample(
