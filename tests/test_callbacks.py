@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -184,3 +185,38 @@ def test_sample_entries_batch_by_sampler_settings() -> None:
 def test_unknown_probe_setting_is_named() -> None:
     with pytest.raises(TypeError, match="unknown probe setting"):
         ProbeCallback({"detector": CornerDetector(), "not_a_setting": 1})
+
+
+def test_probes_sample_the_ema_weights_when_asked_and_restore_the_trained_ones(
+    monkeypatch, tmp_path
+) -> None:
+    module = DiffusionModule(
+        build_tiny(0), optimizer=functools.partial(torch.optim.AdamW, lr=1e-5), ema_decay=0.5
+    )
+    first = next(module.unet.parameters())
+    with torch.no_grad():
+        first.add_(1.0)  # the trained weights move; the EMA keeps the initial ones
+    trained, averaged = first.detach().clone(), module.ema.shadow_params[0].clone()
+    seen: list[torch.Tensor] = []
+
+    def fake_pass(pl_module, **kwargs):
+        seen.append(next(pl_module.unet.parameters()).detach().clone())
+        return {}
+
+    monkeypatch.setattr("ymn.callbacks.probes.run_probe_pass", fake_pass)
+    trainer = SimpleNamespace(
+        callback_metrics={}, loggers=[], default_root_dir=tmp_path, datamodule=None
+    )
+    for ema in (True, False):
+        callback = ProbeCallback(ProbeConfig(ema=ema, heldout_batches=0))
+        callback.setup(trainer, module, "fit")
+        callback.run(trainer, module, step=1)
+    assert torch.equal(seen[0], averaged) and not torch.equal(averaged, trained)
+    assert torch.equal(seen[1], trained)
+    assert torch.equal(next(module.unet.parameters()), trained)
+
+
+def test_ema_probes_without_an_ema_are_refused_before_training() -> None:
+    callback = ProbeCallback(ProbeConfig(ema=True))
+    with pytest.raises(ValueError, match="model.ema_decay"):
+        callback.setup(SimpleNamespace(), tiny_module(), "fit")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import lightning as L
 import torch
 
 from ymn.callbacks.schedule import StepScheduledCallback, wandb_loggers
+from ymn.model.export import ema_weights
 from ymn.probes.config import ProbeConfig, probe_config
 from ymn.probes.prompts import build_probe_prompts
 from ymn.probes.runner import run_probe_pass
@@ -79,6 +81,13 @@ class ProbeCallback(StepScheduledCallback):
                 break
         return self._heldout
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.cfg.ema and getattr(pl_module, "ema", None) is None:
+            raise ValueError(
+                "probes.ema=true samples the UNet's EMA weights, but the module keeps none: "
+                "set model.ema_decay (e.g. 0.99) or probes.ema=false"
+            )
+
     # -- work --------------------------------------------------------------------------------
     def probe(
         self, trainer: L.Trainer, pl_module: L.LightningModule, step: int
@@ -89,15 +98,16 @@ class ProbeCallback(StepScheduledCallback):
     def run(
         self, trainer: L.Trainer, pl_module: L.LightningModule, step: int
     ) -> dict[str, float] | None:
-        metrics = run_probe_pass(
-            pl_module,
-            step=step,
-            out_dir=self.run_dir(trainer),
-            detector=self.detector,
-            prompts=self.prompts,
-            heldout_batches=self.heldout(trainer),
-            cfg=self.cfg,
-        )
+        with ema_weights(pl_module) if self.cfg.ema else nullcontext():
+            metrics = run_probe_pass(
+                pl_module,
+                step=step,
+                out_dir=self.run_dir(trainer),
+                detector=self.detector,
+                prompts=self.prompts,
+                heldout_batches=self.heldout(trainer),
+                cfg=self.cfg,
+            )
         for key, value in metrics.items():
             trainer.callback_metrics[key] = torch.tensor(value)
         self._log(trainer, metrics, step)

@@ -32,7 +32,8 @@ class ProbeConfig:
     linear_condition: "empty" probes the image alone (the caption would leak the labels),
     "caption" probes what the UNet sees in training. noise_prior: start each sample from
     count-aware noise (`ymn.remedies.noise_prior`, issue 8) with bumps of noise_prior_amplitude
-    at the prompt's cells; same steps, so equal compute.
+    at the prompt's cells; same steps, so equal compute. ema: sample with the UNet's EMA
+    weights (needs `model.ema_decay`; the text encoder stays as trained), as the export does.
     """
 
     caption: CaptionConfig = field(default_factory=CaptionConfig)
@@ -65,6 +66,7 @@ class ProbeConfig:
     save_images: bool = False
     noise_prior: bool = False
     noise_prior_amplitude: float = 1.5
+    ema: bool = False
 
     def __post_init__(self) -> None:
         self.caption = caption_config(self.caption)
