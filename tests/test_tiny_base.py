@@ -19,8 +19,9 @@ from ymn.model.components import (
     vae_downsampling,
 )
 from ymn.model.stage_training import warmup_cosine
-from ymn.model.tiny_base import TinyBaseConfig, cli_args, latent_scaling_factor
+from ymn.model.tiny_base import TinyBaseConfig, cli_args
 from ymn.model.tiny_base_data import base_caption, make_scenes
+from ymn.model.vae_stages import latent_scaling_factor
 from ymn.model.vae_training import to_pixels
 
 MAX_ASSET_BYTES = 60 * 1024 * 1024  # the embedded-world issue's budget
@@ -212,7 +213,7 @@ def test_stage2_draws_its_timesteps_from_the_configured_bias(tmp_path, monkeypat
 
 def test_decoder_stage_changes_the_decoder_and_keeps_every_latent(tmp_path):
     """Stage 1b trains the decoder alone: a UNet trained on stage 1's latents stays valid."""
-    from ymn.model.tiny_base import load_stage1_vae
+    from ymn.model.vae_stages import load_stage1_vae
 
     flags = ["--images", "8", "--vae-batch", "2", "--vae-steps", "2", "--stage", "vae"]
     flags += ["--decoder-batch", "2"]
@@ -233,7 +234,7 @@ def test_decoder_stage_changes_the_decoder_and_keeps_every_latent(tmp_path):
 def test_colour_stage_retrains_the_encoder_after_stage_1b_and_is_off_by_default(tmp_path):
     """Stage 1d fine-tunes the whole VAE from stages 1 and 1b: its latents differ, so stages
     1c and 2 must be trained on it; without the flag no stage-1d state is written."""
-    from ymn.model.tiny_base import load_stage1_vae
+    from ymn.model.vae_stages import load_stage1_vae
 
     flags = ["--images", "8", "--vae-batch", "2", "--vae-steps", "2", "--stage", "vae"]
     flags += ["--decoder-batch", "2", "--decoder-steps", "1"]

@@ -166,7 +166,7 @@ def run_vae_only(work: Path, n_vae: int, against: Path | None = None) -> dict[st
     """The VAE round trip of a stage-1 checkpoint of `ymn.model.tiny_base` (training progress);
     with `against`, that folder's VAE on the same images too and the paired difference."""
     from experiments.probes.vae_ceiling import paired_difference
-    from ymn.model.tiny_base import load_stage1_vae
+    from ymn.model.vae_stages import load_stage1_vae
 
     setup_torch()
 

@@ -31,7 +31,7 @@ from experiments.probes.vae_ceiling import FRESH_SEED
 from ymn.data.synthetic import CHARACTERS
 from ymn.data.tokenizer import load_clip_tokenizer, tokenize
 from ymn.model.contrastive import ContrastiveHeads, caption_embedding, load_text_stage
-from ymn.model.tiny_base import latent_scaling_factor, load_stage1_vae
+from ymn.model.vae_stages import latent_scaling_factor, load_stage1_vae
 from ymn.probes.rates import rate
 
 BATCH = 64
