@@ -71,3 +71,18 @@ def test_the_command_writes_the_json_and_the_picture(tmp_path, capsys):
     assert written["steps"] == [300, 600]
     assert (tmp_path / "out" / "curve.png").stat().st_size > 1000
     assert "last − step 300, lead: +0.500" in capsys.readouterr().out
+
+
+def test_each_pass_is_paired_with_the_other_run_at_the_same_step(tmp_path):
+    """EMA against raw weights of one trajectory: step by step, only where the images match."""
+    ema, raw = tmp_path / "ema", tmp_path / "raw"
+    n = 40
+    write_pass(ema, 300, [record(s, lead_drawn=s < 30) for s in range(n)])
+    write_pass(raw, 300, [record(s, lead_drawn=s < 10) for s in range(n)])
+    write_pass(ema, 600, [record(s, lead_drawn=True) for s in range(n)])
+    write_pass(raw, 600, [record(s, lead_drawn=True) for s in range(n + 1)])  # other images
+    curve = learning_curve(ema, against=raw)
+    assert curve["against"] == "raw" and set(curve["minus_against"]) == {"300"}
+    lead = curve["minus_against"]["300"]["lead drawn (1person, <name>)"]
+    assert lead["difference"] == pytest.approx(20 / n) and lead["p_permutation"] < 0.01
+    assert "minus_against" not in learning_curve(ema)

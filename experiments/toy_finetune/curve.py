@@ -8,6 +8,12 @@ count, face-grid cell, identity — each with k, n and its 95 % interval, plus e
 requested count. The last pass is compared with every earlier one on the same probe images
 (same prompt, layout and sampling seed): a bootstrap 95 % CI and a paired permutation p-value
 of the difference. Writes `curve.json` and `curve.png`.
+
+    python -m experiments.toy_finetune.curve RUN_DIR --against OTHER_RUN --out DIR
+
+also pairs each pass with OTHER_RUN's pass at the same step on the same images
+(`minus_against`: RUN_DIR − OTHER_RUN), e.g. EMA weights against the raw weights of the same
+training trajectory, or one training seed against another.
 """
 
 from __future__ import annotations
@@ -121,11 +127,25 @@ def training_commit(run_dir: Path) -> str | None:
     return json.loads(path.read_text()).get("commit") if path.is_file() else None
 
 
-def learning_curve(run_dir: Path) -> dict[str, Any]:
+def against_run(passes: Sequence[Mapping], other_dir: Path) -> dict[str, Any]:
+    """Each pass minus `other_dir`'s pass at the same step, where both asked the same images."""
+    other = {p["step"]: p["records"] for p in read_passes(other_dir)}
+    return {
+        str(p["step"]): compare(other[p["step"]], p["records"])
+        for p in passes
+        if p["step"] in other and same_images(other[p["step"]], p["records"])
+    }
+
+
+def learning_curve(run_dir: Path, against: Path | None = None) -> dict[str, Any]:
     """Every pass's readings and the last pass against each earlier one asking the same images
-    (a pass of another probe preset is read but not paired)."""
+    (a pass of another probe preset is read but not paired); with `against`, each pass minus
+    that run's pass at the same step."""
     passes = read_passes(run_dir)
     last = passes[-1]["records"]
+    paired = {} if against is None else {"against": against.name}
+    if against is not None:
+        paired["minus_against"] = against_run(passes, against)
     return {
         "run": run_dir.name,
         "training_overrides": run_overrides(run_dir),
@@ -137,6 +157,7 @@ def learning_curve(run_dir: Path) -> dict[str, Any]:
             for p in passes[:-1]
             if same_images(p["records"], last)
         },
+        **paired,
     }
 
 
@@ -194,6 +215,12 @@ def summary_lines(curve: Mapping[str, Any]) -> list[str]:
             f"last − step {step}, lead: {lead['difference']:+.3f} "
             f"[{lead['ci95'][0]:+.3f}, {lead['ci95'][1]:+.3f}], p = {lead['p_permutation']:.4f}"
         )
+    for step, diff in curve.get("minus_against", {}).items():
+        lead = diff[PAIRED_READINGS[0]]
+        lines.append(
+            f"step {step} − {curve['against']}, lead: {lead['difference']:+.3f} "
+            f"[{lead['ci95'][0]:+.3f}, {lead['ci95'][1]:+.3f}], p = {lead['p_permutation']:.4f}"
+        )
     return lines
 
 
@@ -201,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, default=Path("experiments/toy_finetune"))
+    parser.add_argument("--against", type=Path, help="a run to pair each pass with, step by step")
     args = parser.parse_args(argv)
-    curve = learning_curve(args.run_dir)
+    curve = learning_curve(args.run_dir, args.against)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
     plot(curve, args.out / "curve.png")
