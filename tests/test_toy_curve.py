@@ -86,3 +86,25 @@ def test_each_pass_is_paired_with_the_other_run_at_the_same_step(tmp_path):
     lead = curve["minus_against"]["300"]["lead drawn (1person, <name>)"]
     assert lead["difference"] == pytest.approx(20 / n) and lead["p_permutation"] < 0.01
     assert "minus_against" not in learning_curve(ema)
+
+
+def test_the_arms_table_has_a_row_per_arm_and_a_column_per_step(tmp_path):
+    from experiments.toy_finetune.arms import main as arms_main
+
+    dirs = []
+    for name, drawn, overrides in (("a", 10, ["seed=1"]), ("b", 30, ["seed=2", "probes.ema=true"])):
+        run = tmp_path / name
+        write_pass(run, 300, [record(s, lead_drawn=s < drawn) for s in range(40)])
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "overrides.yaml").write_text(
+            "".join(f"- {o}\n" for o in ["experiment=toy_phase1", *overrides])
+        )
+        (run / "curve.json").write_text(json.dumps(learning_curve(run)))
+        dirs.append(str(run))
+    out = tmp_path / "arms.md"
+    assert arms_main([*dirs, "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| seed")]
+    assert rows == [
+        "| seed=1 | 0.25 [0.14, 0.40] (10/40) |",
+        "| seed=2, probes.ema=true | 0.75 [0.60, 0.86] (30/40) |",
+    ]

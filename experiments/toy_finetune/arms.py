@@ -1,0 +1,73 @@
+"""The toy fine-tune's arms side by side: the named lead at every probed step of each arm.
+
+    python -m experiments.toy_finetune.arms [CURVE_DIR ...] [--out experiments/toy_finetune/arms.md]
+
+Each CURVE_DIR holds a `curve.json` of `experiments.toy_finetune.curve`; its training overrides
+name the arm (seed, learning-rate schedule, EMA). One row per arm: `1person, <name>` drawing the
+named lead, value [95 % Wilson interval] (k/n) at each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.toy_finetune.curve import PAIRED_READINGS
+from ymn.probes.scores import format_reading
+
+HERE = Path(__file__).parent
+DEFAULT_ARMS = (HERE, HERE / "cosine", HERE / "seed2", HERE / "seed2_ema")
+ARM_KEYS = ("seed=", "model.lr_scheduler=", "model.ema_decay=", "probes.ema=")
+
+
+def arm_name(curve: Mapping[str, Any]) -> str:
+    """The overrides that tell arms apart (seed, schedule, EMA), in a short form."""
+    parts = []
+    for override in curve["training_overrides"]:
+        if override.startswith("model.lr_scheduler="):
+            parts.append("cosine lr" if "Cosine" in override else override)
+        elif override.startswith(ARM_KEYS):
+            parts.append(override)
+    return ", ".join(parts) or curve["run"]
+
+
+def lead_cell(probe_pass: Mapping[str, Any]) -> str:
+    """The named lead at one pass: value [CI] (k/n)."""
+    return format_reading(probe_pass["readings"][PAIRED_READINGS[0]])
+
+
+def table(curves: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: one row per arm, one column per probed step."""
+    steps = sorted({step for curve in curves for step in curve["steps"]})
+    lines = [
+        "| arm | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
+    for curve in curves:
+        by_step = {p["step"]: p for p in curve["passes"]}
+        cells = [lead_cell(by_step[s]) if s in by_step else "—" for s in steps]
+        lines.append(f"| {arm_name(curve)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("curve_dirs", nargs="*", type=Path, default=list(DEFAULT_ARMS))
+    parser.add_argument("--out", type=Path, default=HERE / "arms.md")
+    args = parser.parse_args(argv)
+    curves = [json.loads((d / "curve.json").read_text()) for d in args.curve_dirs]
+    text = (
+        "# The named lead, `1person, <name>`, per toy_phase1 arm and step\n\n"
+        "Regenerate: `python -m experiments.toy_finetune.arms` (value [95 % Wilson CI] (k/n)).\n\n"
+        + table(curves)
+    )
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
