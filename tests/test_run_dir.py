@@ -39,3 +39,16 @@ def test_every_consumer_asks_the_same_helper(tmp_path):
     (tmp_path / "export" / "diffusers").mkdir(parents=True)
     (tmp_path / "export" / "diffusers" / "model_index.json").write_text("{}")
     assert diffusers_export(tmp_path) == tmp_path / "export" / "diffusers"
+
+
+def test_probe_pass_files_are_the_passes_in_step_order(tmp_path) -> None:
+    from ymn.run_dir import probe_pass_files, probe_paths
+
+    for step in (1200, 300, 0):
+        json_path, png_path = probe_paths(tmp_path, step)
+        json_path.parent.mkdir(exist_ok=True)
+        json_path.write_text("{}")
+        png_path.write_bytes(b"")
+    (tmp_path / "probes" / "step_notes.json").write_text("{}")  # not a pass
+    assert probe_pass_files(tmp_path) == [probe_paths(tmp_path, s)[0] for s in (0, 300, 1200)]
+    assert probe_pass_files(tmp_path / "elsewhere") == []

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ymn.probes.scores import format_reading, headline_readings
+from ymn.run_dir import probe_pass_files
 
 
 def run_phase(experiment: str, run_dir: Path, extra: list[str]) -> None:
@@ -34,7 +35,7 @@ def run_phase(experiment: str, run_dir: Path, extra: list[str]) -> None:
 
 def probe_passes(run_dir: Path) -> list[dict]:
     """The run's probe passes in step order."""
-    return [json.loads(p.read_text()) for p in sorted((run_dir / "probes").glob("step_*.json"))]
+    return [json.loads(p.read_text()) for p in probe_pass_files(run_dir)]
 
 
 def readings_table(run_dirs: dict[str, Path]) -> tuple[str, dict]:

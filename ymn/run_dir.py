@@ -47,6 +47,11 @@ def probe_paths(run_dir: str | Path, step: int) -> tuple[Path, Path]:
     return folder / f"step_{step:06d}.json", folder / f"confusion_step_{step:06d}.png"
 
 
+def probe_pass_files(run_dir: str | Path) -> list[Path]:
+    """Every probe-pass JSON a run wrote (`probe_paths`' names), in step order."""
+    return sorted((Path(run_dir).expanduser() / "probes").glob("step_[0-9]*.json"))
+
+
 def diffusers_export(run_dir: str | Path) -> Path | None:
     """`RUN/export/diffusers` when the run exported a diffusers folder, else None."""
     folder = Path(run_dir).expanduser() / EXPORT / "diffusers"

@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 from scipy import stats
 
+from ymn.run_dir import probe_pass_files
+
 # (row label, metric key) in table order; keys ending in "/*" expand to every matching key.
 METRICS: tuple[tuple[str, str], ...] = (
     ("count exact accuracy", "probe/count/exact_acc"),
@@ -75,7 +77,7 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, A
 
 def last_probe_file(run_dir: Path) -> Path | None:
     """The probe JSON with the highest step, or None when the run wrote none."""
-    files = sorted((run_dir / "probes").glob("step_*.json"))
+    files = probe_pass_files(run_dir)
     return files[-1] if files else None
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ymn.probes.scores import cell_scores, record_scores
+from ymn.run_dir import probe_pass_files
 
 Terms = dict[str, float]
 Metric = Callable[["Columns"], float]
@@ -164,7 +165,7 @@ class RunReading:
 
 def probe_files(run_dir: Path) -> list[Path]:
     """The run's probe passes, in step order."""
-    return sorted((run_dir / "probes").glob("step_*.json"))
+    return probe_pass_files(run_dir)
 
 
 def _val_losses(run_dir: Path) -> dict[int, float]:

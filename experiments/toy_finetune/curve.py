@@ -27,13 +27,14 @@ from typing import Any
 from experiments.probes.vae_ceiling import paired_difference
 from ymn.probes.rates import rate
 from ymn.probes.scores import format_reading, headline_readings, record_scores
+from ymn.run_dir import probe_pass_files
 
 PAIRED_READINGS = ("lead drawn (1person, <name>)", "count exact", "face-grid cell", "identity")
 
 
 def read_passes(run_dir: Path) -> list[dict[str, Any]]:
     """The run's probe passes in step order; FileNotFoundError when it wrote none."""
-    paths = sorted((run_dir / "probes").glob("step_*.json"))
+    paths = probe_pass_files(run_dir)
     if not paths:
         raise FileNotFoundError(f"{run_dir}/probes: no step_*.json; did the run write probes?")
     return [json.loads(p.read_text()) for p in paths]
