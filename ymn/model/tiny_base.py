@@ -7,7 +7,7 @@ that it trains itself, deterministically (seeded, data generated in memory from 
    crops, then `scaling_factor` = 1 / std of its latents (SD 1.x's 0.18215 plays this role);
    stage 1b (`--decoder-steps`) trains the decoder alone, the encoder frozen, so the latents,
    and any UNet trained on them, stay valid;
-   stage 1d (`--colour-steps`, off by default) fine-tunes the whole VAE with a colour-balanced
+   stage 1d (`--colour-steps`) fine-tunes the whole VAE with a colour-balanced
    L1 (every drawn colour weighs the same), so a hair colour is not blended into skin; it
    changes the latents, so stages 1c and 2 must follow it;
    stage 1c (`--text-steps`, off by default) pretrains the text encoder contrastively against
@@ -96,7 +96,7 @@ class TinyBaseConfig:
     decoder_steps: int = 3000  # stage 1b: the decoder alone (latents, so stage 2, unchanged)
     decoder_batch: int = 32
     decoder_lr: float = 3e-4
-    colour_steps: int = 0  # stage 1d: the whole VAE with the colour-balanced L1 (0: off)
+    colour_steps: int = 2000  # stage 1d: the whole VAE with the colour-balanced L1 (0: off)
     colour_weight: float = 4.0
     colour_lr: float = 1e-3
     text_steps: int = 2000  # stage 1c: contrastive text-encoder pretraining (0: off)
