@@ -150,15 +150,13 @@ def picture(rows: list[tuple[str, list[Image.Image]]], path: Path) -> Path:
 
 def stage_steps(work: Path) -> dict[str, int]:
     """The step each VAE stage of a `ymn.model.tiny_base` --work folder has reached."""
-    records = {
-        "stage1": "stage1_vae.json",
-        "stage1b": "stage1b_decoder.json",
-        "stage1d": "stage1d_vae.json",
-    }
+    from ymn.model.vae_stages import VAE_STAGES
+
+    records = {stage: Path(work) / f"{name}.json" for stage, name in VAE_STAGES.items()}
     return {
-        f"{stage}_step": int(json.loads((Path(work) / name).read_text())["step"])
-        for stage, name in records.items()
-        if (Path(work) / name).is_file()
+        f"{stage}_step": int(json.loads(path.read_text())["step"])
+        for stage, path in records.items()
+        if path.is_file()
     }
 
 

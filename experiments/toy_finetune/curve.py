@@ -144,9 +144,9 @@ def learning_curve(run_dir: Path, against: Path | None = None) -> dict[str, Any]
     that run's pass at the same step."""
     passes = read_passes(run_dir)
     last = passes[-1]["records"]
-    paired = {} if against is None else {"against": against.name}
+    paired = {}
     if against is not None:
-        paired["minus_against"] = against_run(passes, against)
+        paired = {"against": against.name, "minus_against": against_run(passes, against)}
     return {
         "run": run_dir.name,
         "training_overrides": run_overrides(run_dir),

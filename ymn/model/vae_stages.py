@@ -27,14 +27,16 @@ if TYPE_CHECKING:
     from ymn.model.tiny_base import TinyBaseConfig
 
 ENCODE_BATCH = 64
+# each VAE stage's checkpoint name in a --work folder, in training (and loading) order
+VAE_STAGES = {"stage1": "stage1_vae", "stage1b": "stage1b_decoder", "stage1d": "stage1d_vae"}
 
 
 def load_stage1_vae(work: Path) -> AutoencoderKL:
     """The VAE of a (possibly unfinished) stage-1 checkpoint in `work`, in eval mode, with the
     decoder of stage 1b and the VAE of stage 1d when `work` holds them (in that order)."""
     vae = tiny_vae()
-    for stage in ("stage1_vae", "stage1b_decoder", "stage1d_vae"):
-        path = Path(work) / f"{stage}.safetensors"
+    for name in VAE_STAGES.values():
+        path = Path(work) / f"{name}.safetensors"
         if path.is_file():
             vae.load_state_dict(module_weights(load_file(path), "vae"))
     return vae.eval().requires_grad_(False)
@@ -50,7 +52,7 @@ def train_vae(
 ) -> dict[str, float]:
     """Stage 1: fit the VAE as an autoencoder; returns the mean losses of the last 50 steps."""
     return _fit_vae(
-        vae, images, metas, cfg, ("stage 1: VAE", "stage1_vae", 1), list(vae.parameters()),
+        vae, images, metas, cfg, ("stage 1: VAE", VAE_STAGES["stage1"], 1), list(vae.parameters()),
         cfg.vae_steps, cfg.vae_batch, cfg.vae_lr, cfg.kl_weight,
     )  # fmt: skip
 
@@ -65,7 +67,7 @@ def train_colour(
         return {}
     vae.requires_grad_(True)
     return _fit_vae(
-        vae, images, metas, cfg, ("stage 1d: VAE colours", "stage1d_vae", 5),
+        vae, images, metas, cfg, ("stage 1d: VAE colours", VAE_STAGES["stage1d"], 5),
         list(vae.parameters()), cfg.colour_steps, cfg.vae_batch, cfg.colour_lr, cfg.kl_weight,
         cfg.colour_weight,
     )  # fmt: skip
@@ -83,7 +85,7 @@ def train_decoder(
     for param in params:
         param.requires_grad_(True)
     return _fit_vae(
-        vae, images, metas, cfg, ("stage 1b: VAE decoder", "stage1b_decoder", 4), params,
+        vae, images, metas, cfg, ("stage 1b: VAE decoder", VAE_STAGES["stage1b"], 4), params,
         cfg.decoder_steps, cfg.decoder_batch, cfg.decoder_lr, 0.0,
     )  # fmt: skip
 
