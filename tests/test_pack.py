@@ -159,3 +159,31 @@ def test_cli_prints_summary_with_skips(tree: Path, tmp_path: Path, capsys) -> No
     text = capsys.readouterr().out
     assert "9 images" in text and "skipped 2" in text and "broken.png" in text
     assert main([str(tmp_path / "missing"), str(tmp_path / "out2")]) == 1
+
+
+def _packed_categories(out: Path) -> list[str]:
+    """The category of every packed sample, shard after shard, in packing order."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    return [
+        json.loads(sample["json"])["category"]
+        for entry in manifest["shards"]
+        for sample in _tar_samples(out / entry["name"]).values()
+    ]
+
+
+def test_shards_hold_the_trees_mix_unless_packed_in_folder_order(tree: Path, tmp_path: Path):
+    """The stream reads shards in turn, so folder-by-folder shards serve one category at a time."""
+    mixed, in_order = tmp_path / "mixed", tmp_path / "in_order"
+    assert main([str(tree), str(mixed), "--shard-size", "4"]) == 0
+    assert main([str(tree), str(in_order), "--shard-size", "4", "--folder-order"]) == 0
+    by_folder = _packed_categories(in_order)
+    assert by_folder == sorted(by_folder) and len(set(by_folder)) == 3
+    permuted = _packed_categories(mixed)
+    assert sorted(permuted) == by_folder and permuted != by_folder
+    again = tmp_path / "again"
+    pack_folder(tree, again, shard_size=4, progress=False)  # the CLI's default seed, 0
+    for name in ("shard-000000.tar", "shard-000001.tar", "manifest.json"):
+        assert (again / name).read_bytes() == (mixed / name).read_bytes()
+    other = pack_folder(tree, tmp_path / "other", shard_size=4, progress=False, shuffle_seed=1)
+    assert other["weights"]["shuffle_seed"] == 1
+    assert _packed_categories(tmp_path / "other") != permuted

@@ -4,8 +4,13 @@
 sampling probability, and writes `OUT/shard-000000.tar …` and `OUT/manifest.json` as
 `ymn/data/CONTRACT.md` describes (each shard's size, sample count and sha256 included);
 `ymn-pack --verify OUT` checks them and decodes every sample. Output bytes depend only on the
-input: files are processed in sorted order, tar entries carry a fixed mtime
-(`ymn.data.shard_writer` writes shards and manifest), and the worker count changes nothing.
+input: files are listed in sorted order and packed in a permutation seeded by `shuffle_seed`,
+tar entries carry a fixed mtime (`ymn.data.shard_writer` writes shards and manifest), and the
+worker count changes nothing.
+
+Why shuffle: the stream reads a slot's shards in turn and mixes only within its shuffle buffer
+(`ymn.data.stream`), so folder-by-folder shards (`shuffle_seed=None`, `--folder-order`) give a
+stream whose category changes every few hundred steps; permuted, every shard holds the mix.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -151,6 +157,15 @@ def _folder_multiply(folder: Path, weight: Any, multiply_from: str) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def packing_order(items: list[PackItem], shuffle_seed: int | None) -> list[PackItem]:
+    """The items in a permutation seeded by `shuffle_seed`, or in folder order for None."""
+    if shuffle_seed is None:
+        return items
+    shuffled = list(items)
+    random.Random(f"ymn-pack:{shuffle_seed}").shuffle(shuffled)
+    return shuffled
+
+
 def pack_sample(item: PackItem, root: Path, max_side: int | None) -> PackedSample:
     """Verify, optionally downscale and load the metadata of one image; never raises."""
     path = root / item.source
@@ -230,6 +245,7 @@ def pack_folder(
     rounding: str = "int",
     force: bool = False,
     progress: bool = True,
+    shuffle_seed: int | None = 0,
 ) -> dict[str, Any]:
     """Pack ROOT into webdataset shards under OUT and return the manifest (also written)."""
     root, out = Path(root), Path(out)
@@ -247,6 +263,7 @@ def pack_folder(
         "min_multiply": min_multiply,
         "max_multiply": max_multiply,
         "rounding": rounding,
+        "shuffle_seed": shuffle_seed,
     }
     fingerprint = inputs_fingerprint(root, options)
     if not force and (existing := up_to_date(out, fingerprint)) is not None:
@@ -254,6 +271,7 @@ def pack_folder(
     out.mkdir(parents=True, exist_ok=True)
     folders = image_folders(root)
     items = plan_items(root, folders, rows, multiply_from, min_multiply, max_multiply, rounding)
+    items = packing_order(items, shuffle_seed)
     sink = ShardSink(out, shard_size)
     categories: dict[str, dict[str, Any]] = {}
     skipped: list[dict[str, str]] = []
@@ -312,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-multiply", type=float, default=250.0)
     p.add_argument("--rounding", default="int", help="WeightTree multiply rounding")
     p.add_argument("--force", action="store_true", help="re-pack even if OUT is up to date")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--shuffle-seed", type=int, default=0, help="packing permutation seed")
+    help_folder = "pack folder by folder (the stream then serves one category at a time)"
+    order.add_argument(
+        "--folder-order", action="store_const", const=None, dest="shuffle_seed", help=help_folder
+    )
     return p
 
 
@@ -337,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             max_multiply=args.max_multiply,
             rounding=args.rounding,
             force=args.force,
+            shuffle_seed=args.shuffle_seed,
         )
     except (PackError, FileNotFoundError, ValueError) as exc:
         print(f"ymn-pack: error: {exc}")
