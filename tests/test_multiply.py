@@ -13,7 +13,11 @@ from hypothesis import strategies as st
 
 from ymn.data.balance import compute_weights, main
 from ymn.data.multiply import (
+    MAX_COPY_ROUNDS,
     CategoryPlan,
+    copies_in_round,
+    copy_offset,
+    copy_rounds,
     draws_for_sample,
     dropped_categories,
     dropped_images,
@@ -172,3 +176,24 @@ def test_rejects_bad_input():
         plan_epoch({"x": (3, -1.0)}, "ed2")
     with pytest.raises(ValueError, match="mode"):
         plan_epoch({"x": (3, 1.0)}, "ed3")  # type: ignore[arg-type]
+
+
+@given(
+    copies=st.integers(0, 300),
+    rounds=st.integers(1, MAX_COPY_ROUNDS),
+    offset=st.integers(0, 2**32 - 1),
+)
+def test_an_images_copies_are_spread_evenly_over_the_rounds(copies, rounds, offset):
+    per_round = [copies_in_round(copies, r, rounds, offset) for r in range(rounds)]
+    assert sum(per_round) == copies
+    assert set(per_round) <= {copies // rounds, -(-copies // rounds)}  # floor or ceil of k/R
+
+
+def test_the_rounds_are_the_mean_copies_of_a_drawn_image():
+    # 40 images x 1 copy and 2 images x 20: 80 draws over 42 drawn images -> 2 rounds
+    plans = {"a": CategoryPlan(40, 1, 0), "b": CategoryPlan(2, 20, 0), "c": CategoryPlan(5, 0, 0)}
+    assert copy_rounds(plans) == 2
+    assert copy_rounds({"a": CategoryPlan(3, 400, 0)}) == MAX_COPY_ROUNDS
+    assert copy_rounds({"a": CategoryPlan(3, 0, 0)}) == 1  # nothing drawn
+    assert copy_rounds({"a": CategoryPlan(10, 0, 4)}) == 1  # ED2 extras only: one copy each
+    assert copy_offset(1, 0, "k") == copy_offset(1, 0, "k") != copy_offset(1, 1, "k")

@@ -147,6 +147,41 @@ def epoch_size(plans: Mapping[str, CategoryPlan]) -> int:
     return sum(p.n_images * p.whole + p.extras for p in plans.values())
 
 
+# --- when in the epoch the copies come -------------------------------------------------------
+
+MAX_COPY_ROUNDS = 16  # each round reads the slot's shards once more
+_OFFSET_SCALE = 1 << 32
+
+
+def copy_rounds(plans: Mapping[str, CategoryPlan]) -> int:
+    """Rounds a streamed epoch spreads each image's copies over: the mean copies of a drawn
+    image, rounded, in 1..MAX_COPY_ROUNDS. ED1 shuffles its repeated list whole, so an image's
+    copies land across the epoch; a stream that emitted them all at one read would show a
+    fan-art image with 95 copies dozens of times within a few steps."""
+    drawn = sum(p.n_images if p.whole else p.extras for p in plans.values())
+    if drawn == 0:
+        return 1
+    return max(1, min(MAX_COPY_ROUNDS, round(epoch_size(plans) / drawn)))
+
+
+def copy_offset(seed: int, epoch: int, key: str) -> int:
+    """An image's offset into the rounds, uniform in [0, 2**32), from (seed, epoch, key)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % _OFFSET_SCALE
+
+
+def copies_in_round(copies: int, round_: int, rounds: int, offset: int) -> int:
+    """Of an image's `copies`, those in round `round_`: copy j goes to round
+    floor((j + offset / 2**32) * rounds / copies), so the copies are evenly spaced over the
+    rounds and sum to `copies` (integer arithmetic: no float edge cases)."""
+
+    def before(r: int) -> int:  # copies j whose round is < r
+        numerator = r * copies * _OFFSET_SCALE - offset * rounds
+        return min(copies, max(0, -(-numerator // (_OFFSET_SCALE * rounds))))
+
+    return before(round_ + 1) - before(round_)
+
+
 # --- which images get the extra copy -----------------------------------------------------------
 
 

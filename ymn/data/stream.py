@@ -32,7 +32,14 @@ from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from ymn.data.batch import Batch
 from ymn.data.decode import Sample, SkipCounter, is_val_key
-from ymn.data.multiply import draws_for_sample, epoch_size, plan_epoch
+from ymn.data.multiply import (
+    copies_in_round,
+    copy_offset,
+    copy_rounds,
+    draws_for_sample,
+    epoch_size,
+    plan_epoch,
+)
 from ymn.data.sample_source import Example, SampleSource, StreamConfig
 from ymn.data.slots import (
     dataloader_worker,
@@ -79,6 +86,47 @@ def iter_draws(
             continue
         if copies > 0:
             yield sample, copies
+
+
+def iter_spread_draws(
+    source: SampleSource,
+    config: StreamConfig,
+    *,
+    epoch: int = 0,
+    slot: int = 0,
+    slots: int = 1,
+    counter: SkipCounter | None = None,
+) -> Iterator[tuple[Sample, int]]:
+    """The slot's draws with each sample's copies spread over the epoch's copy rounds
+    (`ymn.data.multiply.copy_rounds`): the shards are read once per round and a sample comes
+    with its copies of that round. Bad input is counted in round 0 only."""
+    rounds = copy_rounds(plan_epoch(source.categories, config.multiply_mode, config.seed, epoch))
+    for round_ in range(rounds):
+        round_counter = counter if round_ == 0 else SkipCounter()
+        draws = iter_draws(
+            source, config, epoch=epoch, slot=slot, slots=slots, counter=round_counter
+        )
+        for sample, copies in draws:
+            offset = copy_offset(config.seed, epoch, sample.key)
+            if (in_round := copies_in_round(copies, round_, rounds, offset)) > 0:
+                yield sample, in_round
+
+
+def stream_order(
+    source: SampleSource,
+    config: StreamConfig,
+    *,
+    epoch: int,
+    slot: int,
+    slots: int,
+    p: int = 0,
+    counter: SkipCounter | None = None,
+) -> Iterator[Sample]:
+    """Pass `p` of a slot's samples in the order the stream renders them: copies spread over
+    the rounds, then mixed by the seeded shuffle buffer."""
+    rng = random.Random(pass_seed(source.seed_name, config.seed, epoch, slot, p))
+    draws = iter_spread_draws(source, config, epoch=epoch, slot=slot, slots=slots, counter=counter)
+    return shuffle_copies(draws, config.shuffle_buffer, rng)
 
 
 def shuffle_copies(
@@ -273,12 +321,12 @@ class TrainStream(IterableDataset):
         """Pass `p` of the slot's draws, rendered. Bad input is counted in pass 0 only."""
         counter = counter if p == 0 else SkipCounter()
         name, seed = self.source.seed_name, self.config.seed
-        rng = random.Random(pass_seed(name, seed, epoch, slot, p))
+        rng = random.Random(pass_seed(name, seed, epoch, slot, p) + ":render")
         noise = torch.Generator().manual_seed(derive_seed(name, seed, epoch, slot, p))
-        draws = iter_draws(
-            self.source, self.config, epoch=epoch, slot=slot, slots=slots, counter=counter
+        order = stream_order(
+            self.source, self.config, epoch=epoch, slot=slot, slots=slots, p=p, counter=counter
         )
-        for sample in shuffle_copies(draws, self.config.shuffle_buffer, rng):
+        for sample in order:
             example = self.source.render(sample, self.config, rng, noise, counter, train=True)
             sample.pending -= 1
             if sample.pending <= 0 or example is None:
