@@ -108,3 +108,15 @@ def test_the_arms_table_has_a_row_per_arm_and_a_column_per_step(tmp_path):
         "| seed=1 | 0.25 [0.14, 0.40] (10/40) |",
         "| seed=2, probes.ema=true | 0.75 [0.60, 0.86] (30/40) |",
     ]
+
+
+def test_an_arm_is_named_by_its_schedule_and_clipping_in_short():
+    from experiments.toy_finetune.arms import arm_name
+
+    warmup = "model.lr_scheduler={_target_:torch.optim.lr_scheduler.LinearLR,_partial_:true}"
+    curve = {
+        "run": "r",
+        "training_overrides": ["probes=study", "seed=3", warmup, "trainer.gradient_clip_val=1.0"],
+    }
+    assert arm_name(curve) == "seed=3, lr warmup, trainer.gradient_clip_val=1.0"
+    assert arm_name({"run": "plain", "training_overrides": ["probes=study"]}) == "plain"

@@ -20,15 +20,29 @@ from ymn.probes.scores import format_reading
 
 HERE = Path(__file__).parent
 DEFAULT_ARMS = (HERE, HERE / "cosine", HERE / "seed2", HERE / "seed2_ema")
-ARM_KEYS = ("seed=", "model.lr_scheduler=", "model.ema_decay=", "probes.ema=")
+ARM_KEYS = (
+    "seed=",
+    "model.lr_scheduler=",
+    "model.ema_decay=",
+    "probes.ema=",
+    "trainer.gradient_clip_val=",
+    "model.text_encoder_controls.",
+)
+SCHEDULE_NAMES = {"CosineAnnealingLR": "cosine lr", "LinearLR": "lr warmup"}
+
+
+def schedule_name(override: str) -> str:
+    """`model.lr_scheduler={_target_:...CosineAnnealingLR,...}` → `cosine lr` (known ones)."""
+    known = [name for cls, name in SCHEDULE_NAMES.items() if cls in override]
+    return known[0] if known else override
 
 
 def arm_name(curve: Mapping[str, Any]) -> str:
-    """The overrides that tell arms apart (seed, schedule, EMA), in a short form."""
+    """The overrides that tell arms apart (seed, schedule, EMA, clipping), in a short form."""
     parts = []
     for override in curve["training_overrides"]:
         if override.startswith("model.lr_scheduler="):
-            parts.append("cosine lr" if "Cosine" in override else override)
+            parts.append(schedule_name(override))
         elif override.startswith(ARM_KEYS):
             parts.append(override)
     return ", ".join(parts) or curve["run"]
