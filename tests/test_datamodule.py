@@ -205,3 +205,15 @@ def test_the_data_module_logs_skips_when_their_total_changes(shards: Path) -> No
         assert "skipped" not in batch and "slot" not in batch
     assert logged == [({"data/skipped": 1.0}, 7), ({"data/skipped": 3.0}, 7)]
     assert dm.skipped_total == {"bad_image": 1, "bad_json": 2}
+
+
+def test_setup_warns_about_shards_packed_folder_by_folder(tmp_path: Path, caplog) -> None:
+    root = make_tree(tmp_path / "root", {"a": 10, "b": 8}, {"a": 2})
+    by_folder, permuted = tmp_path / "by_folder", tmp_path / "permuted"
+    pack_folder(root, by_folder, shard_size=5, progress=False, shuffle_seed=None)
+    pack_folder(root, permuted, shard_size=5, progress=False)
+    with caplog.at_level("WARNING", logger="ymn.data.datamodule"):
+        module(permuted).setup()
+        assert "folder by folder" not in caplog.text
+        module(by_folder).setup()
+    assert "shards packed folder by folder" in caplog.text and "--force" in caplog.text

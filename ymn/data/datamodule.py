@@ -9,6 +9,7 @@ pixels here, a latent cache in `ymn.data.latents.LatentDataModule` (which only o
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
@@ -174,10 +175,26 @@ class YmnDataModule(LightningDataModule):
         )
         if self.manifest.get("skipped"):
             log.warning("%d images were skipped at pack time", len(self.manifest["skipped"]))
+        self._warn_if_packed_by_folder()
         if isinstance(source, PixelSource) and not is_url(self.shards):  # they read local tars
             from ymn.data.preflight import run_preflight  # ED1 drops, caption lengths, shards
 
             self.preflight = run_preflight(self.train_stream, self.manifest)
+
+    def _warn_if_packed_by_folder(self) -> None:
+        """Shards packed folder by folder (`ymn-pack --folder-order`, or before ymn-pack packed
+        in a permutation) make the stream serve one category for hundreds of steps."""
+        path = self.manifest_path
+        if path is None or not path.is_file():
+            return
+        manifest = json.loads(path.read_text())
+        if len(manifest.get("shards", [])) > 1 and manifest["weights"].get("shuffle_seed") is None:
+            log.warning(
+                "%s: shards packed folder by folder; the stream reads them in turn, so training "
+                "sees one category at a time for long stretches. Re-pack with `ymn-pack ROOT OUT "
+                "--force` (a seeded permutation) or delete them to let prepare re-pack.",
+                self.shards,
+            )
 
     # -- loaders ---------------------------------------------------------------------------
     def _loader_kwargs(self) -> dict[str, Any]:
