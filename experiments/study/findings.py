@@ -173,6 +173,13 @@ def base_limits(path: Path = STUDIES_BASE) -> list[str]:
         "whether SD 1.5 on real data moves the same way; each study's RESULTS.md gives the "
         "full-scale command that would.",
         "",
+        "Every study also trained on the stream before two data fixes (not rerun since): its "
+        "shards were packed folder by folder and each image's copies came at one read, so "
+        "the category served changed every few hundred steps and a heavily multiplied image "
+        "came dozens of times within a few steps (`experiments/bench/stream_mixing.json`). "
+        "Arms on the same shards and seed drew in the same order, so their paired differences "
+        "compare like with like; the level of every reading may differ on the mixed stream.",
+        "",
     ]
 
 
