@@ -93,8 +93,12 @@ def window_readings(order: list[tuple[str, str]], window_draws: int) -> dict[str
             "distinct_images": len(copies),
             "most_copies_of_one_image": max(copies.values()),
         })  # fmt: skip
+    most_in_epoch = max(Counter(key for _, key in order).values())
     return {
         "epoch_share": epoch_share,
+        "most_copies_of_one_image_per_window_if_shuffled_whole": most_in_epoch
+        * window_draws
+        / len(order),
         "largest_gap_over_windows": max(w["largest_gap"] for w in windows),
         "windows": windows,
     }
