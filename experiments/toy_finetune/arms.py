@@ -19,7 +19,16 @@ from experiments.toy_finetune.curve import PAIRED_READINGS
 from ymn.probes.scores import format_reading
 
 HERE = Path(__file__).parent
-DEFAULT_ARMS = (HERE, HERE / "cosine", HERE / "seed2", HERE / "seed2_ema")
+OLD_STREAM = "base before the VAE fix, stream before the data fix"
+NEW_STREAM = "shipped base, mixed stream"
+DEFAULT_ARMS = {  # curve folder: what it ran on, where overrides alone do not tell arms apart
+    HERE: OLD_STREAM,
+    HERE / "cosine": OLD_STREAM,
+    HERE / "seed2": OLD_STREAM,
+    HERE / "seed2_ema": OLD_STREAM,
+    HERE / "mixed_seed1": NEW_STREAM,
+    HERE / "mixed_seed2": NEW_STREAM,
+}
 ARM_KEYS = (
     "seed=",
     "model.lr_scheduler=",
@@ -53,30 +62,33 @@ def lead_cell(probe_pass: Mapping[str, Any]) -> str:
     return format_reading(probe_pass["readings"][PAIRED_READINGS[0]])
 
 
-def table(curves: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown: one row per arm, one column per probed step."""
+def table(curves: Sequence[Mapping[str, Any]], notes: Sequence[str] = ()) -> str:
+    """Markdown: one row per arm (its name, then its note if any), one column per step."""
     steps = sorted({step for curve in curves for step in curve["steps"]})
     lines = [
         "| arm | " + " | ".join(f"step {s}" for s in steps) + " |",
         "|---|" + "---|" * len(steps),
     ]
-    for curve in curves:
+    for curve, note in zip(curves, [*notes, *[""] * len(curves)], strict=False):
         by_step = {p["step"]: p for p in curve["passes"]}
         cells = [lead_cell(by_step[s]) if s in by_step else "—" for s in steps]
-        lines.append(f"| {arm_name(curve)} | " + " | ".join(cells) + " |")
+        name = arm_name(curve) + (f" ({note})" if note else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("curve_dirs", nargs="*", type=Path, default=list(DEFAULT_ARMS))
+    parser.add_argument("curve_dirs", nargs="*", type=Path, help="default: the committed arms")
     parser.add_argument("--out", type=Path, default=HERE / "arms.md")
     args = parser.parse_args(argv)
-    curves = [json.loads((d / "curve.json").read_text()) for d in args.curve_dirs]
+    dirs = args.curve_dirs or list(DEFAULT_ARMS)
+    notes = [] if args.curve_dirs else list(DEFAULT_ARMS.values())
+    curves = [json.loads((d / "curve.json").read_text()) for d in dirs]
     text = (
         "# The named lead, `1person, <name>`, per toy_phase1 arm and step\n\n"
         "Regenerate: `python -m experiments.toy_finetune.arms` (value [95 % Wilson CI] (k/n)).\n\n"
-        + table(curves)
+        + table(curves, notes)
     )
     args.out.write_text(text)
     print(text)
