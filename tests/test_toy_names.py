@@ -1,0 +1,34 @@
+"""experiments.toy_finetune.names: telling name binding from drawing one look for every name."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.toy_finetune.names import LEAD, binding_readings, centre_distance
+from ymn.data.synthetic import CHARACTERS
+
+NAMES = list(CHARACTERS)
+
+
+def test_a_model_that_binds_every_name_reads_far_above_the_name_ignored_expectation():
+    asked = NAMES * 4
+    reading = binding_readings(asked, list(asked))
+    assert reading["named_drawn"]["value"] == 1.0
+    assert reading["if_name_ignored"] == pytest.approx(1 / len(NAMES))
+    assert reading["p_permutation_names_shuffled"] < 0.01
+    assert reading["lead_drawn_when_another_is_asked"]["value"] == 0.0
+
+
+def test_a_model_that_draws_the_lead_for_every_name_reads_at_the_expectation():
+    asked = NAMES * 4
+    reading = binding_readings(asked, [LEAD] * len(asked))
+    assert reading["lead_drawn_when_asked"]["value"] == 1.0  # what the probes' lead reading sees
+    assert reading["lead_drawn_when_another_is_asked"]["value"] == 1.0
+    assert reading["named_drawn"]["value"] == pytest.approx(reading["if_name_ignored"])
+    assert reading["p_permutation_names_shuffled"] > 0.5
+    assert reading["per_name"][NAMES[1]]["value"] == 0.0
+
+
+def test_the_face_nearest_the_centre_is_the_asked_one():
+    centred, corner = (0.4, 0.4, 0.6, 0.6), (0.0, 0.0, 0.2, 0.2)
+    assert min([corner, centred], key=centre_distance) == centred
