@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python -m experiments.toy_finetune.names RUN_DIR",
         "run": args.run_dir.name,
+        "base": "the embedded base" if args.base is None else args.base.name,
         "seeds_per_name": args.seeds,
         "sampler": {"steps": int(cfg.probes.steps), "guidance": float(cfg.probes.guidance_scale)},
         "steps": readings,
