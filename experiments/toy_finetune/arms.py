@@ -28,6 +28,7 @@ DEFAULT_ARMS = {  # curve folder: what it ran on, where overrides alone do not t
     HERE / "seed2_ema": OLD_STREAM,
     HERE / "mixed_seed1": NEW_STREAM,
     HERE / "mixed_seed2": NEW_STREAM,
+    HERE / "oldbase_mixed_seed2": "base before the VAE fix (OLD_BASE), mixed stream",
 }
 ARM_KEYS = (
     "seed=",
