@@ -217,3 +217,16 @@ def test_setup_warns_about_shards_packed_folder_by_folder(tmp_path: Path, caplog
         assert "folder by folder" not in caplog.text
         module(by_folder).setup()
     assert "shards packed folder by folder" in caplog.text and "--force" in caplog.text
+
+
+def test_a_manifest_without_pack_options_warns_instead_of_failing(tmp_path: Path, caplog) -> None:
+    """Hand-written or older manifests may lack `weights`: the order is then unknown."""
+    out = tmp_path / "shards"
+    pack_folder(make_tree(tmp_path / "root", {"a": 10, "b": 8}, {"a": 2}), out, shard_size=5,
+                progress=False)  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["weights"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="ymn.data.datamodule"):
+        module(out).setup()
+    assert "shards packed folder by folder" in caplog.text

@@ -188,7 +188,8 @@ class YmnDataModule(LightningDataModule):
         if path is None or not path.is_file():
             return
         manifest = json.loads(path.read_text())
-        if len(manifest.get("shards", [])) > 1 and manifest["weights"].get("shuffle_seed") is None:
+        shuffle_seed = manifest.get("weights", {}).get("shuffle_seed")
+        if len(manifest.get("shards", [])) > 1 and shuffle_seed is None:
             log.warning(
                 "%s: shards packed folder by folder; the stream reads them in turn, so training "
                 "sees one category at a time for long stretches. Re-pack with `ymn-pack ROOT OUT "

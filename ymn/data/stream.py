@@ -23,7 +23,7 @@ a worker, which is what makes a mid-epoch resume exact (`resume_position`).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import count, islice
 from typing import Any
 
@@ -88,26 +88,15 @@ def iter_draws(
             yield sample, copies
 
 
-def iter_spread_draws(
-    source: SampleSource,
-    config: StreamConfig,
-    *,
-    epoch: int = 0,
-    slot: int = 0,
-    slots: int = 1,
-    counter: SkipCounter | None = None,
+def spread_over_rounds(
+    read_round: Callable[[int], Iterator[tuple[Sample, int]]], rounds: int, seed: int, epoch: int
 ) -> Iterator[tuple[Sample, int]]:
-    """The slot's draws with each sample's copies spread over the epoch's copy rounds
-    (`ymn.data.multiply.copy_rounds`): the shards are read once per round and a sample comes
-    with its copies of that round. Bad input is counted in round 0 only."""
-    rounds = copy_rounds(plan_epoch(source.categories, config.multiply_mode, config.seed, epoch))
+    """Each sample's copies spread over the epoch's copy rounds
+    (`ymn.data.multiply.copy_rounds`): `read_round(r)` reads the slot's draws once more, and a
+    sample comes with its copies of that round."""
     for round_ in range(rounds):
-        round_counter = counter if round_ == 0 else SkipCounter()
-        draws = iter_draws(
-            source, config, epoch=epoch, slot=slot, slots=slots, counter=round_counter
-        )
-        for sample, copies in draws:
-            offset = copy_offset(config.seed, epoch, sample.key)
+        for sample, copies in read_round(round_):
+            offset = copy_offset(seed, epoch, sample.key)
             if (in_round := copies_in_round(copies, round_, rounds, offset)) > 0:
                 yield sample, in_round
 
@@ -123,9 +112,15 @@ def stream_order(
     counter: SkipCounter | None = None,
 ) -> Iterator[Sample]:
     """Pass `p` of a slot's samples in the order the stream renders them: copies spread over
-    the rounds, then mixed by the seeded shuffle buffer."""
+    the rounds, then mixed by the seeded shuffle buffer. Bad input is counted in round 0 only."""
+
+    def read_round(round_: int) -> Iterator[tuple[Sample, int]]:
+        kept = counter if round_ == 0 else SkipCounter()
+        return iter_draws(source, config, epoch=epoch, slot=slot, slots=slots, counter=kept)
+
+    rounds = copy_rounds(plan_epoch(source.categories, config.multiply_mode, config.seed, epoch))
     rng = random.Random(pass_seed(source.seed_name, config.seed, epoch, slot, p))
-    draws = iter_spread_draws(source, config, epoch=epoch, slot=slot, slots=slots, counter=counter)
+    draws = spread_over_rounds(read_round, rounds, config.seed, epoch)
     return shuffle_copies(draws, config.shuffle_buffer, rng)
 
 
