@@ -116,7 +116,15 @@ def test_an_arm_is_named_by_its_schedule_and_clipping_in_short():
     warmup = "model.lr_scheduler={_target_:torch.optim.lr_scheduler.LinearLR,_partial_:true}"
     curve = {
         "run": "r",
-        "training_overrides": ["probes=study", "seed=3", warmup, "trainer.gradient_clip_val=1.0"],
+        "training_overrides": [
+            "probes=study",
+            "seed=3",
+            "model.optimizer.lr=1e-3",
+            warmup,
+            "trainer.gradient_clip_val=1.0",
+        ],
     }
-    assert arm_name(curve) == "seed=3, lr warmup, trainer.gradient_clip_val=1.0"
+    assert arm_name(curve) == (
+        "seed=3, model.optimizer.lr=1e-3, lr warmup, trainer.gradient_clip_val=1.0"
+    )
     assert arm_name({"run": "plain", "training_overrides": ["probes=study"]}) == "plain"

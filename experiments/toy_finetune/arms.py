@@ -32,6 +32,7 @@ DEFAULT_ARMS = {  # curve folder: what it ran on, where overrides alone do not t
 }
 ARM_KEYS = (
     "seed=",
+    "model.optimizer.lr=",
     "model.lr_scheduler=",
     "model.ema_decay=",
     "probes.ema=",
@@ -48,7 +49,7 @@ def schedule_name(override: str) -> str:
 
 
 def arm_name(curve: Mapping[str, Any]) -> str:
-    """The overrides that tell arms apart (seed, schedule, EMA, clipping), in a short form."""
+    """The overrides that tell arms apart (seed, lr, schedule, EMA, clipping), in a short form."""
     parts = []
     for override in curve["training_overrides"]:
         if override.startswith("model.lr_scheduler="):
