@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from experiments.toy_finetune.names import LEAD, binding_readings, centre_distance
+import pytest
+from omegaconf import OmegaConf
+
+from experiments.toy_finetune.names import LEAD, base_label, binding_readings, centre_distance
 from ymn.data.synthetic import CHARACTERS
 
 NAMES = list(CHARACTERS)
@@ -32,3 +35,12 @@ def test_a_model_that_draws_the_lead_for_every_name_reads_at_the_expectation():
 def test_the_face_nearest_the_centre_is_the_asked_one():
     centred, corner = (0.4, 0.4, 0.6, 0.6), (0.0, 0.0, 0.2, 0.2)
     assert min([corner, centred], key=centre_distance) == centred
+
+
+def test_the_base_label_names_a_run_from_another_base_without_its_local_path():
+    embedded = OmegaConf.create({"model": {"components": {"pretrained": None}}})
+    local = OmegaConf.create({"model": {"components": {"pretrained": "/tmp/x/tiny-base"}}})
+    assert base_label(embedded, None) == "the embedded base"
+    assert "/tmp" not in base_label(local, None)
+    assert base_label(local, None) != "the embedded base"
+    assert base_label(embedded, Path("/somewhere/OLD_BASE")) == "OLD_BASE"

@@ -128,6 +128,15 @@ def checkpoint_reading(
     return reading | {"exactly_one_face_share": float(np.mean(np.array(faces) == 1))}
 
 
+def base_label(cfg: Any, base: Path | None) -> str:
+    """Which base the run started from, without a local path (the JSON is committed)."""
+    if base is not None:
+        return base.name
+    if cfg.model.components.get("pretrained"):
+        return "the run's model.components.pretrained (not the embedded base)"
+    return "the embedded base"
+
+
 def step_of(checkpoint: Path | None) -> int:
     return 0 if checkpoint is None else int(checkpoint.stem.removeprefix("step"))
 
@@ -147,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cfg = OmegaConf.load(args.run_dir / "config_resolved.yaml")
+    label = base_label(cfg, args.base)
     if args.base is not None:
         cfg.model.components.pretrained = str(args.base)
     folder = args.run_dir / "checkpoints"
@@ -169,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python -m experiments.toy_finetune.names RUN_DIR",
         "run": args.run_dir.name,
-        "base": "the embedded base" if args.base is None else args.base.name,
+        "base": label,
         "seeds_per_name": args.seeds,
         "sampler": {"steps": int(cfg.probes.steps), "guidance": float(cfg.probes.guidance_scale)},
         "steps": readings,
