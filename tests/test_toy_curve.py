@@ -122,9 +122,11 @@ def test_an_arm_is_named_by_its_schedule_and_clipping_in_short():
             "model.optimizer.lr=1e-3",
             warmup,
             "trainer.gradient_clip_val=1.0",
+            "caption.drop_hair_tags=true",
         ],
     }
     assert arm_name(curve) == (
-        "seed=3, model.optimizer.lr=1e-3, lr warmup, trainer.gradient_clip_val=1.0"
+        "seed=3, model.optimizer.lr=1e-3, lr warmup, trainer.gradient_clip_val=1.0, "
+        "caption.drop_hair_tags=true"
     )
     assert arm_name({"run": "plain", "training_overrides": ["probes=study"]}) == "plain"

@@ -3,8 +3,8 @@
     python -m experiments.toy_finetune.arms [CURVE_DIR ...] [--out experiments/toy_finetune/arms.md]
 
 Each CURVE_DIR holds a `curve.json` of `experiments.toy_finetune.curve`; its training overrides
-name the arm (seed, learning-rate schedule, EMA). One row per arm: `1person, <name>` drawing the
-named lead, value [95 % Wilson interval] (k/n) at each step.
+name the arm (seed, learning rate and schedule, EMA, clipping, captions). One row per arm:
+`1person, <name>` drawing the named lead, value [95 % Wilson interval] (k/n) at each step.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ DEFAULT_ARMS = {  # curve folder: what it ran on, where overrides alone do not t
     HERE / "mixed_seed1": NEW_STREAM,
     HERE / "mixed_seed2": NEW_STREAM,
     HERE / "oldbase_mixed_seed2": "base before the VAE fix (OLD_BASE), mixed stream",
+    HERE / "te3e3_seed2": NEW_STREAM,
 }
 ARM_KEYS = (
     "seed=",
@@ -38,6 +39,7 @@ ARM_KEYS = (
     "probes.ema=",
     "trainer.gradient_clip_val=",
     "model.text_encoder_controls.",
+    "caption.",
 )
 SCHEDULE_NAMES = {"CosineAnnealingLR": "cosine lr", "LinearLR": "lr warmup"}
 
@@ -49,7 +51,7 @@ def schedule_name(override: str) -> str:
 
 
 def arm_name(curve: Mapping[str, Any]) -> str:
-    """The overrides that tell arms apart (seed, lr, schedule, EMA, clipping), in a short form."""
+    """The overrides that tell arms apart (seed, lr, schedule, EMA, clipping, captions), short."""
     parts = []
     for override in curve["training_overrides"]:
         if override.startswith("model.lr_scheduler="):
