@@ -30,6 +30,7 @@ DEFAULT_ARMS = {  # curve folder: what it ran on, where overrides alone do not t
     HERE / "mixed_seed2": NEW_STREAM,
     HERE / "oldbase_mixed_seed2": "base before the VAE fix (OLD_BASE), mixed stream",
     HERE / "te3e3_seed2": NEW_STREAM,
+    HERE / "droplook_seed1": NEW_STREAM + "; hair and eye tags dropped",
     HERE / "droplook_seed2": NEW_STREAM + "; hair and eye tags dropped",
 }
 ARM_KEYS = (
