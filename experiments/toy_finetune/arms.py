@@ -33,6 +33,7 @@ DEFAULT_ARMS = {  # curve folder: what it ran on, where overrides alone do not t
     HERE / "droplook_seed1": NEW_STREAM + "; hair and eye tags dropped",
     HERE / "droplook_seed2": NEW_STREAM + "; hair and eye tags dropped",
     HERE / "droplook_seed2_ema": NEW_STREAM + "; hair and eye tags dropped",
+    HERE / "droplook_seed2_ema_cos": NEW_STREAM + "; hair and eye tags dropped",
 }
 ARM_KEYS = (
     "seed=",
