@@ -30,10 +30,10 @@ DEFAULT_ARMS = {  # curve folder: what it ran on, where overrides alone do not t
     HERE / "mixed_seed2": NEW_STREAM,
     HERE / "oldbase_mixed_seed2": "base before the VAE fix (OLD_BASE), mixed stream",
     HERE / "te3e3_seed2": NEW_STREAM,
-    HERE / "droplook_seed1": NEW_STREAM + "; hair and eye tags dropped",
-    HERE / "droplook_seed2": NEW_STREAM + "; hair and eye tags dropped",
-    HERE / "droplook_seed2_ema": NEW_STREAM + "; hair and eye tags dropped",
-    HERE / "droplook_seed2_ema_cos": NEW_STREAM + "; hair and eye tags dropped",
+    HERE / "droplook_seed1": NEW_STREAM,
+    HERE / "droplook_seed2": NEW_STREAM,
+    HERE / "droplook_seed2_ema": NEW_STREAM,
+    HERE / "droplook_seed2_ema_cos": NEW_STREAM,
 }
 ARM_KEYS = (
     "seed=",
