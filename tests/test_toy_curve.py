@@ -130,3 +130,9 @@ def test_an_arm_is_named_by_its_schedule_and_clipping_in_short():
         "caption.drop_hair_tags=true"
     )
     assert arm_name({"run": "plain", "training_overrides": ["probes=study"]}) == "plain"
+    named = ["experiment=toy_phase1_droplook", "probes=study", "seed=4"]
+    assert arm_name({"run": "r", "training_overrides": named}) == (
+        "experiment=toy_phase1_droplook, seed=4"
+    )
+    toy = ["experiment=toy_phase1", "seed=4"]
+    assert arm_name({"run": "r", "training_overrides": toy}) == "seed=4"

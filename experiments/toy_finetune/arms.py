@@ -34,6 +34,9 @@ DEFAULT_ARMS = {  # curve folder: what it ran on, where overrides alone do not t
     HERE / "droplook_seed2": NEW_STREAM,
     HERE / "droplook_seed2_ema": NEW_STREAM,
     HERE / "droplook_seed2_ema_cos": NEW_STREAM,
+    HERE / "droplook_seed1_ema_cos": NEW_STREAM,
+    HERE / "droplook_seed3_ema_cos": NEW_STREAM,
+    HERE / "card_seed2_ema_cos": NEW_STREAM,
 }
 ARM_KEYS = (
     "seed=",
@@ -55,10 +58,13 @@ def schedule_name(override: str) -> str:
 
 
 def arm_name(curve: Mapping[str, Any]) -> str:
-    """The overrides that tell arms apart (seed, lr, schedule, EMA, clipping, captions), short."""
+    """The overrides that tell arms apart (an experiment other than toy_phase1, seed, lr,
+    schedule, EMA, clipping, captions), short."""
     parts = []
     for override in curve["training_overrides"]:
-        if override.startswith("model.lr_scheduler="):
+        if override.startswith("experiment=") and override != "experiment=toy_phase1":
+            parts.append(override)
+        elif override.startswith("model.lr_scheduler="):
             parts.append(schedule_name(override))
         elif override.startswith(ARM_KEYS):
             parts.append(override)
