@@ -93,10 +93,15 @@ def test_toy_twins_fine_tune_the_general_base_on_unseen_scenes_with_the_card_cap
 def test_toy_droplook_is_toy_phase1_with_the_measured_arms_overrides():
     """The named experiment is exactly the command line of the runs that met item 4."""
     arm = printed_config(
-        "experiment=toy_phase1", "caption.drop_hair_tags=true", "caption.drop_eye_tags=true",
-        "model.ema_decay=0.998", "probes.ema=true",
+        "experiment=toy_phase1",
+        "caption.drop_hair_tags=true",
+        "caption.drop_eye_tags=true",
+        "model.ema_decay=0.998",
+        "probes.ema=true",
         "model.lr_scheduler={_target_:torch.optim.lr_scheduler.CosineAnnealingLR,"
-        "_partial_:true,T_max:1500,eta_min:3.0e-5}", "name=toy_phase1_droplook", "--resolve",
+        "_partial_:true,T_max:1500,eta_min:3.0e-5}",
+        "name=toy_phase1_droplook",
+        "--resolve",
     )
     assert printed_config("experiment=toy_phase1_droplook", "--resolve") == arm
     card = printed_config("experiment=toy_phase1", "--resolve")
