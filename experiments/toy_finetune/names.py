@@ -8,7 +8,9 @@ the character the synthetic data shows most often (weight 4 of 20). So "the name
 cannot tell a model that binds the name from one that draws SaitoMio for any prompt. Here each
 checkpoint of a run (and the base it started from, step 0) draws `1person, <name>` for every
 roster name in the probe's own prompt form (one centred face, its grid tokens), `--seeds`
-sampling seeds per name, with the run's probe sampler (DDIM steps, guidance). Per checkpoint:
+sampling seeds per name, with the run's probe sampler (DDIM steps, guidance); a checkpoint
+that keeps an EMA of the UNet (`model.ema_decay`) is sampled with the EMA weights, as the
+export ships them. Per checkpoint:
 - `named_drawn`: the face nearest the centre (where the probe asks for it) shows the asked
   character (every name equally often; like the probes, other faces may be drawn too);
 - `if_name_ignored`: what `named_drawn` would be if the drawn look did not depend on the name
