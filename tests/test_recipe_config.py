@@ -91,7 +91,7 @@ def test_toy_twins_fine_tune_the_general_base_on_unseen_scenes_with_the_card_cap
 
 
 def test_toy_droplook_is_toy_phase1_with_the_measured_arms_overrides():
-    """The named experiment is exactly the command line of the runs that met item 4."""
+    """The named experiment is exactly the command line of the seed-2 arm that read 0.84."""
     arm = printed_config(
         "experiment=toy_phase1",
         "caption.drop_hair_tags=true",
