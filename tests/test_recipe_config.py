@@ -90,19 +90,28 @@ def test_toy_twins_fine_tune_the_general_base_on_unseen_scenes_with_the_card_cap
     assert toy2["init_from"] == "runs/toy1" and toy2["caption"] != toy1["caption"]
 
 
-def test_toy_droplook_is_toy_phase1_with_the_measured_arms_overrides():
-    """The named experiment is exactly the command line of the seed-2 arm that read 0.84."""
-    arm = printed_config(
+def droplook_arm(steps: int) -> dict:
+    """toy_phase1 with the names arm's overrides on the command line, as its runs were made."""
+    return printed_config(
         "experiment=toy_phase1",
         "caption.drop_hair_tags=true",
         "caption.drop_eye_tags=true",
         "model.ema_decay=0.998",
         "probes.ema=true",
         "model.lr_scheduler={_target_:torch.optim.lr_scheduler.CosineAnnealingLR,"
-        "_partial_:true,T_max:1500,eta_min:3.0e-5}",
+        f"_partial_:true,T_max:{steps},eta_min:3.0e-5}}",
+        f"trainer.max_steps={steps}",
         "name=toy_phase1_droplook",
         "--resolve",
     )
-    assert printed_config("experiment=toy_phase1_droplook", "--resolve") == arm
+
+
+def test_toy_droplook_is_toy_phase1_with_the_measured_arms_overrides():
+    """The named experiment is the command line of the 2,700-step seed-3 run and, cut to 1,500
+    steps, of the seed-2 arm that read 0.84: the cosine follows the run's length."""
+    named = printed_config("experiment=toy_phase1_droplook", "--resolve")
+    assert named["trainer"]["max_steps"] == 2700 and named == droplook_arm(2700)
+    short = printed_config("experiment=toy_phase1_droplook", "trainer.max_steps=1500", "--resolve")
+    assert short == droplook_arm(1500)
     card = printed_config("experiment=toy_phase1", "--resolve")
     assert card["caption"]["drop_hair_tags"] is False  # toy_phase1 keeps the card's captions

@@ -134,5 +134,5 @@ def test_an_arm_is_named_by_its_schedule_and_clipping_in_short():
     assert arm_name({"run": "r", "training_overrides": named}) == (
         "experiment=toy_phase1_droplook, seed=4"
     )
-    toy = ["experiment=toy_phase1", "seed=4"]
-    assert arm_name({"run": "r", "training_overrides": toy}) == "seed=4"
+    toy = ["experiment=toy_phase1", "seed=4", "trainer.max_steps=2700"]
+    assert arm_name({"run": "r", "training_overrides": toy}) == "seed=4, trainer.max_steps=2700"

@@ -37,9 +37,11 @@ DEFAULT_ARMS = {  # curve folder: what it ran on, where overrides alone do not t
     HERE / "droplook_seed1_ema_cos": NEW_STREAM,
     HERE / "droplook_seed3_ema_cos": NEW_STREAM,
     HERE / "card_seed2_ema_cos": NEW_STREAM,
+    HERE / "droplook_seed3_2700": NEW_STREAM,
 }
 ARM_KEYS = (
     "seed=",
+    "trainer.max_steps=",
     "model.optimizer.lr=",
     "model.lr_scheduler=",
     "model.ema_decay=",
@@ -58,8 +60,8 @@ def schedule_name(override: str) -> str:
 
 
 def arm_name(curve: Mapping[str, Any]) -> str:
-    """The overrides that tell arms apart (an experiment other than toy_phase1, seed, lr,
-    schedule, EMA, clipping, captions), short."""
+    """The overrides that tell arms apart (an experiment other than toy_phase1, seed, steps,
+    lr, schedule, EMA, clipping, captions), short."""
     parts = []
     for override in curve["training_overrides"]:
         if override.startswith("experiment=") and override != "experiment=toy_phase1":
