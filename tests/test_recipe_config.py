@@ -88,6 +88,7 @@ def test_toy_twins_fine_tune_the_general_base_on_unseen_scenes_with_the_card_cap
     assert toy1["caption"]["dropout"] == 0.15
     assert (toy1["data"]["resolution"], toy2["data"]["resolution"]) == (128, 144)  # 640 → 704
     assert toy2["init_from"] == "runs/toy1" and toy2["caption"] != toy1["caption"]
+    assert toy1["caption"]["drop_hair_tags"] is False  # the card's captions keep the colour tags
 
 
 def droplook_arm(steps: int) -> dict:
@@ -113,5 +114,3 @@ def test_toy_droplook_is_toy_phase1_with_the_measured_arms_overrides():
     assert named["trainer"]["max_steps"] == 2700 and named == droplook_arm(2700)
     short = printed_config("experiment=toy_phase1_droplook", "trainer.max_steps=1500", "--resolve")
     assert short == droplook_arm(1500)
-    card = printed_config("experiment=toy_phase1", "--resolve")
-    assert card["caption"]["drop_hair_tags"] is False  # toy_phase1 keeps the card's captions
