@@ -37,6 +37,8 @@ DEFAULT_ARMS = {  # curve folder: what it ran on, where overrides alone do not t
     HERE / "droplook_seed1_ema_cos": NEW_STREAM,
     HERE / "droplook_seed3_ema_cos": NEW_STREAM,
     HERE / "card_seed2_ema_cos": NEW_STREAM,
+    HERE / "droplook_seed1_2700": NEW_STREAM,
+    HERE / "droplook_seed2_2700": NEW_STREAM,
     HERE / "droplook_seed3_2700": NEW_STREAM,
 }
 ARM_KEYS = (
