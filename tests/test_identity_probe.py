@@ -20,6 +20,7 @@ from ymn.probes.identity import (
     identify_character,
     identity_flat_metrics,
     identity_metrics,
+    look_shares,
     match_faces,
     measures_identity,
 )
@@ -112,6 +113,22 @@ def test_nothing_recognisable_is_none() -> None:
     assert identify_character(blank, (0.4, 0.4, 0.52, 0.52)) is None
     static = noisy(Image.new("RGB", (128, 128), (128, 128, 128)), sigma=60)
     assert identify_character(static, (0.4, 0.4, 0.52, 0.52)) is None
+
+
+def test_a_rendered_face_shows_its_own_colours_and_no_unnamed_hair() -> None:
+    box = [0.35, 0.35, 0.65, 0.65]
+    for name in NAMES:
+        hair, outfit = look_shares(render_layout([name], [box], 128), box)
+        assert max(hair, key=lambda who: hair[who]) == name, name
+        assert max(outfit, key=lambda who: outfit[who]) == name, name
+        assert hair[None] == 0.0, name
+
+
+def test_a_blank_image_shows_no_roster_colour() -> None:
+    hair, outfit = look_shares(
+        Image.new("RGB", (128, 128), (140, 200, 245)), (0.4, 0.4, 0.52, 0.52)
+    )
+    assert max(hair.values()) == 0.0 and max(outfit.values()) == 0.0
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from experiments.toy_finetune.names import LEAD, base_label, binding_readings, centre_distance
+from experiments.toy_finetune.names import (
+    LEAD,
+    asked_look,
+    base_label,
+    binding_readings,
+    centre_distance,
+)
 from ymn.data.synthetic import CHARACTERS
 
 NAMES = list(CHARACTERS)
@@ -44,3 +50,16 @@ def test_the_base_label_names_a_run_from_another_base_without_its_local_path():
     assert "/tmp" not in base_label(local, None)
     assert base_label(local, None) != "the embedded base"
     assert base_label(embedded, Path("/somewhere/OLD_BASE")) == "OLD_BASE"
+
+
+def test_the_asked_look_averages_each_names_own_colours_over_its_faces():
+    lead_look = ({LEAD: 0.6, None: 0.1}, {LEAD: 0.5})
+    drifted = ({LEAD: 0.0, None: 0.5}, {LEAD: 0.3})
+    other = NAMES[1]
+    looks = asked_look([LEAD, LEAD, LEAD, other], [lead_look, drifted, None, ({other: 1.0}, {})])
+    assert looks[LEAD]["n_faces"] == 2  # the image without a face does not count
+    assert looks[LEAD]["own_hair"] == pytest.approx(0.3)
+    assert looks[LEAD]["own_outfit"] == pytest.approx(0.4)
+    assert looks[LEAD]["unnamed_hair"] == pytest.approx(0.3)
+    assert looks[other]["own_hair"] == 1.0 and looks[other]["own_outfit"] == 0.0
+    assert looks[NAMES[2]]["n_faces"] == 0 and looks[NAMES[2]]["own_hair"] is None

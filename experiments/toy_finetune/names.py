@@ -17,7 +17,9 @@ export ships them. Per checkpoint:
   (sum over characters of 1/K x the share of images drawing it), and a permutation p-value of
   `named_drawn` against shuffling the asked names over the images;
 - the lead: drawn when asked, and drawn when another name is asked;
-- per name: asked → drawn, and the share of images drawing each character.
+- per name: asked → drawn, and the share of images drawing each character;
+- `asked_look`, per name: how much of the centred face's hair and outfit zones show the
+  name's own colours, and how much of its hair an unnamed person's colour.
 Writes `names.json` into `--out` (default: the run's `probes/` folder).
 """
 
@@ -36,7 +38,7 @@ from experiments.bench.embedded_world import sample
 from ymn.data.synthetic import CHARACTERS
 from ymn.model.components import Components
 from ymn.probes.detectors import SyntheticFaceDetector
-from ymn.probes.identity import identify_character
+from ymn.probes.identity import identify_character, look_shares
 from ymn.probes.prompts import AUTO_CHARACTERS, build_probe_prompts
 from ymn.probes.rates import rate
 
@@ -72,17 +74,43 @@ def centre_distance(box: Any) -> float:
     return ((left + right) / 2 - 0.5) ** 2 + ((top + bottom) / 2 - 0.5) ** 2
 
 
-def drawn_characters(images: list) -> tuple[list[str | None], list[int]]:
+Looks = tuple[dict[str | None, float], dict[str | None, float]]
+
+
+def drawn_characters(images: list) -> tuple[list[str | None], list[int], list[Looks | None]]:
     """The character of the detected face nearest the centre, where the probe asks for the
-    one face (None: no face), and the number of faces of each image."""
+    one face (None: no face), the number of faces of each image, and the colours around that
+    face (`look_shares`; None: no face)."""
     detector = SyntheticFaceDetector()
-    drawn, faces = [], []
+    drawn, faces, looks = [], [], []
     for image in images:
         boxes = detector.detect(image)
         faces.append(len(boxes))
         nearest = min(boxes, key=centre_distance, default=None)
         drawn.append(None if nearest is None else identify_character(image, nearest))
-    return drawn, faces
+        looks.append(None if nearest is None else look_shares(image, nearest))
+    return drawn, faces, looks
+
+
+def asked_look(asked: list[str], looks: list[Looks | None]) -> dict[str, dict[str, Any]]:
+    """Per asked name, the mean over its images with a face: the share of the hair zone in the
+    name's own hair colour, of the outfit zone in its own outfit colour, and of the hair zone
+    in an unnamed person's hair colour. Tells which part of a look a name has lost."""
+    result = {}
+    for name in CHARACTERS:
+        own = [look for who, look in zip(asked, looks, strict=True) if who == name and look]
+        result[name] = {
+            "n_faces": len(own),
+            "own_hair": mean_or_none([hair.get(name, 0.0) for hair, _ in own]),
+            "own_outfit": mean_or_none([outfit.get(name, 0.0) for _, outfit in own]),
+            "unnamed_hair": mean_or_none([hair.get(None, 0.0) for hair, _ in own]),
+        }
+    return result
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    """The mean, or None (JSON null) without values."""
+    return float(np.mean(values)) if values else None
 
 
 def binding_readings(asked: list[str], drawn: list[str | None], seed: int = 0) -> dict[str, Any]:
@@ -125,9 +153,12 @@ def checkpoint_reading(
         int(cfg.probes.steps),
         float(cfg.probes.guidance_scale),
     )
-    drawn, faces = drawn_characters(images)
-    reading = binding_readings([name for name, _, _ in rows], drawn)
-    return reading | {"exactly_one_face_share": float(np.mean(np.array(faces) == 1))}
+    drawn, faces, looks = drawn_characters(images)
+    asked = [name for name, _, _ in rows]
+    return binding_readings(asked, drawn) | {
+        "exactly_one_face_share": float(np.mean(np.array(faces) == 1)),
+        "asked_look": asked_look(asked, looks),
+    }
 
 
 def base_label(cfg: Any, base: Path | None) -> str:

@@ -30,6 +30,7 @@ from ymn.probes.facegrid import chebyshev
 
 __all__ = [
     "identify_character",
+    "look_shares",
     "identity_metrics",
     "match_faces",
 ]
@@ -105,6 +106,19 @@ def _zone_shares(
     return shares
 
 
+def look_shares(
+    image: Image.Image, box: Box, roster: Mapping[str, Look] = CHARACTERS
+) -> tuple[dict[str | None, float], dict[str | None, float]]:
+    """The colours around a face box (l, t, r, b fractions): the shares of the hair zone and of
+    the outfit zone nearest each roster character's hair and outfit colour; under None, the
+    share nearest any unnamed person's hair colour."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    hair_pixels, outfit_pixels = _zones(arr, box)
+    palette, labels = _palette(roster)
+    hair = _zone_shares(hair_pixels, palette, labels, "hair")
+    return hair, _zone_shares(outfit_pixels, palette, labels, "outfit")
+
+
 def identify_character(
     image: Image.Image, box: Box, roster: Mapping[str, Look] = CHARACTERS
 ) -> str | None:
@@ -116,11 +130,7 @@ def identify_character(
     person's hair colour (the synthetic data's regularization people) covering at least
     UNNAMED_MIN_FRAC of the hair zone rules out every character whose hair shows less.
     """
-    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
-    hair_pixels, outfit_pixels = _zones(arr, box)
-    palette, labels = _palette(roster)
-    hair = _zone_shares(hair_pixels, palette, labels, "hair")
-    outfit = _zone_shares(outfit_pixels, palette, labels, "outfit")
+    hair, outfit = look_shares(image, box, roster)
     unnamed = hair.get(None, 0.0)
     scores = {
         name: share + outfit.get(name, 0.0)
