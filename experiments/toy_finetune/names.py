@@ -38,7 +38,7 @@ from experiments.bench.embedded_world import sample
 from ymn.data.synthetic import CHARACTERS
 from ymn.model.components import Components
 from ymn.probes.detectors import SyntheticFaceDetector
-from ymn.probes.identity import identify_character, look_shares
+from ymn.probes.identity import LookShares, character_of, look_shares
 from ymn.probes.prompts import AUTO_CHARACTERS, build_probe_prompts
 from ymn.probes.rates import rate
 
@@ -74,10 +74,9 @@ def centre_distance(box: Any) -> float:
     return ((left + right) / 2 - 0.5) ** 2 + ((top + bottom) / 2 - 0.5) ** 2
 
 
-Looks = tuple[dict[str | None, float], dict[str | None, float]]
-
-
-def drawn_characters(images: list) -> tuple[list[str | None], list[int], list[Looks | None]]:
+def drawn_characters(
+    images: list,
+) -> tuple[list[str | None], list[int], list[LookShares | None]]:
     """The character of the detected face nearest the centre, where the probe asks for the
     one face (None: no face), the number of faces of each image, and the colours around that
     face (`look_shares`; None: no face)."""
@@ -87,12 +86,13 @@ def drawn_characters(images: list) -> tuple[list[str | None], list[int], list[Lo
         boxes = detector.detect(image)
         faces.append(len(boxes))
         nearest = min(boxes, key=centre_distance, default=None)
-        drawn.append(None if nearest is None else identify_character(image, nearest))
-        looks.append(None if nearest is None else look_shares(image, nearest))
+        look = None if nearest is None else look_shares(image, nearest)
+        looks.append(look)
+        drawn.append(None if look is None else character_of(look))
     return drawn, faces, looks
 
 
-def asked_look(asked: list[str], looks: list[Looks | None]) -> dict[str, dict[str, Any]]:
+def asked_look(asked: list[str], looks: list[LookShares | None]) -> dict[str, dict[str, Any]]:
     """Per asked name, the mean over its images with a face: the share of the hair zone in the
     name's own hair colour, of the outfit zone in its own outfit colour, and of the hair zone
     in an unnamed person's hair colour. Tells which part of a look a name has lost."""

@@ -29,6 +29,8 @@ from ymn.data.synthetic_draw import SKIN, Look, palette_colours
 from ymn.probes.facegrid import chebyshev
 
 __all__ = [
+    "LookShares",
+    "character_of",
     "identify_character",
     "look_shares",
     "identity_metrics",
@@ -106,9 +108,12 @@ def _zone_shares(
     return shares
 
 
+LookShares = tuple[dict[str | None, float], dict[str | None, float]]  # hair zone, outfit zone
+
+
 def look_shares(
     image: Image.Image, box: Box, roster: Mapping[str, Look] = CHARACTERS
-) -> tuple[dict[str | None, float], dict[str | None, float]]:
+) -> LookShares:
     """The colours around a face box (l, t, r, b fractions): the shares of the hair zone and of
     the outfit zone nearest each roster character's hair and outfit colour; under None, the
     share nearest any unnamed person's hair colour."""
@@ -119,10 +124,8 @@ def look_shares(
     return hair, _zone_shares(outfit_pixels, palette, labels, "outfit")
 
 
-def identify_character(
-    image: Image.Image, box: Box, roster: Mapping[str, Look] = CHARACTERS
-) -> str | None:
-    """The roster character drawn around a face box (l, t, r, b fractions), or None.
+def character_of(shares: LookShares) -> str | None:
+    """The roster character that `look_shares` around a face show, or None.
 
     Each character scores the share of the hair zone in its hair colour plus the share of the
     outfit zone in its outfit colour; the best score wins if it reaches MIN_FRAC. The outfit
@@ -130,7 +133,7 @@ def identify_character(
     person's hair colour (the synthetic data's regularization people) covering at least
     UNNAMED_MIN_FRAC of the hair zone rules out every character whose hair shows less.
     """
-    hair, outfit = look_shares(image, box, roster)
+    hair, outfit = shares
     unnamed = hair.get(None, 0.0)
     scores = {
         name: share + outfit.get(name, 0.0)
@@ -139,6 +142,14 @@ def identify_character(
     }
     best = max(scores, key=lambda name: scores[name], default=None)
     return best if best is not None and scores[best] >= MIN_FRAC else None
+
+
+def identify_character(
+    image: Image.Image, box: Box, roster: Mapping[str, Look] = CHARACTERS
+) -> str | None:
+    """The roster character drawn around a face box (l, t, r, b fractions), or None
+    (`character_of` its `look_shares`)."""
+    return character_of(look_shares(image, box, roster))
 
 
 def match_faces(
