@@ -26,6 +26,7 @@ from ymn.probes.identity import (
 )
 from ymn.probes.prompts import AUTO_CHARACTERS, build_probe_prompts, layout_centres
 from ymn.probes.runner import ProbeConfig, run_probe_pass
+from ymn.probes.scores import headline_readings
 
 NAMES = list(CHARACTERS)
 DETECTOR = SyntheticFaceDetector()
@@ -164,8 +165,22 @@ def test_missing_faces_and_unroster_names_are_not_scored() -> None:
             target_cells_per_image=[[[0, 0]]],
             identified_per_image=[[]],
         )
+    assert result["drawn_by_count"] == {2: 0.0, 3: 1.0}  # per requested roster face
     empty = identity_metrics([["Hinata"]], [[]], identified_per_image=[[]])
     assert math.isnan(empty["char_acc"]) and empty["by_count"] == {}
+    assert empty["drawn_by_count"] == {}
+
+
+def test_drawn_counts_a_face_never_drawn_as_a_miss() -> None:
+    """char_acc scores matched faces only; drawn (the headline lead reading) every asked face."""
+    box = (0.44, 0.44, 0.56, 0.56)
+    result = identity_metrics(
+        [["SaitoMio"]] * 3,
+        [[box], [box], []],
+        identified_per_image=[["SaitoMio"], ["OnoHaru"], []],
+    )
+    assert result["by_count"] == {1: 0.5}
+    assert result["drawn_by_count"] == {1: pytest.approx(1 / 3)}
 
 
 def test_matching_by_cells_not_order() -> None:
@@ -301,9 +316,13 @@ def test_probe_pass_logs_and_writes_identity_metrics(tmp_path) -> None:
     assert metrics["probe/identity/bleed_rate"] == pytest.approx(2 / 4)
     assert metrics["probe/identity/char_acc/n1"] == 1.0
     assert metrics["probe/identity/char_acc/n3"] == pytest.approx(1 / 3)
+    assert metrics["probe/identity/drawn/n1"] == 1.0
+    assert metrics["probe/identity/drawn/n3"] == pytest.approx(1 / 3)
     assert metrics["probe/count/exact_acc"] == 1.0
     report = json.loads((tmp_path / "probes" / "step_000007.json").read_text())
     assert report["metrics"]["probe/identity/bleed_rate/n3"] == pytest.approx(2 / 3)
+    lead = headline_readings(report["records"])["lead drawn (1person, <name>)"]
+    assert lead["value"] == metrics["probe/identity/drawn/n1"]
     three = next(r for r in report["records"] if r["count"] == 3)
     assert three["characters"] == list(AUTO_CHARACTERS[:3])
     assert three["identities"] == [AUTO_CHARACTERS[1], AUTO_CHARACTERS[0], AUTO_CHARACTERS[2]]

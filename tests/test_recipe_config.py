@@ -114,3 +114,24 @@ def test_toy_droplook_is_toy_phase1_with_the_measured_arms_overrides():
     assert named["trainer"]["max_steps"] == 2700 and named == droplook_arm(2700)
     short = printed_config("experiment=toy_phase1_droplook", "trainer.max_steps=1500", "--resolve")
     assert short == droplook_arm(1500)
+
+
+def test_toy_select_chooses_on_seeds_the_reported_reading_never_uses():
+    """toy_phase1_select is the droplook run with the probes moved to validation seeds, every
+    step checkpoint kept and best.ckpt by the lead reading the probes actually write."""
+    from ymn.probes.identity import identity_flat_metrics
+
+    chosen = printed_config("experiment=toy_phase1_select", "--resolve")
+    droplook = printed_config("experiment=toy_phase1_droplook", "--resolve")
+    probes, checkpoint = chosen["probes"], chosen["callbacks"]["checkpoint"]
+    assert probes["seeds"] == list(range(64, 128)) and probes["counts"] == [1]
+    assert len(probes["seeds"]) * len(probes["layouts"]) == 128  # as the study's test pass
+    assert set(probes["seeds"]).isdisjoint(range(64))  # select.py's default test seeds
+    steps = chosen["trainer"]["max_steps"]
+    assert checkpoint["keep_last"] >= steps // probes["every_n_steps"]
+    assert checkpoint["best_mode"] == "max"
+    record = {"characters": ["SaitoMio"], "detected_boxes": [[0.4, 0.4, 0.6, 0.6]],
+              "identities": ["SaitoMio"], "cells": [[2, 2]]}  # fmt: skip
+    assert checkpoint["best_monitor"] in identity_flat_metrics([record])
+    for key in ("model", "data", "caption", "trainer", "seed"):
+        assert chosen[key] == droplook[key], key

@@ -199,7 +199,9 @@ def identity_metrics(
     matched faces: char_acc = share showing the requested character; bleed_rate = share showing
     a character requested for another face of the same prompt (swapped or blended identity);
     unknown_rate = share showing no roster character. order_chance is the char_acc of drawing
-    the requested cast in a random order (mean 1 / distinct names). Identities come from
+    the requested cast in a random order (mean 1 / distinct names). drawn_by_count: per
+    requested-face count, the share of requested faces drawn as asked, a face not drawn at all
+    counting as a miss (for one-person prompts: the named character drawn). Identities come from
     identified_per_image when given (the runner classifies while it samples), else from
     `identify_character` on images.
     """
@@ -215,7 +217,8 @@ def identity_metrics(
             [identify_character(image, box, roster) for box in boxes]
             for image, boxes in zip(images, detected_boxes_per_image, strict=True)
         ]
-    tallies: dict[int, list[int]] = {}  # requested faces -> [matched, correct, bleed, unknown]
+    # requested faces -> [matched, correct, bleed, unknown, requested]
+    tallies: dict[int, list[int]] = {}
     chance: list[float] = []
     for i, (names, boxes) in enumerate(
         zip(requested_names_per_image, detected_boxes_per_image, strict=True)
@@ -231,7 +234,8 @@ def identity_metrics(
         else:
             pairs = _ordered_pairs(len(names), len(boxes))
         cast = {n for n in names if n in roster and n not in UNKNOWN_CHARACTERS}
-        tally = tallies.setdefault(len(names), [0, 0, 0, 0])
+        tally = tallies.setdefault(len(names), [0, 0, 0, 0, 0])
+        tally[4] += sum(n in cast for n in names)
         for target, found in pairs:
             wanted, shown = names[target], identities[found]
             if wanted not in cast:
@@ -250,6 +254,7 @@ def identity_metrics(
         "n_matched": matched,
         "by_count": {n: _rate(t[1], t[0]) for n, t in sorted(tallies.items()) if t[0]},
         "bleed_by_count": {n: _rate(t[2], t[0]) for n, t in sorted(tallies.items()) if t[0]},
+        "drawn_by_count": {n: _rate(t[1], t[4]) for n, t in sorted(tallies.items()) if t[4]},
     }
 
 
@@ -266,8 +271,9 @@ def identity_flat_metrics(
     records: Sequence[Mapping[str, Any]], grid: int = 5, prefix: str = "probe/identity"
 ) -> dict[str, float]:
     """Flat {prefix}/char_acc, bleed_rate, unknown_rate, order_chance, n_matched and per
-    requested-face count {prefix}/char_acc/n{k}, {prefix}/bleed_rate/n{k} over the probe
-    records that carry "identities" (empty when none does)."""
+    requested-face count {prefix}/char_acc/n{k}, {prefix}/bleed_rate/n{k} and {prefix}/drawn/n{k}
+    over the probe records that carry "identities" (empty when none does). drawn/n1 is the
+    headline "lead drawn" reading; it is what `best_monitor` can select a checkpoint by."""
     scored = [r for r in records if "identities" in r]
     if not scored:
         return {}
@@ -286,4 +292,5 @@ def identity_flat_metrics(
     }
     flat |= {f"{prefix}/char_acc/n{k}": float(v) for k, v in result["by_count"].items()}
     flat |= {f"{prefix}/bleed_rate/n{k}": float(v) for k, v in result["bleed_by_count"].items()}
+    flat |= {f"{prefix}/drawn/n{k}": float(v) for k, v in result["drawn_by_count"].items()}
     return flat
