@@ -16,7 +16,10 @@ the validation seeds first (e.g. the later checkpoints of a first run, when the 
 retrained with validation probes; the runs' train/loss columns must then agree step for step).
 
 Writes `selected.json` into --out (default RUN_DIR/select): the validation reading per step
-(k, n, Wilson 95 % interval), the chosen step and the test reading there. The probe passes it
+(k, n, Wilson 95 % interval), the chosen step and the test reading there; and, when a folder
+holds the last step's probe pass on the test seeds (a run whose own probes read them), the test
+reading at the last step and chosen − last paired on the same images (bootstrap CI, permutation
+p). The probe passes it
 samples go to --out/validation/probes and --out/test/probes.
 """
 
@@ -30,6 +33,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from experiments.toy_finetune.curve import compare
 from experiments.toy_finetune.names import run_components, step_of
 from ymn.probes.scores import headline_readings
 from ymn.run_dir import probe_paths
@@ -107,6 +111,32 @@ def validation_readings(
     return readings
 
 
+def test_pass_at(run_dirs: list[Path], step: int, test_seeds: list[int]) -> Path | None:
+    """A probe pass a run folder wrote at `step` on the test seeds (the run's own curve, when
+    it was trained with the probes on those seeds), or None."""
+    for run_dir in run_dirs:
+        path = probe_paths(run_dir, step)[0]
+        if path.is_file() and probed_seeds(path) == test_seeds:
+            return path
+    return None
+
+
+def against_last(
+    run_dirs: list[Path], last: int, chosen_pass: Path, test_seeds: list[int]
+) -> dict[str, Any]:
+    """The test reading at the run's last step and chosen − last paired on the same images,
+    when a folder holds a last-step pass on the test seeds; else {}."""
+    last_pass = test_pass_at(run_dirs, last, test_seeds)
+    if last_pass is None:
+        return {}
+    records = [json.loads(p.read_text())["records"] for p in (last_pass, chosen_pass)]
+    return {
+        "last_step": last,
+        "test_at_last_step": headline_readings(records[0])[LEAD_READING],
+        "chosen_minus_last": compare(*records)[LEAD_READING],
+    }
+
+
 def chosen_step(readings: dict[int, dict[str, Any]]) -> int:
     """The step with the highest validation reading; the earliest of ties."""
     return max(sorted(readings), key=lambda step: readings[step]["value"])
@@ -149,7 +179,8 @@ def select(run_dirs: list[Path], test_seeds: list[int], out_dir: Path) -> dict[s
         raise FileNotFoundError(f"no checkpoints/step*.ckpt under {', '.join(map(str, run_dirs))}")
     step = chosen_step(readings)
     checkpoint = step_checkpoints(run_dirs)[step]
-    test = lead_reading(probe_checkpoint(cfg, checkpoint, test_seeds, out_dir / "test"))
+    test_pass = probe_checkpoint(cfg, checkpoint, test_seeds, out_dir / "test")
+    last = max(readings)
     return {
         "runs": [p.name for p in run_dirs],
         "train_loss_steps_compared": compared,
@@ -158,8 +189,8 @@ def select(run_dirs: list[Path], test_seeds: list[int], out_dir: Path) -> dict[s
         "validation": {str(s): r for s, r in readings.items()},
         "chosen_step": step,
         "chosen_checkpoint": f"{checkpoint.parent.parent.name}/checkpoints/{checkpoint.name}",
-        "test": test,
-    }
+        "test": lead_reading(test_pass),
+    } | (against_last(run_dirs, last, test_pass, test_seeds) if last != step else {})
 
 
 def main(argv: list[str] | None = None) -> int:
