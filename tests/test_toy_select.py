@@ -124,3 +124,40 @@ def test_validation_seeds_that_overlap_the_test_seeds_are_refused(tmp_path, tiny
     write_run(tmp_path / "run", cfg, [300], {9: "0.3"})
     with pytest.raises(ValueError, match="overlap the test seeds"):
         select([tmp_path / "run"], list(range(64)), tmp_path / "out")
+
+
+def test_the_table_has_a_row_per_training_seed_and_a_column_per_step(tmp_path, capsys):
+    from experiments.toy_finetune.selected_table import main as table_main
+
+    def selection(run: str, values: dict[int, float], chosen: int, last: bool) -> dict:
+        found = {
+            "runs": [run, "droplook"],
+            "validation_seeds": [64, 127],
+            "test_seeds": [0, 63],
+            "validation": {str(s): reading(v) for s, v in values.items()},
+            "chosen_step": chosen,
+            "test": {"value": 0.8, "k": 8, "n": 10, "ci95": [0.49, 0.94]},
+        }
+        if last:
+            found |= {
+                "test_at_last_step": {"value": 0.2, "k": 2, "n": 10, "ci95": [0.06, 0.51]},
+                "chosen_minus_last": {"difference": 0.6, "ci95": [0.3, 0.9], "p_permutation": 0.01},
+            }
+        return found
+
+    paths = []
+    for name, sel in {
+        "a.json": selection("select_s2", {300: 0.1, 600: 0.9}, 600, last=False),
+        "b.json": selection("select_s3", {300: 0.7, 900: 0.2}, 300, last=True),
+    }.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(sel))
+    assert table_main([*map(str, paths), "--out", str(tmp_path / "t.md")]) == 0
+    rows = (tmp_path / "t.md").read_text().splitlines()
+    assert rows[0].startswith("| training seed | 300 | 600 | 900 | chosen |")
+    assert rows[2].startswith(
+        "| 2 | 0.10 | 0.90 | – | 600 | **0.80 [0.49, 0.94] (8/10)** | – | – |"
+    )
+    assert "| 3 | 0.70 | – | 0.20 | 300 |" in rows[3]
+    assert rows[3].endswith("| 0.20 [0.06, 0.51] (2/10) | +0.60 [+0.30, +0.90], p = 0.0100 |")
+    assert "seeds 64–127" in capsys.readouterr().out
