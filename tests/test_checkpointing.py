@@ -33,15 +33,18 @@ from ymn.reliability.checkpointing import AtomicCheckpointIO, RunCheckpoint
 PARTS = ("vae", "text_encoder", "unet")
 
 
-def fit(folder: Path, steps: int, val_every: int, **checkpoint: object) -> DiffusionModule:
-    """`steps` optimizer steps of the tiny model, validating every `val_every`."""
+def fit(
+    folder: Path, steps: int, val_every: int, extra: tuple = (), **checkpoint: object
+) -> DiffusionModule:
+    """`steps` optimizer steps of the tiny model, validating every `val_every`; `extra`: more
+    callbacks, before the checkpoint callback."""
     module = DiffusionModule(build_tiny(0), optimizer=partial(torch.optim.AdamW, lr=1e-3))
     callback = RunCheckpoint(dirpath=str(folder), **checkpoint)
     trainer = L.Trainer(
         max_steps=steps,
         accelerator="cpu",
         logger=False,
-        callbacks=[callback],
+        callbacks=[*extra, callback],
         plugins=[AtomicCheckpointIO()],
         val_check_interval=val_every,
         limit_val_batches=1,
@@ -85,6 +88,28 @@ def test_one_file_per_step_and_size_logged(tmp_path, caplog, every_n_train_steps
     logged_mb = float(re.search(r"one checkpoint is ([\d.]+) MB", report).group(1))
     assert logged_mb * 1e6 == pytest.approx(best.stat().st_size, rel=0.05)
     assert "keep_last=3 holds up to 3 x" in report and "free there" in report
+
+
+class ScriptedProbe(L.Callback):
+    """Sets a probe metric in `trainer.callback_metrics` after each batch, as ProbeCallback does."""
+
+    def __init__(self, key: str, values: dict[int, float]) -> None:
+        self.key, self.values = key, values
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        trainer.callback_metrics[self.key] = torch.tensor(self.values[trainer.global_step])
+
+
+def test_best_can_follow_a_probe_reading_set_before_validation(tmp_path):
+    """experiment=toy_phase1_select keeps best.ckpt by the probes' lead reading: the probe pass
+    runs after the batch, the checkpoint reads the metric when validation ends."""
+    folder = tmp_path / "checkpoints"
+    key = "probe/identity/drawn/n1"
+    probe = ScriptedProbe(key, {1: 0.2, 2: 0.9, 3: 0.5})
+    fit(folder, 3, 1, extra=(probe,), every_n_train_steps=1, keep_last=3,
+        best_monitor=key, best_mode="max")  # fmt: skip
+    assert saved_step(folder / "best.ckpt") == 2
+    assert os.path.samefile(folder / "best.ckpt", folder / "step0000002.ckpt")
 
 
 def test_weights_fp16_best_is_small_and_exports(tmp_path):
