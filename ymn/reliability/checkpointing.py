@@ -5,9 +5,9 @@
 - `RunCheckpoint`: a step checkpoint every N steps keeping the last K (`step0000500.ckpt`...),
   `last.ckpt` pointing at the newest, `best.ckpt` by `best_monitor` (`val/loss`, or a probe
   reading such as `probe/identity/drawn/n1`, set after the batch and read when validation
-  ends), a final one at the end of
-  training, and one when SIGTERM/SIGINT stops the run (Lightning turns SIGTERM into a
-  `SIGTERMException` at the end of the current batch; we route SIGINT the same way).
+  ends), a final one at the end of training, and one when SIGTERM/SIGINT stops the run
+  (Lightning turns SIGTERM into a `SIGTERMException` at the end of the current batch; we route
+  SIGINT the same way).
 - `ResumeState`: fixes up the data-stream position recorded in a checkpoint saved from
   `on_train_batch_end` (Lightning has not yet counted that batch as completed).
 """
@@ -160,7 +160,7 @@ class RunCheckpoint(ModelCheckpoint):
         self._full_on_disk: tuple[int, str] | None = None  # (step, path) of the newest full save
         self._previous_sigint: Any = None
 
-    # -- best by best_monitor --------------------------------------------------------------------
+    # -- best by best_monitor ----------------------------------------------------------------
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if self.best_monitor and self._may_save(trainer):
