@@ -66,7 +66,7 @@ def probe_checkpoint(cfg: Any, checkpoint: Path, seeds: list[int], out_dir: Path
     from hydra.utils import instantiate
 
     from ymn.probes.detectors import load_detector
-    from ymn.probes.prompts import build_probe_prompts
+    from ymn.probes.prompts import config_prompts
     from ymn.probes.runner import run_probe_pass
 
     step = step_of(checkpoint)
@@ -77,20 +77,12 @@ def probe_checkpoint(cfg: Any, checkpoint: Path, seeds: list[int], out_dir: Path
     module = instantiate(cfg.model, _partial_=True, _convert_="partial")(
         components=run_components(cfg, checkpoint)
     )
-    prompts = build_probe_prompts(
-        probe_cfg.caption,
-        counts=probe_cfg.counts,
-        layouts=probe_cfg.layouts,
-        seeds=probe_cfg.seeds,
-        characters=probe_cfg.characters,
-        general=probe_cfg.general,
-    )
     run_probe_pass(
         module,
         step=step,
         out_dir=out_dir,
         detector=load_detector(probe_cfg.detector, **probe_cfg.detector_kwargs),
-        prompts=prompts,
+        prompts=config_prompts(probe_cfg),
         heldout_batches=None,
         cfg=probe_cfg,
     )
@@ -98,12 +90,12 @@ def probe_checkpoint(cfg: Any, checkpoint: Path, seeds: list[int], out_dir: Path
 
 
 def validation_readings(
-    cfg: Any, run_dirs: list[Path], seeds: list[int], out_dir: Path
+    cfg: Any, run_dirs: list[Path], checkpoints: dict[int, Path], seeds: list[int], out_dir: Path
 ) -> dict[int, dict[str, Any]]:
     """step -> the lead reading on the validation seeds, for every step with a checkpoint: the
     run's own probe pass when it read those seeds, else a pass sampled here."""
     readings = {}
-    for step, checkpoint in sorted(step_checkpoints(run_dirs).items()):
+    for step, checkpoint in sorted(checkpoints.items()):
         own = probe_paths(run_dirs[0], step)[0]
         if not (own.is_file() and probed_seeds(own) == seeds):
             own = probe_checkpoint(cfg, checkpoint, seeds, out_dir)
@@ -174,11 +166,12 @@ def select(run_dirs: list[Path], test_seeds: list[int], out_dir: Path) -> dict[s
             f"the run's probes read seeds {seeds[0]}..{seeds[-1]}, which overlap the test seeds: "
             "train with experiment=toy_phase1_select (validation seeds 64-127)"
         )
-    readings = validation_readings(cfg, run_dirs, seeds, out_dir / "validation")
+    checkpoints = step_checkpoints(run_dirs)
+    readings = validation_readings(cfg, run_dirs, checkpoints, seeds, out_dir / "validation")
     if not readings:
         raise FileNotFoundError(f"no checkpoints/step*.ckpt under {', '.join(map(str, run_dirs))}")
     step = chosen_step(readings)
-    checkpoint = step_checkpoints(run_dirs)[step]
+    checkpoint = checkpoints[step]
     test_pass = probe_checkpoint(cfg, checkpoint, test_seeds, out_dir / "test")
     last = max(readings)
     return {

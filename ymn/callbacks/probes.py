@@ -21,7 +21,7 @@ import torch
 from ymn.callbacks.schedule import StepScheduledCallback, wandb_loggers
 from ymn.model.export import ema_weights
 from ymn.probes.config import ProbeConfig, probe_config
-from ymn.probes.prompts import build_probe_prompts
+from ymn.probes.prompts import config_prompts
 from ymn.probes.runner import run_probe_pass
 from ymn.run_dir import probe_paths
 
@@ -42,14 +42,7 @@ class ProbeCallback(StepScheduledCallback):
         cfg = probe_config(config)
         super().__init__(cfg.every_n_steps, cfg.at_start, cfg.at_end, out_dir)
         self.cfg = cfg
-        self.prompts = build_probe_prompts(
-            cfg.caption,
-            counts=cfg.counts,
-            layouts=cfg.layouts,
-            seeds=cfg.seeds,
-            characters=cfg.characters,
-            general=cfg.general,
-        )
+        self.prompts = config_prompts(cfg)
         self._detector: Any = None
         self._heldout: list[dict[str, Any]] | None = None
 

@@ -95,6 +95,19 @@ def probe_characters(characters: Sequence[str] | str | None) -> list[str]:
     return [str(name) for name in characters]
 
 
+def config_prompts(cfg: Any) -> list[dict[str, Any]]:
+    """The probe prompt set a `ProbeConfig` names (caption, counts, layouts, seeds, characters,
+    general): what the probe callback samples and what a checkpoint is probed with later."""
+    return build_probe_prompts(
+        cfg.caption,
+        counts=cfg.counts,
+        layouts=cfg.layouts,
+        seeds=cfg.seeds,
+        characters=cfg.characters,
+        general=cfg.general,
+    )
+
+
 def build_probe_prompts(
     caption: CaptionConfig | Mapping[str, Any] | None = None,
     counts: Sequence[int | str] = (1, 2, 3, 4, 5, "many"),
