@@ -197,6 +197,30 @@ def test_config_files_load_and_instantiate():
     assert load_caption_config(CONF / "asp.yaml") == CaptionConfig()
 
 
+def test_look_tags_dropped_for_named_scenes_only_keeps_unnamed_peoples_colours():
+    """`look_tags_dropped_for="named"`: a roster character's colour tags go (its name carries
+    them), a regularization person's stay, so an untagged hair colour is always a name's."""
+    tags = ["1girl", "solo", "red_hair", "twintails", "green_eyes", "smile"]
+    named = normalize_metadata({"n_people": 1, "characters": ["SaitoMio"], "tags": tags}, "a")
+    unnamed = normalize_metadata({"n_people": 1, "characters": ["unknown"], "tags": tags}, "b")
+    drops = CaptionConfig(drop_hair_tags=True, drop_eye_tags=True, tag_shuffle=False)
+
+    def caption(meta, cfg):
+        return build_caption(meta, cfg, random.Random(0), dropout=False)
+
+    for meta in (named, unnamed):  # "all" (the default): every scene loses them
+        assert not {"red hair", "twintails", "green eyes"} & set(caption(meta, drops).split(", "))
+    only_named = replace(drops, look_tags_dropped_for="named")
+    assert caption(named, only_named) == caption(named, drops)
+    assert {"red hair", "twintails", "green eyes", "smile"} <= set(
+        caption(unnamed, only_named).split(", ")
+    )
+    no_drops = replace(only_named, drop_hair_tags=False, drop_eye_tags=False)
+    assert "red hair" in caption(named, no_drops)  # the setting only narrows the drops
+    with pytest.raises(ValueError, match="look_tags_dropped_for"):
+        CaptionConfig(look_tags_dropped_for="roster")
+
+
 def test_bad_config_values():
     with pytest.raises(ValueError, match="keep_tags"):
         CaptionConfig(keep_tags=1.5)

@@ -52,3 +52,24 @@ def test_probe_pass_files_are_the_passes_in_step_order(tmp_path) -> None:
     (tmp_path / "probes" / "step_notes.json").write_text("{}")  # not a pass
     assert probe_pass_files(tmp_path) == [probe_paths(tmp_path, s)[0] for s in (0, 300, 1200)]
     assert probe_pass_files(tmp_path / "elsewhere") == []
+
+
+def test_each_launch_records_its_thread_count_and_a_resume_keeps_the_first(tmp_path) -> None:
+    """Training matches bit for bit only at a fixed thread count, so every launch says its own."""
+    import json
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from ymn.run_record import record_run
+
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            record_run(tmp_path, OmegaConf.create({"seed": 0}))
+    finally:
+        torch.set_num_threads(threads)
+    lines = (tmp_path / "launches.jsonl").read_text().splitlines()
+    assert [json.loads(line)["torch_threads"] for line in lines] == [1, 2]
+    assert json.loads(lines[0])["torch"] == torch.__version__

@@ -1,4 +1,5 @@
-"""What every run directory records: resolved config, git commit, packages, data manifest."""
+"""What every run directory records: resolved config, git commit, packages, data manifest, and
+each launch's CPU thread count (training is bit-for-bit reproducible only at a fixed one)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import importlib.metadata
 import json
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
+import torch
 from lightning import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,9 +39,24 @@ def installed_packages() -> list[str]:
     return sorted(lines, key=str.lower)
 
 
+def launch_record() -> dict[str, object]:
+    """What a launch ran with that the config does not say: threads change float reduction
+    order, so a rerun matches bit for bit only at the same `torch_threads`."""
+    return {
+        "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
+
+
 def record_run(run_dir: Path, cfg: DictConfig, manifest: Path | None = None) -> None:
-    """Write config_resolved.yaml, git.json, requirements.txt (and data_manifest.json if given)."""
+    """Write config_resolved.yaml, git.json, requirements.txt (and data_manifest.json if given),
+    and add this launch to launches.jsonl (a resumed run keeps the earlier launches' lines)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "launches.jsonl").open("a", encoding="utf-8") as launches:
+        launches.write(json.dumps(launch_record()) + "\n")
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / "git.json").write_text(json.dumps(git_state(), indent=2) + "\n")
     (run_dir / "requirements.txt").write_text("\n".join(installed_packages()) + "\n")

@@ -68,6 +68,9 @@ class CaptionConfig:
     max_tags: int = 15
     drop_hair_tags: bool = False
     drop_eye_tags: bool = False
+    # whose captions the two drops above apply to: "all", or "named" (scenes with a roster name
+    # only: people without a name keep their colour tags, so an untagged colour is a name's)
+    look_tags_dropped_for: Literal["all", "named"] = "all"
     dropout: float = 0.15
     fixed_first: int = 0  # kohya keep_tokens / ED2 keep_tags: parts never moved or dropped
     shuffle_parts: bool = False  # kohya shuffle_caption: shuffle the parts after those
@@ -90,6 +93,7 @@ class CaptionConfig:
             "count_position": ("first", "last", "absent"),
             "count_spelling": ("asp", "words"),
             "grid": tuple(GRID_TOKENS),
+            "look_tags_dropped_for": ("all", "named"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -163,17 +167,20 @@ def face_grid_tokens(facepos: Sequence[Sequence[float]], grid: str = "asp5") -> 
     return " ".join(words)
 
 
-def order_tags(tags: Sequence[str], cfg: CaptionConfig, rng: random.Random) -> list[str]:
-    """Tags containing boy/girl/solo first (kept in order), the rest optionally shuffled; cut."""
+def order_tags(
+    tags: Sequence[str], cfg: CaptionConfig, rng: random.Random, *, drop_look: bool = True
+) -> list[str]:
+    """Tags containing boy/girl/solo first (kept in order), the rest optionally shuffled; cut.
+    Hair and eye tags go as `cfg` says, unless `drop_look` is false."""
     people, rest = [], []
     for tag in tags:
         if "boy" in tag or "girl" in tag or "solo" in tag:
             people.append(tag)
         elif "hair" in tag or "ponytail" in tag or "twintail" in tag:
-            if not cfg.drop_hair_tags:
+            if not (cfg.drop_hair_tags and drop_look):
                 rest.append(tag)
         elif "eye" in tag:
-            if not cfg.drop_eye_tags:
+            if not (cfg.drop_eye_tags and drop_look):
                 rest.append(tag)
         else:
             rest.append(tag)
@@ -204,7 +211,8 @@ def _parts(meta: Mapping[str, Any], cfg: CaptionConfig, rng: random.Random) -> l
     if rng.random() < cfg.keep_facepos and meta.get("facepos"):
         parts.append(face_grid_tokens(meta["facepos"], cfg.grid))
     if rng.random() < cfg.keep_tags:
-        tags = order_tags(meta.get("tags") or [], cfg, rng)
+        drop_look = cfg.look_tags_dropped_for == "all" or bool(names)
+        tags = order_tags(meta.get("tags") or [], cfg, rng, drop_look=drop_look)
         if tags:
             parts.append(", ".join(tags))
     if count is not None and cfg.count_position == "first":

@@ -168,9 +168,16 @@ def _place_faces(
 
 
 def sample_scene_spec(
-    rng: np.random.Generator, kind: str, size: int, n_people: int | None = None
+    rng: np.random.Generator,
+    kind: str,
+    size: int,
+    n_people: int | None = None,
+    character_weights: np.ndarray = CHARACTER_WEIGHTS,
 ) -> SceneSpec:
-    """Draw a random scene of a dataset branch: screenshot, fanart, regularization or hands."""
+    """Draw a random scene of a dataset branch: screenshot, fanart, regularization or hands.
+
+    `character_weights` (one per roster character) sets how often each is cast; the kind and
+    people count are drawn before it, the rest of the scene after (so it changes too)."""
     if kind not in KIND_MIX:
         raise ValueError(f"unknown scene kind {kind!r}; expected one of {sorted(KIND_MIX)}")
     background = _sample_background(rng, kind)
@@ -191,7 +198,7 @@ def sample_scene_spec(
         looks = [_unknown_look(rng) for _ in range(n)]
     else:
         names = list(CHARACTERS)
-        p = CHARACTER_WEIGHTS / CHARACTER_WEIGHTS.sum()
+        p = character_weights / character_weights.sum()
         looks = [CHARACTERS[names[i]] for i in rng.choice(len(names), size=n, replace=False, p=p)]
     faces = _place_faces(rng, _sample_diameters(rng, n, size, kind != "fanart"), size)
     people = tuple(

@@ -65,7 +65,7 @@ from ymn.model.stage_training import (
     step_generator,
 )
 from ymn.model.timesteps import TimestepBias
-from ymn.model.tiny_base_data import base_caption, make_scenes
+from ymn.model.tiny_base_data import base_caption, character_weights, make_scenes
 from ymn.model.vae_stages import (
     encode_all,
     latent_scaling_factor,
@@ -87,6 +87,9 @@ class TinyBaseConfig:
     seed: int = 0
     data: str = "synthetic"  # "synthetic" (multi-character scenes) or "procedural" (shapes)
     images: int = 4096
+    # whom stages 1c and 2 see: "natural" (the VAE's scenes) or "balanced" (scenes of the same
+    # kinds and people counts, every roster look cast equally often; the VAE keeps "natural")
+    stage2_characters: str = "natural"
     vae_steps: int = 6000
     vae_batch: int = 8
     vae_crop: int = 48  # train the (fully convolutional) VAE on crops: 7x cheaper per image
@@ -228,6 +231,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
         raise ValueError(f"--stage {cfg.stage!r}: expected 'all' or 'vae'")
     if cfg.autocast not in ("none", "bfloat16"):
         raise ValueError(f"--autocast {cfg.autocast!r}: expected 'none' or 'bfloat16'")
+    character_weights(cfg.stage2_characters)  # a bad name fails before any training
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     components = Components(
@@ -249,6 +253,10 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     )
     if cfg.stage == "vae":
         return {"stage": "vae", "vae_final_losses": vae_losses, "work": display_path(cfg.work)}
+    if cfg.stage2_characters != "natural":
+        images, metas = make_scenes(
+            cfg.data, cfg.images, cfg.seed, TINY_RESOLUTION, cfg.stage2_characters
+        )
     latents = encode_all(components.vae, images)
     scaling = latent_scaling_factor(latents[0])
     components.vae.register_to_config(scaling_factor=scaling)

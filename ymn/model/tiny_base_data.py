@@ -4,21 +4,44 @@ and the generic captions a general base sees."""
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ymn.data.synthetic import KIND_MIX, render_scene, sample_scene_spec
+from ymn.data.synthetic import (
+    CHARACTER_WEIGHTS,
+    KIND_MIX,
+    render_scene,
+    sample_scene_spec,
+)
+
+# how often each roster character is cast in base scenes: "natural" as `ymn-synth` (the leads
+# more often), "balanced" every look equally often
+CHARACTER_MIXES = {"natural": CHARACTER_WEIGHTS, "balanced": np.ones_like(CHARACTER_WEIGHTS)}
 
 
-def synthetic_scene(seed: int, index: int, size: int) -> tuple[Image.Image, dict]:
-    """One multi-character scene of `ymn.data.synthetic`, drawn as `ymn-synth` draws it."""
+def synthetic_scene(
+    seed: int, index: int, size: int, character_mix: str = "natural"
+) -> tuple[Image.Image, dict]:
+    """One multi-character scene of `ymn.data.synthetic`, drawn as `ymn-synth` draws it (with
+    "balanced", a scene of the same kind and people count, every roster look equally likely)."""
+    weights = character_weights(character_mix)
     rng = np.random.default_rng([seed, index])
     kinds = list(KIND_MIX)
     kind = kinds[int(rng.choice(len(kinds), p=list(KIND_MIX.values())))]
-    return render_scene(sample_scene_spec(rng, kind, size), size)
+    spec = sample_scene_spec(rng, kind, size, character_weights=weights)
+    return render_scene(spec, size)
+
+
+def character_weights(character_mix: str) -> np.ndarray:
+    """The roster casting weights of a character mix name."""
+    if character_mix not in CHARACTER_MIXES:
+        expected = list(CHARACTER_MIXES)
+        raise ValueError(f"character mix {character_mix!r}: expected one of {expected}")
+    return CHARACTER_MIXES[character_mix]
 
 
 def procedural_scene(seed: int, index: int, size: int) -> tuple[Image.Image, dict]:
@@ -42,13 +65,20 @@ def procedural_scene(seed: int, index: int, size: int) -> tuple[Image.Image, dic
     return image, meta
 
 
-def make_scenes(data: str, n: int, seed: int, size: int) -> tuple[torch.Tensor, list[dict]]:
-    """n scenes as a uint8 tensor (n, 3, size, size) and their metadata."""
-    draw = {"synthetic": synthetic_scene, "procedural": procedural_scene}.get(data)
+def make_scenes(
+    data: str, n: int, seed: int, size: int, character_mix: str = "natural"
+) -> tuple[torch.Tensor, list[dict]]:
+    """n scenes as a uint8 tensor (n, 3, size, size) and their metadata (`character_mix`:
+    see `synthetic_scene`; procedural scenes have no characters)."""
+    character_weights(character_mix)
+    draw = {
+        "synthetic": partial(synthetic_scene, character_mix=character_mix),
+        "procedural": procedural_scene,
+    }.get(data)
     if draw is None:
         raise ValueError(f"--data {data!r}: expected 'synthetic' or 'procedural'")
     images, metas = [], []
-    for index in tqdm(range(n), desc=f"draw {data} scenes", unit="img"):
+    for index in tqdm(range(n), desc=f"draw {data} scenes ({character_mix})", unit="img"):
         image, meta = draw(seed, index, size)
         images.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()))
         metas.append(meta)
