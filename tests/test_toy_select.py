@@ -104,18 +104,23 @@ def test_a_run_and_its_later_checkpoints_are_chosen_on_validation_and_read_on_te
     test_pass = json.loads((early / "select" / "test" / "probes" / "step_000300.json").read_text())
     assert [r["seed"] for r in test_pass["records"]] == [0, 1, 2]
     assert "chosen step 300" in capsys.readouterr().out
-    assert "chosen_minus_last" not in result  # no folder read the last step on the test seeds
+    # no folder read the last step on the test seeds: it is sampled, and paired with the chosen
+    sampled_last = early / "select" / "test" / "probes" / "step_000600.json"
+    assert sampled_last.is_file()
+    assert result["last_step"] == 600
+    assert result["test_at_last_step"] == result["test"]  # the same weights, the same images
+    assert result["chosen_minus_last"]["difference"] == 0.0
+    assert result["chosen_minus_last"]["n_images"] == 3
 
-    # a last-step pass on the test seeds (here: the same images) is paired with the chosen one
+    # a folder's own last-step pass on the test seeds is read instead of sampling one
+    sampled_last.unlink()
     (late / "probes").mkdir()
     (late / "probes" / "step_000600.json").write_text(
         json.dumps(test_pass | {"step": 600}), encoding="utf-8"
     )
     assert main([str(early), "--also", str(late), "--test-seeds", "3"]) == 0
     result = json.loads((early / "select" / "selected.json").read_text())
-    assert result["last_step"] == 600
-    assert result["test_at_last_step"] == result["test"]
-    assert result["chosen_minus_last"]["difference"] == 0.0
+    assert not sampled_last.exists()
     assert result["chosen_minus_last"]["n_images"] == 3
 
 

@@ -16,10 +16,10 @@ the validation seeds first (e.g. the later checkpoints of a first run, when the 
 retrained with validation probes; the runs' train/loss columns must then agree step for step).
 
 Writes `selected.json` into --out (default RUN_DIR/select): the validation reading per step
-(k, n, Wilson 95 % interval), the chosen step and the test reading there; and, when a folder
-holds the last step's probe pass on the test seeds (a run whose own probes read them), the test
-reading at the last step and chosen − last paired on the same images (bootstrap CI, permutation
-p). The probe passes it
+(k, n, Wilson 95 % interval), the chosen step and the test reading there, and, when the chosen
+step is not the last, the test reading at the last step and chosen − last paired on the same
+images (bootstrap CI, permutation p); the last step's test pass is a folder's own when one
+holds it (a run whose own probes read the test seeds), else sampled here. The probe passes it
 samples go to --out/validation/probes and --out/test/probes.
 """
 
@@ -114,13 +114,19 @@ def test_pass_at(run_dirs: list[Path], step: int, test_seeds: list[int]) -> Path
 
 
 def against_last(
-    run_dirs: list[Path], last: int, chosen_pass: Path, test_seeds: list[int]
+    cfg: Any,
+    run_dirs: list[Path],
+    last_checkpoint: Path,
+    chosen_pass: Path,
+    test_seeds: list[int],
+    out_dir: Path,
 ) -> dict[str, Any]:
-    """The test reading at the run's last step and chosen − last paired on the same images,
-    when a folder holds a last-step pass on the test seeds; else {}."""
+    """The test reading at the run's last step and chosen − last paired on the same images:
+    a folder's own last-step pass on the test seeds when there is one, else one sampled here."""
+    last = step_of(last_checkpoint)
     last_pass = test_pass_at(run_dirs, last, test_seeds)
     if last_pass is None:
-        return {}
+        last_pass = probe_checkpoint(cfg, last_checkpoint, test_seeds, out_dir)
     records = [json.loads(p.read_text())["records"] for p in (last_pass, chosen_pass)]
     return {
         "last_step": last,
@@ -183,7 +189,11 @@ def select(run_dirs: list[Path], test_seeds: list[int], out_dir: Path) -> dict[s
         "chosen_step": step,
         "chosen_checkpoint": f"{checkpoint.parent.parent.name}/checkpoints/{checkpoint.name}",
         "test": lead_reading(test_pass),
-    } | (against_last(run_dirs, last, test_pass, test_seeds) if last != step else {})
+    } | (
+        against_last(cfg, run_dirs, checkpoints[last], test_pass, test_seeds, out_dir / "test")
+        if last != step
+        else {}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
