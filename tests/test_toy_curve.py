@@ -87,6 +87,17 @@ def test_each_pass_is_paired_with_the_other_run_at_the_same_step(tmp_path):
     assert lead["difference"] == pytest.approx(20 / n) and lead["p_permutation"] < 0.01
     assert "minus_against" not in learning_curve(ema)
 
+    # the other run's passes may lie in several folders; the first folder wins a shared step
+    later = tmp_path / "raw_later"
+    write_pass(later, 300, [record(s, lead_drawn=True) for s in range(n)])
+    write_pass(later, 900, [record(s, lead_drawn=s < 20) for s in range(n)])
+    write_pass(ema, 900, [record(s, lead_drawn=True) for s in range(n)])
+    merged = learning_curve(ema, against=[raw, later])
+    assert merged["against"] == "raw, raw_later" and set(merged["minus_against"]) == {"300", "900"}
+    assert merged["minus_against"]["300"]["lead drawn (1person, <name>)"] == lead
+    late_lead = merged["minus_against"]["900"]["lead drawn (1person, <name>)"]
+    assert late_lead["difference"] == pytest.approx(20 / n)
+
 
 def test_the_arms_table_has_a_row_per_arm_and_a_column_per_step(tmp_path):
     from experiments.toy_finetune.arms import main as arms_main

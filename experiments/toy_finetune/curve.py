@@ -9,11 +9,13 @@ requested count. The last pass is compared with every earlier one on the same pr
 (same prompt, layout and sampling seed): a bootstrap 95 % CI and a paired permutation p-value
 of the difference. Writes `curve.json` and `curve.png`.
 
-    python -m experiments.toy_finetune.curve RUN_DIR --against OTHER_RUN --out DIR
+    python -m experiments.toy_finetune.curve RUN_DIR --against OTHER_RUN [MORE ...] --out DIR
 
 also pairs each pass with OTHER_RUN's pass at the same step on the same images
 (`minus_against`: RUN_DIR − OTHER_RUN), e.g. EMA weights against the raw weights of the same
-training trajectory, or one training seed against another.
+training trajectory, or one training seed or caption arm against another. MORE: further folders
+of OTHER_RUN's passes (e.g. `select.py`'s RUN/select/validation), the first folder winning a
+step two hold.
 """
 
 from __future__ import annotations
@@ -128,9 +130,18 @@ def training_commit(run_dir: Path) -> str | None:
     return json.loads(path.read_text()).get("commit") if path.is_file() else None
 
 
-def against_run(passes: Sequence[Mapping], other_dir: Path) -> dict[str, Any]:
-    """Each pass minus `other_dir`'s pass at the same step, where both asked the same images."""
-    other = {p["step"]: p["records"] for p in read_passes(other_dir)}
+def passes_by_step(run_dirs: Sequence[Path]) -> dict[int, list]:
+    """step -> a pass's records over the folders (the first folder wins a step two hold)."""
+    found: dict[int, list] = {}
+    for run_dir in run_dirs:
+        for probe_pass in read_passes(run_dir):
+            found.setdefault(probe_pass["step"], probe_pass["records"])
+    return found
+
+
+def against_run(passes: Sequence[Mapping], other_dirs: Sequence[Path]) -> dict[str, Any]:
+    """Each pass minus the other run's pass at the same step, where both asked the same images."""
+    other = passes_by_step(other_dirs)
     return {
         str(p["step"]): compare(other[p["step"]], p["records"])
         for p in passes
@@ -138,15 +149,19 @@ def against_run(passes: Sequence[Mapping], other_dir: Path) -> dict[str, Any]:
     }
 
 
-def learning_curve(run_dir: Path, against: Path | None = None) -> dict[str, Any]:
+def learning_curve(run_dir: Path, against: Sequence[Path] | Path | None = None) -> dict[str, Any]:
     """Every pass's readings and the last pass against each earlier one asking the same images
-    (a pass of another probe preset is read but not paired); with `against`, each pass minus
-    that run's pass at the same step."""
+    (a pass of another probe preset is read but not paired); with `against` (the folders of one
+    other run's passes), each pass minus that run's pass at the same step."""
     passes = read_passes(run_dir)
     last = passes[-1]["records"]
     paired = {}
     if against is not None:
-        paired = {"against": against.name, "minus_against": against_run(passes, against)}
+        others = [against] if isinstance(against, Path) else list(against)
+        paired = {
+            "against": ", ".join(other.name for other in others),
+            "minus_against": against_run(passes, others),
+        }
     return {
         "run": run_dir.name,
         "training_overrides": run_overrides(run_dir),
@@ -229,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, default=Path("experiments/toy_finetune"))
-    parser.add_argument("--against", type=Path, help="a run to pair each pass with, step by step")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        nargs="+",
+        help="a run to pair each pass with, step by step (more folders: more of its passes)",
+    )
     args = parser.parse_args(argv)
     curve = learning_curve(args.run_dir, args.against)
     args.out.mkdir(parents=True, exist_ok=True)
