@@ -81,7 +81,7 @@ def test_each_pass_is_paired_with_the_other_run_at_the_same_step(tmp_path):
     write_pass(raw, 300, [record(s, lead_drawn=s < 10) for s in range(n)])
     write_pass(ema, 600, [record(s, lead_drawn=True) for s in range(n)])
     write_pass(raw, 600, [record(s, lead_drawn=True) for s in range(n + 1)])  # other images
-    curve = learning_curve(ema, against=raw)
+    curve = learning_curve(ema, against=[raw])
     assert curve["against"] == "raw" and set(curve["minus_against"]) == {"300"}
     lead = curve["minus_against"]["300"]["lead drawn (1person, <name>)"]
     assert lead["difference"] == pytest.approx(20 / n) and lead["p_permutation"] < 0.01

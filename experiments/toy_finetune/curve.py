@@ -149,18 +149,17 @@ def against_run(passes: Sequence[Mapping], other_dirs: Sequence[Path]) -> dict[s
     }
 
 
-def learning_curve(run_dir: Path, against: Sequence[Path] | Path | None = None) -> dict[str, Any]:
+def learning_curve(run_dir: Path, against: Sequence[Path] = ()) -> dict[str, Any]:
     """Every pass's readings and the last pass against each earlier one asking the same images
     (a pass of another probe preset is read but not paired); with `against` (the folders of one
     other run's passes), each pass minus that run's pass at the same step."""
     passes = read_passes(run_dir)
     last = passes[-1]["records"]
     paired = {}
-    if against is not None:
-        others = [against] if isinstance(against, Path) else list(against)
+    if against:
         paired = {
-            "against": ", ".join(other.name for other in others),
-            "minus_against": against_run(passes, others),
+            "against": ", ".join(other.name for other in against),
+            "minus_against": against_run(passes, against),
         }
     return {
         "run": run_dir.name,
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a run to pair each pass with, step by step (more folders: more of its passes)",
     )
     args = parser.parse_args(argv)
-    curve = learning_curve(args.run_dir, args.against)
+    curve = learning_curve(args.run_dir, args.against or ())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
     plot(curve, args.out / "curve.png")
