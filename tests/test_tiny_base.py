@@ -15,6 +15,7 @@ from ymn.model.components import (
     TINY_BASE_DIR,
     build_tiny,
     load_components,
+    tiny_unet,
     tiny_vae,
     vae_downsampling,
 )
@@ -127,6 +128,26 @@ def test_training_script_writes_a_loadable_deterministic_folder(tmp_path):
         for p in (first, second)
     ]
     assert np.isclose(*scaling)
+
+
+def test_unet_channels_widen_every_block_and_keep_32_wide_heads():
+    shipped, wide = tiny_unet().config, tiny_unet(64).config
+    assert tuple(shipped.block_out_channels) == (32, 64, 128, 128)
+    assert tuple(shipped.attention_head_dim) == (1, 2, 4, 4)
+    assert tuple(wide.block_out_channels) == (64, 128, 256, 256)
+    assert tuple(wide.attention_head_dim) == (2, 4, 8, 8)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        tiny_unet(48)
+
+
+def test_unet_channels_flag_reaches_the_saved_base(tmp_path):
+    flags = ["--images", "4", "--vae-steps", "1", "--decoder-steps", "0", "--colour-steps", "0"]
+    flags += ["--text-steps", "0", "--unet-steps", "1", "--batch", "2", "--vae-batch", "2"]
+    out, work = tmp_path / "wide", tmp_path / "wide-work"
+    assert main([*flags, "--unet-channels", "64", "--out", str(out), "--work", str(work)]) == 0
+    unet = load_components("tiny", pretrained=str(out)).unet
+    assert tuple(unet.config.block_out_channels) == (64, 128, 256, 256)
+    assert json.loads((out / "train_info.json").read_text())["config"]["unet-channels"] == "64"
 
 
 def test_resumed_training_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):

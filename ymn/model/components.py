@@ -85,21 +85,25 @@ def tiny_text_encoder() -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def tiny_unet() -> UNet2DConditionModel:
+def tiny_unet(channels: int = 32) -> UNet2DConditionModel:
     """UNet2DConditionModel with SD 1.x's block layout (3 cross-attention levels + 1 plain).
 
-    One 32-wide attention head at the 32x32 level (the costly one), 32-wide heads below.
+    Blocks `channels` x (1, 2, 4, 4) wide, 32-wide attention heads at every level (the shipped
+    base: 32, so one head at the 32x32 level, the costly one).
     """
+    if channels < 32 or channels % 32:
+        raise ValueError(f"UNet channels {channels}: expected a positive multiple of 32")
+    widths = tuple(channels * k for k in (1, 2, 4, 4))
     return UNet2DConditionModel(
         sample_size=TINY_RESOLUTION // VAE_DOWNSAMPLING,
         in_channels=4,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(32, 64, 128, 128),
+        block_out_channels=widths,
         layers_per_block=1,
         cross_attention_dim=64,
-        attention_head_dim=(1, 2, 4, 4),
+        attention_head_dim=tuple(width // 32 for width in widths),  # diffusers: head count
         norm_num_groups=16,
     )
 

@@ -105,6 +105,7 @@ class TinyBaseConfig:
     text_steps: int = 2000  # stage 1c: contrastive text-encoder pretraining (0: off)
     text_batch: int = 64
     text_lr: float = 1e-3
+    unet_channels: int = 32  # the UNet's first block width (ymn.model.components.tiny_unet)
     unet_steps: int = 3400
     batch: int = 16
     unet_lr: float = 1e-3
@@ -238,7 +239,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
         vae=tiny_vae(),
         text_encoder=tiny_text_encoder(),
         tokenizer=load_clip_tokenizer(),
-        unet=tiny_unet(),
+        unet=tiny_unet(cfg.unet_channels),
         scheduler=sd_scheduler(cfg.prediction_type, cfg.zero_terminal_snr),
     )
     for name in ("vae", "text_encoder", "unet"):
