@@ -148,6 +148,14 @@ def test_unet_channels_flag_reaches_the_saved_base(tmp_path):
     unet = load_components("tiny", pretrained=str(out)).unet
     assert tuple(unet.config.block_out_channels) == (64, 128, 256, 256)
     assert json.loads((out / "train_info.json").read_text())["config"]["unet-channels"] == "64"
+    from ymn.model.tiny_base import load_stage2_weights
+
+    narrow = build_tiny(0)  # a reading of the work folder on the shipped widths
+    assert load_stage2_weights(narrow, work) == 1
+    assert tuple(narrow.unet.config.block_out_channels) == (64, 128, 256, 256)
+    saved = load_components("tiny", pretrained=str(out)).unet.state_dict()
+    for name, value in narrow.unet.state_dict().items():
+        assert torch.allclose(value, saved[name], atol=1e-2), name  # saved: float16
 
 
 def test_resumed_training_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):

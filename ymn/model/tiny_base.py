@@ -10,10 +10,12 @@ that it trains itself, deterministically (seeded, data generated in memory from 
    stage 1d (`--colour-steps`) fine-tunes the whole VAE with a colour-balanced
    L1 (every drawn colour weighs the same), so a hair colour is not blended into skin; it
    changes the latents, so stages 1c and 2 must follow it;
-   stage 1c (`--text-steps`, off by default) pretrains the text encoder contrastively against
-   the cached latents (`ymn.model.contrastive`), as a web-trained base's text encoder is;
-2. stage 2: text encoder + UNet on the frozen VAE's cached latents, epsilon prediction on SD's
-   scaled-linear DDPM schedule, with caption dropout so classifier-free guidance works;
+   stage 1c (`--text-steps`) pretrains the text encoder contrastively against the cached
+   latents (`ymn.model.contrastive`), as a web-trained base's text encoder is;
+2. stage 2: text encoder + UNet (`--unet-channels` wide) on the frozen VAE's cached latents,
+   v-prediction on SD's scaled-linear DDPM schedule rescaled to zero terminal SNR (`--prediction-
+   type epsilon --zero-terminal-snr false`: SD 1.x's own), with caption dropout so
+   classifier-free guidance works;
 3. save as a float16 diffusers folder without `tokenizer/` (rebuilt offline from openai-clip).
 
 The base is *general*: its captions are the scenes' generic tags only (appearance, setting,
@@ -132,12 +134,15 @@ class TinyBaseConfig:
 def load_stage2_weights(components: Components, work: Path) -> int:
     """Put the text encoder and UNet of a (possibly unfinished) stage-2 checkpoint in `work`
     into `components` (whose VAE must be that run's stage 1), with the noise schedule it was
-    trained under; returns the checkpoint's step."""
+    trained under and a UNet of the checkpoint's width; returns the checkpoint's step."""
     scheduler = Path(work) / STAGE2_SCHEDULER
     if scheduler.is_file():
         config = json.loads(scheduler.read_text())
         components.scheduler = type(components.scheduler).from_config(config)
     tensors = load_file(Path(work) / "stage2_unet.safetensors")
+    channels = int(module_weights(tensors, "unet")["conv_in.weight"].shape[0])
+    if channels != components.unet.config.block_out_channels[0]:
+        components.unet = tiny_unet(channels)  # a run made with --unet-channels
     for name in ("unet", "text_encoder"):
         weights = module_weights(tensors, name)
         module = getattr(components, name)
