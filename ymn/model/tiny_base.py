@@ -13,9 +13,9 @@ that it trains itself, deterministically (seeded, data generated in memory from 
    stage 1c (`--text-steps`) pretrains the text encoder contrastively against the cached
    latents (`ymn.model.contrastive`), as a web-trained base's text encoder is;
 2. stage 2: text encoder + UNet (`--unet-channels` wide) on the frozen VAE's cached latents,
-   v-prediction on SD's scaled-linear DDPM schedule rescaled to zero terminal SNR (`--prediction-
-   type epsilon --zero-terminal-snr false`: SD 1.x's own), with caption dropout so
-   classifier-free guidance works;
+   v-prediction on SD's scaled-linear DDPM schedule rescaled to zero terminal SNR
+   (SD 1.x's own: `--prediction-type epsilon --zero-terminal-snr false`), with caption
+   dropout so classifier-free guidance works;
 3. save as a float16 diffusers folder without `tokenizer/` (rebuilt offline from openai-clip).
 
 The base is *general*: its captions are the scenes' generic tags only (appearance, setting,
