@@ -15,12 +15,13 @@ from experiments.bench.common import interleave, paired_ratio, setup_torch, summ
 BATCH = 16
 
 
-def step_of(autocast: bool) -> Callable[[], float]:
-    """A timed stage-2 step on the tiny base's shapes (fresh weights, fixed inputs)."""
+def step_of(autocast: bool, channels: int = 32) -> Callable[[], float]:
+    """A timed stage-2 step on the tiny base's shapes, its UNet `channels` wide (fresh weights,
+    fixed inputs)."""
     from ymn.model.components import tiny_text_encoder, tiny_unet
 
     torch.manual_seed(0)
-    unet, text_encoder = tiny_unet().train(), tiny_text_encoder().train()
+    unet, text_encoder = tiny_unet(channels).train(), tiny_text_encoder().train()
     params = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     generator = torch.Generator().manual_seed(0)

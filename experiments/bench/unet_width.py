@@ -13,36 +13,11 @@ from typing import Any
 import torch
 
 from experiments.bench.common import interleave, paired_ratio, setup_torch, summarize
+from experiments.bench.stage2_autocast import BATCH as TRAIN_BATCH
+from experiments.bench.stage2_autocast import step_of
 
-TRAIN_BATCH = 16
 SAMPLE_BATCH = 8  # prompts per sampling call; CFG doubles it
 WIDTHS = (32, 64)
-
-
-def training_step(channels: int) -> Callable[[], float]:
-    """A timed stage-2 step at `channels` (fresh weights, fixed inputs)."""
-    from ymn.model.components import tiny_text_encoder, tiny_unet
-
-    torch.manual_seed(0)
-    unet, text_encoder = tiny_unet(channels).train(), tiny_text_encoder().train()
-    optimizer = torch.optim.AdamW([*unet.parameters(), *text_encoder.parameters()], lr=1e-4)
-    generator = torch.Generator().manual_seed(0)
-    size = unet.config.sample_size
-    noisy = torch.randn(TRAIN_BATCH, 4, size, size, generator=generator)
-    target = torch.randn(TRAIN_BATCH, 4, size, size, generator=generator)
-    timesteps = torch.randint(0, 1000, (TRAIN_BATCH,), generator=generator)
-    input_ids = torch.randint(0, 49406, (TRAIN_BATCH, 77), generator=generator)
-
-    def step() -> float:
-        start = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16):
-            pred = unet(noisy, timesteps, text_encoder(input_ids)[0]).sample
-        torch.nn.functional.mse_loss(pred.float(), target).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
-
-    return step
 
 
 def sampling_step(channels: int) -> Callable[[], float]:
@@ -73,7 +48,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     setup_torch()
     repeats, warmup = (3, 1) if quick else (16, 3)
     arms = {
-        **{f"train_c{c}": training_step(c) for c in WIDTHS},
+        **{f"train_c{c}": step_of(True, c) for c in WIDTHS},
         **{f"sample_c{c}": sampling_step(c) for c in WIDTHS},
     }
     results = {k: v[warmup:] for k, v in interleave(arms, repeats + warmup).items()}
