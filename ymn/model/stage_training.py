@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -44,24 +45,86 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def module_weights(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
-    """The state dict of module `name` in a stage checkpoint's tensors (keys `module.<name>.*`)."""
-    prefix = f"module.{name}."
+def module_weights(
+    tensors: dict[str, torch.Tensor], name: str, kind: str = "module"
+) -> dict[str, torch.Tensor]:
+    """The state dict of module `name` in a stage checkpoint's tensors (keys `module.<name>.*`;
+    with kind "average", its `ParameterAverage`'s parameters, keys `average.<name>.*`)."""
+    prefix = f"{kind}.{name}."
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+class ParameterAverage:
+    """An exponential moving average of named parameters, updated after every optimizer step
+    (diffusers' `EMAModel`, the fine-tune's: decay min(decay, (1 + n) / (10 + n)) at update n);
+    a stage checkpoint keeps it under `average.<module>.<parameter>`."""
+
+    def __init__(self, named: list[tuple[str, torch.nn.Parameter]], decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"average decay {decay}: expected a value in (0, 1)")
+        self.names = [name for name, _ in named]
+        self.parameters = [parameter for _, parameter in named]
+        self.ema = EMAModel(self.parameters, decay=decay)
+
+    def update(self) -> None:
+        self.ema.step(self.parameters)
+
+    @property
+    def updates(self) -> int:
+        return int(self.ema.optimization_step)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            f"average.{name}": shadow.detach().cpu().contiguous()
+            for name, shadow in zip(self.names, self.ema.shadow_params, strict=True)
+        }
+
+    def load(self, tensors: dict[str, torch.Tensor], updates: int) -> None:
+        missing = [name for name in self.names if f"average.{name}" not in tensors]
+        if missing:
+            raise ValueError(
+                f"the checkpoint has no parameter average (e.g. {missing[0]}): it was made "
+                "without one; continue it with the flags it was started with"
+            )
+        for name, shadow in zip(self.names, self.ema.shadow_params, strict=True):
+            shadow.copy_(tensors[f"average.{name}"])
+        self.ema.optimization_step = updates
+
+    def copy_to_parameters(self) -> None:
+        """Put the average into the trained parameters (what a finished stage saves)."""
+        self.ema.copy_to(self.parameters)
+
+
+def named_trainable(modules: dict[str, torch.nn.Module]) -> list[tuple[str, torch.nn.Parameter]]:
+    """(`<module>.<parameter>`, parameter) for every parameter that trains."""
+    return [
+        (f"{name}.{key}", parameter)
+        for name, module in modules.items()
+        for key, parameter in module.named_parameters()
+        if parameter.requires_grad
+    ]
+
+
 class StageCheckpoint:
-    """A stage's resumable state: `work/<name>.safetensors` (module weights and optimizer
-    moments) + `work/<name>.json` (step, schedule, optimizer settings, loss history).
+    """A stage's resumable state: `work/<name>.safetensors` (module weights, optimizer
+    moments and, if kept, a `ParameterAverage`) + `work/<name>.json` (step, schedule,
+    optimizer settings, loss history).
 
     No pickle, so a checkpoint can be shared or committed and read safely; the JSON is
     written last, atomically, and names the step the tensors belong to.
     """
 
-    def __init__(self, work: Path, name: str, modules: dict[str, torch.nn.Module]) -> None:
+    def __init__(
+        self,
+        work: Path,
+        name: str,
+        modules: dict[str, torch.nn.Module],
+        average: ParameterAverage | None = None,
+    ) -> None:
         self.tensors = Path(work) / f"{name}.safetensors"
         self.record = Path(work) / f"{name}.json"
         self.modules = modules
+        self.average = average
 
     def save(self, step: int, optimizer, schedule, history: list[dict[str, float]]) -> None:
         self.record.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +143,9 @@ class StageCheckpoint:
             "schedule": schedule.state_dict(),
             "history": history,
         }
+        if self.average is not None:
+            tensors.update(self.average.tensors())
+            record["average_updates"] = self.average.updates
         tmp = self.tensors.with_suffix(".tmp")
         save_file(tensors, tmp)
         tmp.replace(self.tensors)
@@ -102,6 +168,8 @@ class StageCheckpoint:
                 state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
         schedule.load_state_dict(record["schedule"])
+        if self.average is not None:
+            self.average.load(tensors, int(record.get("average_updates", 0)))
         return int(record["step"]), list(record["history"])
 
 
@@ -115,7 +183,8 @@ def run_stage(
     weight_decay: float,
     save_every: int,
 ) -> list[dict[str, float]]:
-    """AdamW with warmup + cosine over `steps`, resumed from and saved to `checkpoint`."""
+    """AdamW with warmup + cosine over `steps`, resumed from and saved to `checkpoint` (and
+    the checkpoint's parameter average, if it keeps one, updated after every step)."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, total=steps))
     start, history = checkpoint.load(optimizer, schedule)
@@ -127,6 +196,8 @@ def run_stage(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
+        if checkpoint.average is not None:
+            checkpoint.average.update()
         history.append({"loss": loss.item(), **stats})
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % save_every == 0 or step + 1 == steps:

@@ -58,11 +58,13 @@ from ymn.model.export import save_diffusers
 from ymn.model.module import DiffusionModule
 from ymn.model.noise import pyramid_noise
 from ymn.model.stage_training import (
+    ParameterAverage,
     StageCheckpoint,
     derived_seed,
     mean_of_last,
     module_device,
     module_weights,
+    named_trainable,
     run_stage,
     step_generator,
 )
@@ -121,6 +123,9 @@ class TinyBaseConfig:
     zero_terminal_snr: bool = True  # needs v_prediction (ymn.model.components.sd_scheduler)
     pyramid_discount: float = 0.0  # > 0: multi-resolution noise (ymn.model.noise)
     autocast: str = "bfloat16"  # or "none": stage 2's forward under torch.autocast
+    # > 0: stage 2 keeps an exponential moving average of its weights (diffusers' EMAModel
+    # rule) and saves the average; 0: the trained weights (the shipped base's)
+    ema_decay: float = 0.0
     save_every: int = 200
     threads: int = 1
     device: str = "cpu"  # or "cuda": the same seeded draws (made on the CPU), moved there
@@ -131,10 +136,11 @@ class TinyBaseConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_stage2_weights(components: Components, work: Path) -> int:
+def load_stage2_weights(components: Components, work: Path, average: bool = False) -> int:
     """Put the text encoder and UNet of a (possibly unfinished) stage-2 checkpoint in `work`
     into `components` (whose VAE must be that run's stage 1), with the noise schedule it was
-    trained under and a UNet of the checkpoint's width; returns the checkpoint's step."""
+    trained under and a UNet of the checkpoint's width; with `average`, the checkpoint's
+    moving average of them (a run with --ema-decay). Returns the checkpoint's step."""
     scheduler = Path(work) / STAGE2_SCHEDULER
     if scheduler.is_file():
         config = json.loads(scheduler.read_text())
@@ -143,8 +149,12 @@ def load_stage2_weights(components: Components, work: Path) -> int:
     channels = int(module_weights(tensors, "unet")["conv_in.weight"].shape[0])
     if channels != components.unet.config.block_out_channels[0]:
         components.unet = tiny_unet(channels)  # a run made with --unet-channels
+    if average and not any(key.startswith("average.") for key in tensors):
+        raise ValueError(f"{work}: its stage-2 checkpoint keeps no average (no --ema-decay)")
     for name in ("unet", "text_encoder"):
         weights = module_weights(tensors, name)
+        if average:  # the averaged parameters over the trained ones; buffers stay
+            weights.update(module_weights(tensors, name, kind="average"))
         module = getattr(components, name)
         dtype = next(module.parameters()).dtype
         module.load_state_dict({k: v.to(dtype) for k, v in weights.items()})
@@ -184,9 +194,9 @@ def train_unet(
     Path(cfg.work).mkdir(parents=True, exist_ok=True)
     scheduler_config = dict(module.noise_scheduler.config)
     (Path(cfg.work) / STAGE2_SCHEDULER).write_text(json.dumps(scheduler_config, indent=2) + "\n")
-    checkpoint = StageCheckpoint(
-        cfg.work, "stage2_unet", {"unet": module.unet, "text_encoder": module.text_encoder}
-    )
+    modules = {"unet": module.unet, "text_encoder": module.text_encoder}
+    average = ParameterAverage(named_trainable(modules), cfg.ema_decay) if cfg.ema_decay else None
+    checkpoint = StageCheckpoint(cfg.work, "stage2_unet", modules, average)
     history = run_stage(
         "stage 2: text encoder + UNet",
         checkpoint,
@@ -197,6 +207,8 @@ def train_unet(
         1e-2,
         cfg.save_every,
     )
+    if average is not None:
+        average.copy_to_parameters()  # the base saves the average; the checkpoint keeps both
     module.unet.eval()
     module.text_encoder.eval()
     return mean_of_last(history)
