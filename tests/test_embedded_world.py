@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from experiments.bench.embedded_world import run, run_vae_only
 from tests.conftest import train_tiny_base
 from ymn.data.synthetic import CHARACTERS
@@ -114,3 +116,22 @@ def test_sampler_settings_are_read_paired_with_the_benchmarks_setting(tiny_model
             assert paired is None
         else:
             assert paired["one_face"]["n_images"] == 2
+
+
+def test_a_stage2_reading_of_the_average_loads_it_and_a_finished_base_refuses_it(tmp_path):
+    from experiments.bench.embedded_world import run_stage2
+
+    out = tmp_path / "out"
+    flags = ["--images", "4", "--vae-steps", "1", "--vae-batch", "2", "--unet-steps", "3"]
+    flags += ["--decoder-steps", "0", "--colour-steps", "0", "--text-steps", "0"]
+    flags += ["--batch", "2", "--ema-decay", "0.9", "--work", str(tmp_path), "--out", str(out)]
+    assert train_tiny_base(flags) == 0
+    compared = run_stage2(
+        str(out), tmp_path, n_samples=2, steps=2, cfg=5.0, against=tmp_path, average=True
+    )
+    assert compared["average"] is True and compared["stage2_step"] == 3
+    shares = compared["caption_reliance"]["share_removed"]["value"]
+    trained = compared["against"]["caption_reliance"]["share_removed"]["value"]
+    assert shares != trained  # two different sets of weights on the same scenes and noise
+    with pytest.raises(ValueError, match="finished base"):
+        run_stage2(str(out), out, n_samples=2, steps=2, cfg=5.0, average=True)

@@ -14,6 +14,8 @@ On synthetic scenes from a seed the base never saw (it trained on seed 0):
     python -m experiments.bench.embedded_world --stage2 WORK   # a UNet mid-training: 2. only
     python -m experiments.bench.embedded_world --stage2 WORK --against WORK0   # paired
     python -m experiments.bench.embedded_world --stage2 WORK --against ymn/assets/tiny-base
+    python -m experiments.bench.embedded_world --stage2 WORK --average --against WORK
+        # a run's moving average of its weights (tiny_base --ema-decay) against its weights
 """
 
 from __future__ import annotations
@@ -192,13 +194,16 @@ def run_stage2(
     steps: int,
     cfg: float,
     against: Path | None = None,
+    average: bool = False,
 ) -> dict:
     """Measurement 2 for the text encoder + UNet of a stage-2 checkpoint of
-    `ymn.model.tiny_base` on top of `model` (its VAE and latent scale are stage 1's); with
-    `against`, that folder's checkpoint on the same prompts, seeds and noise too, and the
-    paired difference (work − against) of each per-sample reading."""
+    `ymn.model.tiny_base` on top of `model` (its VAE and latent scale are stage 1's), or with
+    `average` for the checkpoint's moving average of them; with `against`, that folder's
+    checkpoint (its trained weights) on the same prompts, seeds and noise too, and the paired
+    difference (work − against) of each per-sample reading."""
     setup_torch()
-    result, per_sample = stage2_reading(model, work, n_samples, steps, cfg)
+    result, per_sample = stage2_reading(model, work, n_samples, steps, cfg, average)
+    result["average"] = average
     result = {"fresh_seed": FRESH_SEED, **result}
     if against is not None:
         from experiments.probes.vae_ceiling import paired_difference
@@ -211,18 +216,21 @@ def run_stage2(
 
 
 def stage2_reading(
-    model: str | None, work: Path, n_samples: int, steps: int, cfg: float
+    model: str | None, work: Path, n_samples: int, steps: int, cfg: float, average: bool = False
 ) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """One stage-2 checkpoint's readings, and its per-sample values as (hits, totals). `work`
-    may also be a finished base (a diffusers folder, e.g. the shipped one), read whole."""
+    """One stage-2 checkpoint's readings (with `average`, of its moving average), and its
+    per-sample values as (hits, totals). `work` may also be a finished base (a diffusers
+    folder, e.g. the shipped one), read whole."""
     from ymn.model.tiny_base import load_stage2_weights
 
     if (Path(work) / "model_index.json").is_file():
         components = load_components("tiny", pretrained=str(work))
         step = finished_base_steps(Path(work))
+        if average:
+            raise ValueError(f"{work} is a finished base: --average reads a --work folder")
     else:
         components = load_components("tiny", pretrained=model)
-        step = load_stage2_weights(components, work)
+        step = load_stage2_weights(components, work, average)
     readings, _ = sample_readings(components, n_samples, steps, cfg)
     reliance = caption_reliance(components, n_samples)
     per_sample = {
@@ -373,6 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --stage1 or --stage2: a second work folder (with --stage2 also a finished "
         "base, e.g. ymn/assets/tiny-base), compared paired",
     )
+    parser.add_argument(
+        "--average",
+        action="store_true",
+        help="with --stage2: read the work folder's moving average of its weights (a run with "
+        "tiny_base --ema-decay); --against still reads trained weights",
+    )
     args = parser.parse_args(argv)
     if args.stage1 is not None:
         print(json.dumps(run_vae_only(args.stage1, args.n_vae, args.against), indent=1))
@@ -381,7 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         args.n_vae, args.n_samples, args.steps = 8, 4, 4
     if args.stage2 is not None:
         readings = run_stage2(
-            args.model, args.stage2, args.n_samples, args.steps, args.cfg, args.against
+            args.model,
+            args.stage2,
+            args.n_samples,
+            args.steps,
+            args.cfg,
+            args.against,
+            args.average,
         )
         print(json.dumps(readings, indent=1))
         return 0
