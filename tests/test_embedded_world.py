@@ -119,6 +119,10 @@ def test_sampler_settings_are_read_paired_with_the_benchmarks_setting(tiny_model
 
 
 def test_a_stage2_reading_of_the_average_loads_it_and_a_finished_base_refuses_it(tmp_path):
+    import os
+
+    import torch
+
     from experiments.bench.embedded_world import run_stage2
 
     out = tmp_path / "out"
@@ -126,9 +130,15 @@ def test_a_stage2_reading_of_the_average_loads_it_and_a_finished_base_refuses_it
     flags += ["--decoder-steps", "0", "--colour-steps", "0", "--text-steps", "0"]
     flags += ["--batch", "2", "--ema-decay", "0.9", "--work", str(tmp_path), "--out", str(out)]
     assert train_tiny_base(flags) == 0
-    compared = run_stage2(
-        str(out), tmp_path, n_samples=2, steps=2, cfg=5.0, against=tmp_path, average=True
-    )
+    threads = torch.get_num_threads()
+    try:
+        compared = run_stage2(
+            str(out), tmp_path, 2, 2, 5.0, against=tmp_path, average=True, threads=2
+        )
+        reading_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert reading_threads == min(2, os.cpu_count() or 1)  # --threads reaches torch
     assert compared["average"] is True and compared["stage2_step"] == 3
     shares = compared["caption_reliance"]["share_removed"]["value"]
     trained = compared["against"]["caption_reliance"]["share_removed"]["value"]

@@ -195,13 +195,15 @@ def run_stage2(
     cfg: float,
     against: Path | None = None,
     average: bool = False,
+    threads: int = 1,
 ) -> dict:
     """Measurement 2 for the text encoder + UNet of a stage-2 checkpoint of
     `ymn.model.tiny_base` on top of `model` (its VAE and latent scale are stage 1's), or with
     `average` for the checkpoint's moving average of them; with `against`, that folder's
     checkpoint (its trained weights) on the same prompts, seeds and noise too, and the paired
-    difference (work − against) of each per-sample reading."""
-    setup_torch()
+    difference (work − against) of each per-sample reading. The committed readings used one
+    thread; more are faster and may change a sample's last bits, so a borderline flag."""
+    setup_torch(threads)
     result, per_sample = stage2_reading(model, work, n_samples, steps, cfg, average)
     result["average"] = average
     result = {"fresh_seed": FRESH_SEED, **result}
@@ -387,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         help="with --stage2: read the work folder's moving average of its weights (a run with "
         "tiny_base --ema-decay); --against still reads trained weights",
     )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="with --stage2: torch threads (default: 1)"
+    )
     args = parser.parse_args(argv)
     if args.stage1 is not None:
         print(json.dumps(run_vae_only(args.stage1, args.n_vae, args.against), indent=1))
@@ -402,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             args.cfg,
             args.against,
             args.average,
+            args.threads,
         )
         print(json.dumps(readings, indent=1))
         return 0
