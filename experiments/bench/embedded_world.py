@@ -43,16 +43,19 @@ SIZE = 128
 TARGETS = {"vae_count_kept": 0.98, "vae_identity_kept": 0.95, "one_person_described": 0.80}
 
 
-def fresh_scenes(n: int, *, one_person: bool, offset: int = 0) -> list[tuple[Image.Image, dict]]:
-    """n fresh-seed scenes (only one-person scenes of a roster character when one_person)."""
+def fresh_scenes(
+    n: int, *, one_person: bool, offset: int = 0, skip: int = 0
+) -> list[tuple[Image.Image, dict]]:
+    """n fresh-seed scenes (only one-person scenes of a roster character when one_person),
+    after the first `skip` such scenes."""
     scenes, index = [], offset
-    while len(scenes) < n:
+    while len(scenes) < skip + n:
         image, meta = synthetic_scene(FRESH_SEED, index, SIZE)
         index += 1
         named_solo = meta["n_people"] == 1 and meta["characters"][0] in CHARACTERS
         if meta["n_people"] >= 1 and (named_solo or not one_person):
             scenes.append((image.convert("RGB"), meta))
-    return scenes
+    return scenes[skip:]
 
 
 def sample(
@@ -196,29 +199,38 @@ def run_stage2(
     against: Path | None = None,
     average: bool = False,
     threads: int = 1,
+    first: int = 0,
 ) -> dict:
     """Measurement 2 for the text encoder + UNet of a stage-2 checkpoint of
     `ymn.model.tiny_base` on top of `model` (its VAE and latent scale are stage 1's), or with
     `average` for the checkpoint's moving average of them; with `against`, that folder's
     checkpoint (its trained weights) on the same prompts, seeds and noise too, and the paired
     difference (work − against) of each per-sample reading. The committed readings used one
-    thread; more are faster and may change a sample's last bits, so a borderline flag."""
+    thread; more are faster and may change a sample's last bits, so a borderline flag.
+    `first` skips that many fresh prompts (and seeds, and reliance scenes), so a reading can
+    extend an earlier one with prompts it has not seen."""
     setup_torch(threads)
-    result, per_sample = stage2_reading(model, work, n_samples, steps, cfg, average)
-    result["average"] = average
+    result, per_sample = stage2_reading(model, work, n_samples, steps, cfg, average, first)
+    result.update(average=average, first_prompt=first)
     result = {"fresh_seed": FRESH_SEED, **result}
     if against is not None:
         from experiments.probes.vae_ceiling import paired_difference
 
         result["against"], against_per_sample = stage2_reading(
-            model, against, n_samples, steps, cfg
+            model, against, n_samples, steps, cfg, first=first
         )
         result["difference"] = paired_difference(against_per_sample, per_sample)
     return result
 
 
 def stage2_reading(
-    model: str | None, work: Path, n_samples: int, steps: int, cfg: float, average: bool = False
+    model: str | None,
+    work: Path,
+    n_samples: int,
+    steps: int,
+    cfg: float,
+    average: bool = False,
+    first: int = 0,
 ) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """One stage-2 checkpoint's readings (with `average`, of its moving average), and its
     per-sample values as (hits, totals). `work` may also be a finished base (a diffusers
@@ -233,8 +245,8 @@ def stage2_reading(
     else:
         components = load_components("tiny", pretrained=model)
         step = load_stage2_weights(components, work, average)
-    readings, _ = sample_readings(components, n_samples, steps, cfg)
-    reliance = caption_reliance(components, n_samples)
+    readings, _ = sample_readings(components, n_samples, steps, cfg, first)
+    reliance = caption_reliance(components, n_samples, first=first)
     per_sample = {
         name: (hits.astype(float), np.ones(len(hits)))
         for name, hits in readings.pop("per_sample").items()
@@ -256,7 +268,9 @@ def finished_base_steps(folder: Path) -> int | None:
 RELIANCE_TIMESTEPS = (100, 400, 700, 900)
 
 
-def caption_reliance(components: Components, n: int, seed: int = 0) -> dict[str, Any]:
+def caption_reliance(
+    components: Components, n: int, seed: int = 0, first: int = 0
+) -> dict[str, Any]:
     """How much the base listens to its caption: per fresh scene, the denoising loss with its
     own tags, with another scene's tags and with no caption (same noise, timesteps
     `RELIANCE_TIMESTEPS`); `share_removed` = 1 - own / empty, mean over scenes with a
@@ -267,7 +281,7 @@ def caption_reliance(components: Components, n: int, seed: int = 0) -> dict[str,
     from ymn.model.module import DiffusionModule
 
     module = DiffusionModule(components, optimizer=torch.optim.AdamW).eval()
-    scenes = fresh_scenes(n, one_person=False, offset=200_000)
+    scenes = fresh_scenes(n, one_person=False, offset=200_000, skip=first)
     own = [own_tags(meta) for _, meta in scenes]
     captions = {"own": own, "other": own[1:] + own[:1], "empty": [""] * n}
     token_ids = {name: tokenize(module.tokenizer, texts) for name, texts in captions.items()}
@@ -304,19 +318,20 @@ def caption_reliance(components: Components, n: int, seed: int = 0) -> dict[str,
 
 
 def sample_readings(
-    components: Components, n_samples: int, steps: int, cfg: float
+    components: Components, n_samples: int, steps: int, cfg: float, first: int = 0
 ) -> tuple[dict[str, Any], list[tuple[str, list[Image.Image]]]]:
-    """Measurement 2 (one-person readings, multi-person count error) and rows for the picture."""
+    """Measurement 2 (one-person readings, multi-person count error) and rows for the picture,
+    on the fresh prompts (and seeds) `first` to `first + n_samples`."""
     for module in (components.vae, components.text_encoder, components.unet):
         module.eval()
-    solo = fresh_scenes(n_samples, one_person=True)
+    solo = fresh_scenes(n_samples, one_person=True, skip=first)
     solo_metas = [meta for _, meta in solo]
-    seeds = list(range(n_samples))
+    seeds = list(range(first, first + n_samples))
     solo_samples = sample(components, [own_tags(m) for m in solo_metas], seeds, steps, cfg)
     flags = one_person_flags(solo_samples, solo_metas)
     result: dict[str, Any] = {**one_person_readings(flags), "per_sample": flags}
     result["one_person_described_by_character"] = described_by_character(flags, solo_metas)
-    group = fresh_scenes(n_samples, one_person=False, offset=100_000)
+    group = fresh_scenes(n_samples, one_person=False, offset=100_000, skip=first)
     group_metas = [meta for _, meta in group]
     group_samples = sample(
         components, [", ".join(m["tags"]) for m in group_metas], seeds, steps, cfg
@@ -392,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="with --stage2: torch threads (default: 1)"
     )
+    parser.add_argument(
+        "--first-prompt",
+        type=int,
+        default=0,
+        help="with --stage2: skip this many fresh prompts and seeds (extend an earlier reading)",
+    )
     args = parser.parse_args(argv)
     if args.stage1 is not None:
         print(json.dumps(run_vae_only(args.stage1, args.n_vae, args.against), indent=1))
@@ -408,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             args.against,
             args.average,
             args.threads,
+            args.first_prompt,
         )
         print(json.dumps(readings, indent=1))
         return 0
