@@ -133,15 +133,25 @@ def test_a_stage2_reading_of_the_average_loads_it_and_a_finished_base_refuses_it
     threads = torch.get_num_threads()
     try:
         compared = run_stage2(
-            str(out), tmp_path, 2, 2, 5.0, against=tmp_path, average=True, threads=2
+            str(out), tmp_path, 2, 2, 5.0, against=tmp_path, average=True, threads=2, first=1
         )
         reading_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads)
     assert reading_threads == min(2, os.cpu_count() or 1)  # --threads reaches torch
     assert compared["average"] is True and compared["stage2_step"] == 3
+    assert compared["first_prompt"] == 1 and compared["one_face"]["n"] == 2
     shares = compared["caption_reliance"]["share_removed"]["value"]
     trained = compared["against"]["caption_reliance"]["share_removed"]["value"]
     assert shares != trained  # two different sets of weights on the same scenes and noise
     with pytest.raises(ValueError, match="finished base"):
         run_stage2(str(out), out, n_samples=2, steps=2, cfg=5.0, average=True)
+
+
+def test_fresh_scenes_after_a_skip_are_the_next_ones_of_the_same_sequence():
+    from experiments.bench.embedded_world import fresh_scenes
+
+    for one_person in (True, False):
+        whole = [meta for _, meta in fresh_scenes(5, one_person=one_person)]
+        later = [meta for _, meta in fresh_scenes(3, one_person=one_person, skip=2)]
+        assert later == whole[2:]
