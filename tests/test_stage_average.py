@@ -37,9 +37,13 @@ def test_the_average_follows_the_warmed_up_decay_rule():
     assert torch.allclose(weight.data, torch.full((3,), expected))
 
 
-def test_a_bad_decay_is_refused():
+def test_a_bad_decay_is_refused_before_any_training(tmp_path):
     with pytest.raises(ValueError, match="decay"):
         ParameterAverage([("m.w", torch.nn.Parameter(torch.zeros(1)))], decay=1.0)
+    work = tmp_path / "work"
+    with pytest.raises(ValueError, match="--ema-decay"):
+        train_tiny_base([*FLAGS, "--ema-decay", "1.5", "--work", str(work), "--out", str(work)])
+    assert not work.exists()  # nothing trained, nothing written
 
 
 def _run(tmp_path: Path, name: str, *extra: str) -> tuple[Path, Path]:

@@ -56,8 +56,9 @@ def module_weights(
 
 class ParameterAverage:
     """An exponential moving average of named parameters, updated after every optimizer step
-    (diffusers' `EMAModel`, the fine-tune's: decay min(decay, (1 + n) / (10 + n)) at update n);
-    a stage checkpoint keeps it under `average.<module>.<parameter>`."""
+    (diffusers' `EMAModel`, the fine-tune's: the first update copies, later ones use
+    min(decay, (1 + k) / (10 + k)) with k the updates before); a stage checkpoint keeps it
+    under `average.<module>.<parameter>`."""
 
     def __init__(self, named: list[tuple[str, torch.nn.Parameter]], decay: float) -> None:
         if not 0.0 < decay < 1.0:
