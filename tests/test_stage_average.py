@@ -31,8 +31,9 @@ def test_the_average_follows_the_warmed_up_decay_rule():
         decay = 0.0 if k <= 0 else min(0.5, (1 + k) / (10 + k))
         expected = value if expected is None else decay * expected + (1 - decay) * value
     assert average.updates == 4
-    assert torch.allclose(average.tensors()["average.m.w"], torch.full((3,), expected))
-    assert expected != 8.0  # the average is not the last value
+    averaged = average.tensors()["average.m.w"]
+    assert torch.allclose(averaged, torch.full((3,), expected))
+    assert not torch.allclose(averaged, weight.data)  # the average, not the last value
     average.copy_to_parameters()
     assert torch.allclose(weight.data, torch.full((3,), expected))
 

@@ -237,11 +237,12 @@ def stage2_reading(
     folder, e.g. the shipped one), read whole."""
     from ymn.model.tiny_base import load_stage2_weights
 
-    if (Path(work) / "model_index.json").is_file():
+    finished = (Path(work) / "model_index.json").is_file()
+    if finished and average:
+        raise ValueError(f"{work} is a finished base: --average reads a --work folder")
+    if finished:
         components = load_components("tiny", pretrained=str(work))
         step = finished_base_steps(Path(work))
-        if average:
-            raise ValueError(f"{work} is a finished base: --average reads a --work folder")
     else:
         components = load_components("tiny", pretrained=model)
         step = load_stage2_weights(components, work, average)
@@ -426,10 +427,10 @@ def main(argv: list[str] | None = None) -> int:
             args.n_samples,
             args.steps,
             args.cfg,
-            args.against,
-            args.average,
-            args.threads,
-            args.first_prompt,
+            against=args.against,
+            average=args.average,
+            threads=args.threads,
+            first=args.first_prompt,
         )
         print(json.dumps(readings, indent=1))
         return 0
