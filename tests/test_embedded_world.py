@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from experiments.bench.embedded_world import run, run_vae_only
+from experiments.bench.embedded_world import (
+    FLAG_KEYS,
+    fresh_scenes,
+    one_person_flags,
+    run,
+    run_vae_only,
+)
 from tests.conftest import train_tiny_base
 from ymn.data.synthetic import CHARACTERS
 
@@ -23,6 +29,19 @@ def test_benchmark_reports_every_target_with_n_and_ci(tiny_model, tmp_path):
     assert not result["met"]["one_person_described"]  # a random model draws no one
     assert (tmp_path / "embedded_world.png").is_file()
     assert result["caption_reliance"]["share_removed"]["n"] == 2
+
+
+def test_one_person_flags_split_the_look_into_the_named_hair_and_the_implied_outfit():
+    from tests.test_identity_probe import mixed_look_image
+
+    scenes = fresh_scenes(4, one_person=True)
+    truth = one_person_flags([image for image, _ in scenes], [meta for _, meta in scenes])
+    assert set(truth) == set(FLAG_KEYS)
+    assert all(values.all() for values in truth.values())  # ground truth shows every part
+    mixed = mixed_look_image("SaitoMio", "KonoRina", [0.35, 0.3, 0.65, 0.6])
+    flags = one_person_flags([mixed], [{"characters": ["SaitoMio"]}])
+    assert flags["one_face"][0] and flags["one_face_hair"][0]
+    assert not flags["one_face_outfit"][0]
 
 
 def test_stage1_checkpoint_is_measured_while_it_trains(tmp_path):
@@ -70,11 +89,7 @@ def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):
     assert result["caption_reliance"]["share_removed"]["n"] == 2  # the key `run` writes too
     compared = run_stage2(str(out), tmp_path, n_samples=2, steps=2, cfg=5.0, against=tmp_path)
     json.dumps(compared)  # no arrays left in the payload
-    assert set(compared["difference"]) == {
-        "one_face",
-        "one_person_described",
-        "caption_share_removed",
-    }
+    assert set(compared["difference"]) == {*FLAG_KEYS, "caption_share_removed"}
     for reading in compared["difference"].values():  # a checkpoint against itself, paired
         assert reading["difference"] == 0.0 and reading["p_permutation"] == 1.0
         assert reading["n_images"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +15,7 @@ import yaml
 from PIL import Image
 
 from ymn.data.synthetic import CHARACTERS, render_layout, render_scene, sample_scene_spec
+from ymn.data.synthetic_draw import Background, Person, SceneSpec, draw_scene
 from ymn.paths import CONFIG_DIR
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.identity import (
@@ -23,6 +25,7 @@ from ymn.probes.identity import (
     look_shares,
     match_faces,
     measures_identity,
+    zone_characters,
 )
 from ymn.probes.prompts import AUTO_CHARACTERS, build_probe_prompts, layout_centres
 from ymn.probes.runner import ProbeConfig, run_probe_pass
@@ -123,6 +126,23 @@ def test_a_rendered_face_shows_its_own_colours_and_no_unnamed_hair() -> None:
         assert max(hair, key=lambda who: hair[who]) == name, name
         assert max(outfit, key=lambda who: outfit[who]) == name, name
         assert hair[None] == 0.0, name
+
+
+def mixed_look_image(hair_of: str, outfit_of: str, box: list[float]) -> Image.Image:
+    """One person with one roster character's hair and another's outfit."""
+    look = replace(CHARACTERS[hair_of], outfit=CHARACTERS[outfit_of].outfit)
+    person = Person(look, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0])
+    return draw_scene(SceneSpec("screenshot", Background("day", horizon=0.7), (person,)), 128)
+
+
+def test_each_zone_names_the_character_whose_colour_it_shows() -> None:
+    box = [0.35, 0.3, 0.65, 0.6]
+    for name in NAMES:
+        assert zone_characters(look_shares(render_layout([name], [box], 128), box)) == (name, name)
+    mixed = mixed_look_image("SaitoMio", "KonoRina", box)
+    assert zone_characters(look_shares(mixed, box)) == ("SaitoMio", "KonoRina")
+    blank = Image.new("RGB", (128, 128), (140, 200, 245))
+    assert zone_characters(look_shares(blank, box)) == (None, None)
 
 
 def test_a_blank_image_shows_no_roster_colour() -> None:

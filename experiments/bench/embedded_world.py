@@ -36,11 +36,12 @@ from ymn.data.synthetic import CHARACTERS
 from ymn.model.components import Components, components_pipeline, load_components
 from ymn.model.tiny_base_data import synthetic_scene
 from ymn.probes.detectors import SyntheticFaceDetector
-from ymn.probes.identity import identify_character
+from ymn.probes.identity import character_of, look_shares, zone_characters
 from ymn.probes.rates import rate
 
 SIZE = 128
 TARGETS = {"vae_count_kept": 0.98, "vae_identity_kept": 0.95, "one_person_described": 0.80}
+FLAG_KEYS = ("one_face", "one_person_described", "one_face_hair", "one_face_outfit")
 
 
 def fresh_scenes(
@@ -84,16 +85,21 @@ def sample(
 
 def one_person_flags(samples: list[Image.Image], metas: list[dict]) -> dict[str, np.ndarray]:
     """Per sample: exactly one face (`one_face`), and that face shows the scene's character
-    (`one_person_described`)."""
+    (`one_person_described`); apart, its hair zone shows the character's hair colour
+    (`one_face_hair`, the colour the tags name) and its outfit zone the character's outfit
+    colour (`one_face_outfit`, which no tag names: the base must have tied it to the hair)."""
     detector = SyntheticFaceDetector()
-    one, described = [], []
+    flags: dict[str, list[bool]] = {key: [] for key in FLAG_KEYS}
     for image, meta in zip(samples, metas, strict=True):
         boxes = detector.detect(image)
-        one.append(len(boxes) == 1)
-        described.append(
-            len(boxes) == 1 and identify_character(image, boxes[0]) == meta["characters"][0]
-        )
-    return {"one_face": np.array(one), "one_person_described": np.array(described)}
+        name = meta["characters"][0]
+        shares = look_shares(image, boxes[0]) if len(boxes) == 1 else None
+        hair, outfit = zone_characters(shares) if shares else (None, None)
+        flags["one_face"].append(len(boxes) == 1)
+        flags["one_person_described"].append(shares is not None and character_of(shares) == name)
+        flags["one_face_hair"].append(hair == name)
+        flags["one_face_outfit"].append(outfit == name)
+    return {key: np.array(values) for key, values in flags.items()}
 
 
 def one_person_readings(flags: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from ymn.probes.facegrid import chebyshev
 __all__ = [
     "LookShares",
     "character_of",
+    "zone_characters",
     "identify_character",
     "look_shares",
     "identity_metrics",
@@ -142,6 +143,20 @@ def character_of(shares: LookShares) -> str | None:
     }
     best = max(scores, key=lambda name: scores[name], default=None)
     return best if best is not None and scores[best] >= MIN_FRAC else None
+
+
+def zone_characters(shares: LookShares) -> tuple[str | None, str | None]:
+    """The roster character whose hair colour covers most of the hair zone, and the one whose
+    outfit colour covers most of the outfit zone (each None below MIN_FRAC): which half of a
+    look a face shows, where `character_of` weighs both halves together."""
+    hair, outfit = shares
+    return _zone_winner(hair), _zone_winner(outfit)
+
+
+def _zone_winner(zone: dict[str | None, float]) -> str | None:
+    named = {name: share for name, share in zone.items() if name is not None}
+    best = max(named, key=lambda name: named[name], default=None)
+    return best if best is not None and named[best] >= MIN_FRAC else None
 
 
 def identify_character(
