@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments.bench.embedded_world import (
     FLAG_KEYS,
     fresh_scenes,
+    look_parts,
     one_person_flags,
     run,
     run_vae_only,
@@ -27,6 +29,8 @@ def test_benchmark_reports_every_target_with_n_and_ci(tiny_model, tmp_path):
     assert set(by_character) <= set(CHARACTERS)
     assert set(result["met"]) == set(result["targets"])
     assert not result["met"]["one_person_described"]  # a random model draws no one
+    parts = result["one_face_look_parts"]
+    assert parts["one_face"] == result["one_face"]["k"] == sum(parts.values()) - parts["one_face"]
     assert (tmp_path / "embedded_world.png").is_file()
     assert result["caption_reliance"]["share_removed"]["n"] == 2
 
@@ -42,6 +46,15 @@ def test_one_person_flags_split_the_look_into_the_named_hair_and_the_implied_out
     flags = one_person_flags([mixed], [{"characters": ["SaitoMio"]}])
     assert flags["one_face"][0] and flags["one_face_hair"][0]
     assert not flags["one_face_outfit"][0]
+    both = {**truth, "one_face": truth["one_face"] & [True, True, True, False]}
+    parts = look_parts({key: np.concatenate([both[key], flags[key]]) for key in FLAG_KEYS})
+    assert parts == {
+        "one_face": 4,
+        "hair_and_outfit": 3,
+        "hair_only": 1,
+        "outfit_only": 0,
+        "neither": 0,
+    }
 
 
 def test_stage1_checkpoint_is_measured_while_it_trains(tmp_path):

@@ -107,6 +107,20 @@ def one_person_readings(flags: dict[str, np.ndarray]) -> dict[str, Any]:
     return {name: rate(int(hits.sum()), len(hits)) for name, hits in flags.items()}
 
 
+def look_parts(flags: dict[str, np.ndarray]) -> dict[str, int]:
+    """Among one-face samples, how many show the named hair and the implied outfit, one of
+    them, or neither (which half of the look a base misses)."""
+    one = flags["one_face"]
+    hair, outfit = flags["one_face_hair"][one], flags["one_face_outfit"][one]
+    return {
+        "one_face": int(one.sum()),
+        "hair_and_outfit": int((hair & outfit).sum()),
+        "hair_only": int((hair & ~outfit).sum()),
+        "outfit_only": int((~hair & outfit).sum()),
+        "neither": int((~hair & ~outfit).sum()),
+    }
+
+
 def described_by_character(
     flags: dict[str, np.ndarray], metas: list[dict]
 ) -> dict[str, dict[str, Any]]:
@@ -338,6 +352,7 @@ def sample_readings(
     flags = one_person_flags(solo_samples, solo_metas)
     result: dict[str, Any] = {**one_person_readings(flags), "per_sample": flags}
     result["one_person_described_by_character"] = described_by_character(flags, solo_metas)
+    result["one_face_look_parts"] = look_parts(flags)
     group = fresh_scenes(n_samples, one_person=False, offset=100_000, skip=first)
     group_metas = [meta for _, meta in group]
     group_samples = sample(
