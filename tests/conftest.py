@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from lightning import Callback, LightningModule, Trainer
+from PIL import Image
 
 from tests.launch import ForkedRun, forkable, run_forked
 
@@ -199,3 +201,14 @@ def train_tiny_base(argv: list[str]) -> int:
     from ymn.model.tiny_base import main
 
     return main([*TINY_BASE_TEST_FLAGS, *argv])
+
+
+def mixed_look_image(hair_of: str, outfit_of: str, box: list[float]) -> Image.Image:
+    """A synthetic scene of one person with one roster character's hair and another's outfit
+    (face box `box`, fractions), for the identity readings of each zone."""
+    from ymn.data.synthetic import CHARACTERS
+    from ymn.data.synthetic_draw import Background, Person, SceneSpec, draw_scene
+
+    look = replace(CHARACTERS[hair_of], outfit=CHARACTERS[outfit_of].outfit)
+    person = Person(look, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0])
+    return draw_scene(SceneSpec("screenshot", Background("day", horizon=0.7), (person,)), 128)

@@ -15,7 +15,7 @@ from experiments.bench.embedded_world import (
     run,
     run_vae_only,
 )
-from tests.conftest import train_tiny_base
+from tests.conftest import mixed_look_image, train_tiny_base
 from ymn.data.synthetic import CHARACTERS
 
 
@@ -36,8 +36,6 @@ def test_benchmark_reports_every_target_with_n_and_ci(tiny_model, tmp_path):
 
 
 def test_one_person_flags_split_the_look_into_the_named_hair_and_the_implied_outfit():
-    from tests.test_identity_probe import mixed_look_image
-
     scenes = fresh_scenes(4, one_person=True)
     truth = one_person_flags([image for image, _ in scenes], [meta for _, meta in scenes])
     assert set(truth) == set(FLAG_KEYS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,8 +13,8 @@ import torch
 import yaml
 from PIL import Image
 
+from tests.conftest import mixed_look_image
 from ymn.data.synthetic import CHARACTERS, render_layout, render_scene, sample_scene_spec
-from ymn.data.synthetic_draw import Background, Person, SceneSpec, draw_scene
 from ymn.paths import CONFIG_DIR
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.identity import (
@@ -126,13 +125,6 @@ def test_a_rendered_face_shows_its_own_colours_and_no_unnamed_hair() -> None:
         assert max(hair, key=lambda who: hair[who]) == name, name
         assert max(outfit, key=lambda who: outfit[who]) == name, name
         assert hair[None] == 0.0, name
-
-
-def mixed_look_image(hair_of: str, outfit_of: str, box: list[float]) -> Image.Image:
-    """One person with one roster character's hair and another's outfit."""
-    look = replace(CHARACTERS[hair_of], outfit=CHARACTERS[outfit_of].outfit)
-    person = Person(look, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0])
-    return draw_scene(SceneSpec("screenshot", Background("day", horizon=0.7), (person,)), 128)
 
 
 def test_each_zone_names_the_character_whose_colour_it_shows() -> None:

@@ -94,7 +94,7 @@ def one_person_flags(samples: list[Image.Image], metas: list[dict]) -> dict[str,
         boxes = detector.detect(image)
         name = meta["characters"][0]
         shares = look_shares(image, boxes[0]) if len(boxes) == 1 else None
-        hair, outfit = zone_characters(shares) if shares else (None, None)
+        hair, outfit = zone_characters(shares) if shares is not None else (None, None)
         flags["one_face"].append(len(boxes) == 1)
         flags["one_person_described"].append(shares is not None and character_of(shares) == name)
         flags["one_face_hair"].append(hair == name)
