@@ -54,6 +54,12 @@ def module_weights(
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+def check_average_decay(decay: float, label: str = "average decay") -> None:
+    """Refuse a moving-average decay outside (0, 1); `label` names it in the error."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"{label} {decay}: expected a value in (0, 1)")
+
+
 class ParameterAverage:
     """An exponential moving average of named parameters, updated after every optimizer step
     (diffusers' `EMAModel`, the fine-tune's: the first update copies, later ones use
@@ -61,8 +67,7 @@ class ParameterAverage:
     under `average.<module>.<parameter>`."""
 
     def __init__(self, named: list[tuple[str, torch.nn.Parameter]], decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"average decay {decay}: expected a value in (0, 1)")
+        check_average_decay(decay)
         self.names = [name for name, _ in named]
         self.parameters = [parameter for _, parameter in named]
         self.ema = EMAModel(self.parameters, decay=decay)

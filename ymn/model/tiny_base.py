@@ -60,6 +60,7 @@ from ymn.model.noise import pyramid_noise
 from ymn.model.stage_training import (
     ParameterAverage,
     StageCheckpoint,
+    check_average_decay,
     derived_seed,
     mean_of_last,
     module_device,
@@ -250,8 +251,8 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     if cfg.autocast not in ("none", "bfloat16"):
         raise ValueError(f"--autocast {cfg.autocast!r}: expected 'none' or 'bfloat16'")
     character_weights(cfg.stage2_characters)  # a bad name fails before any training
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise ValueError(f"--ema-decay {cfg.ema_decay}: expected 0 (off) or a value in (0, 1)")
+    if cfg.ema_decay:  # 0 is off
+        check_average_decay(cfg.ema_decay, "--ema-decay")
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     components = Components(

@@ -141,22 +141,23 @@ def character_of(shares: LookShares) -> str | None:
         for name, share in hair.items()
         if name is not None and (share >= unnamed or unnamed < UNNAMED_MIN_FRAC)
     }
-    best = max(scores, key=lambda name: scores[name], default=None)
-    return best if best is not None and scores[best] >= MIN_FRAC else None
+    return _best_scored(scores)
 
 
 def zone_characters(shares: LookShares) -> tuple[str | None, str | None]:
     """The roster character whose hair colour covers most of the hair zone, and the one whose
     outfit colour covers most of the outfit zone (each None below MIN_FRAC): which half of a
     look a face shows, where `character_of` weighs both halves together."""
-    hair, outfit = shares
-    return _zone_winner(hair), _zone_winner(outfit)
+    hair, outfit = (
+        {name: share for name, share in zone.items() if name is not None} for zone in shares
+    )
+    return _best_scored(hair), _best_scored(outfit)
 
 
-def _zone_winner(zone: dict[str | None, float]) -> str | None:
-    named = {name: share for name, share in zone.items() if name is not None}
-    best = max(named, key=lambda name: named[name], default=None)
-    return best if best is not None and named[best] >= MIN_FRAC else None
+def _best_scored(scores: dict[str, float]) -> str | None:
+    """The highest-scoring character if its score reaches MIN_FRAC, else None."""
+    best = max(scores, key=lambda name: scores[name], default=None)
+    return best if best is not None and scores[best] >= MIN_FRAC else None
 
 
 def identify_character(
