@@ -101,6 +101,12 @@ def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):
     compared = run_stage2(str(out), tmp_path, n_samples=2, steps=2, cfg=5.0, against=tmp_path)
     json.dumps(compared)  # no arrays left in the payload
     assert set(compared["difference"]) == {*FLAG_KEYS, "caption_share_removed"}
+    record = compared["per_sample"]
+    assert record["prompt"] == [0, 1] and len(record["character"]) == 2
+    assert all(len(record[key]) == 2 for key in (*FLAG_KEYS, "caption_share_removed"))
+    assert record["one_person_described"] == [
+        int(hit) for hit in compared["against"]["per_sample"]["one_person_described"]
+    ]
     for reading in compared["difference"].values():  # a checkpoint against itself, paired
         assert reading["difference"] == 0.0 and reading["p_permutation"] == 1.0
         assert reading["n_images"] == 2
@@ -181,3 +187,39 @@ def test_fresh_scenes_after_a_skip_are_the_next_ones_of_the_same_sequence():
         whole = [meta for _, meta in fresh_scenes(5, one_person=one_person)]
         later = [meta for _, meta in fresh_scenes(3, one_person=one_person, skip=2)]
         assert later == whole[2:]
+
+
+def stage2_reading_record(prompts: list[int], described: list[int], steps: int = 25) -> dict:
+    """A saved `--stage2` arm as `pair_readings` reads it, with chosen per-sample flags."""
+    from experiments.bench.embedded_world import FLAG_KEYS
+
+    n = len(prompts)
+    flags = {key: [1] * n for key in FLAG_KEYS} | {"one_person_described": described}
+    record = {"prompt": prompts, "character": ["SaitoMio"] * n, **flags}
+    record["caption_share_removed"] = [0.1] * n
+    return {"sampler": {"scheduler": "DDIM", "steps": steps}, "per_sample": record}
+
+
+def test_saved_readings_on_the_same_prompts_pair_and_others_are_refused(tmp_path, capsys):
+    from experiments.bench.embedded_world import main, pair_readings
+
+    before = stage2_reading_record([5, 6, 7, 8], [0, 0, 1, 0])
+    after = stage2_reading_record([5, 6, 7, 8], [1, 1, 1, 0])
+    paired = pair_readings(before, after)
+    assert paired["one_person_described"]["difference"] == 0.5
+    assert paired["one_face"]["difference"] == 0.0 and paired["one_face"]["n_images"] == 4
+    with pytest.raises(ValueError, match="same prompts"):
+        pair_readings(before, stage2_reading_record([1, 2, 3, 4], [1, 1, 1, 0]))
+    with pytest.raises(ValueError, match="other samplers"):
+        pair_readings(before, stage2_reading_record([5, 6, 7, 8], [1, 1, 1, 0], steps=50))
+    saved = tmp_path / "reading.json"
+    saved.write_text(json.dumps({**after, "against": before}))
+    assert main(["--pair", f"{saved}:against", str(saved)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["one_person_described"]["difference"] == 0.5
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"sampler": {}}))
+    with pytest.raises(ValueError, match="no per-sample record"):
+        main(["--pair", str(old), str(saved)])
+    with pytest.raises(ValueError, match="only be 'against'"):
+        main(["--pair", f"{saved}:other", str(saved)])

@@ -16,6 +16,8 @@ On synthetic scenes from a seed the base never saw (it trained on seed 0):
     python -m experiments.bench.embedded_world --stage2 WORK --against ymn/assets/tiny-base
     python -m experiments.bench.embedded_world --stage2 WORK --average --against WORK
         # a run's moving average of its weights (tiny_base --ema-decay) against its weights
+    python -m experiments.bench.embedded_world --pair A.json B.json:against
+        # two saved --stage2 readings on the same prompts, paired afterwards (B − A)
 """
 
 from __future__ import annotations
@@ -230,17 +232,46 @@ def run_stage2(
     `first` skips that many fresh prompts (and seeds, and reliance scenes), so a reading can
     extend an earlier one with prompts it has not seen."""
     setup_torch(threads)
-    result, per_sample = stage2_reading(model, work, n_samples, steps, cfg, average, first)
+    result = stage2_reading(model, work, n_samples, steps, cfg, average, first)
     result.update(average=average, first_prompt=first)
     result = {"fresh_seed": FRESH_SEED, **result}
     if against is not None:
-        from experiments.probes.vae_ceiling import paired_difference
-
-        result["against"], against_per_sample = stage2_reading(
-            model, against, n_samples, steps, cfg, first=first
-        )
-        result["difference"] = paired_difference(against_per_sample, per_sample)
+        result["against"] = stage2_reading(model, against, n_samples, steps, cfg, first=first)
+        result["difference"] = pair_readings(result["against"], result)
     return result
+
+
+def pair_readings(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """b − a of every per-sample reading of two stage-2 readings (bootstrap CI, permutation p),
+    from the `per_sample` records they keep; refused unless both were read on the same fresh
+    prompts, seeds and sampler, which is what makes them paired."""
+    from experiments.probes.vae_ceiling import paired_difference
+
+    for key in ("prompt", "character"):
+        if a["per_sample"][key] != b["per_sample"][key]:
+            raise ValueError(f"the two readings were not made on the same prompts ({key} differs)")
+    if a["sampler"] != b["sampler"]:
+        raise ValueError(f"the two readings used other samplers: {a['sampler']}, {b['sampler']}")
+    return paired_difference(paired_values(a["per_sample"]), paired_values(b["per_sample"]))
+
+
+def saved_reading(spec: str) -> dict[str, Any]:
+    """A reading saved from `--stage2`'s output: `FILE` for its first arm, `FILE:against` for
+    the arm it was read against."""
+    path, _, arm = spec.partition(":")
+    if arm not in ("", "against"):
+        raise ValueError(f"{spec}: the arm after ':' can only be 'against'")
+    reading = json.loads(Path(path).read_text())
+    reading = reading[arm] if arm else reading
+    if "per_sample" not in reading:
+        raise ValueError(f"{spec} keeps no per-sample record (read before --pair existed)")
+    return reading
+
+
+def paired_values(record: dict[str, list]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A `per_sample` record as `paired_difference` reads it: (hits, totals) per reading."""
+    names = (*FLAG_KEYS, "caption_share_removed")
+    return {name: (np.array(record[name], float), np.ones(len(record[name]))) for name in names}
 
 
 def stage2_reading(
@@ -251,10 +282,12 @@ def stage2_reading(
     cfg: float,
     average: bool = False,
     first: int = 0,
-) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """One stage-2 checkpoint's readings (with `average`, of its moving average), and its
-    per-sample values as (hits, totals). `work` may also be a finished base (a diffusers
-    folder, e.g. the shipped one), read whole."""
+) -> dict[str, Any]:
+    """One stage-2 checkpoint's readings (with `average`, of its moving average), with a
+    `per_sample` record: per fresh prompt (its index, which is also its seed, and the prompted
+    character) each flag of `one_person_flags` as 0/1 and the scene's caption share, so that
+    readings of other runs on the same prompts can be paired later (`--pair`). `work` may also
+    be a finished base (a diffusers folder, e.g. the shipped one), read whole."""
     from ymn.model.tiny_base import load_stage2_weights
 
     finished = (Path(work) / "model_index.json").is_file()
@@ -268,13 +301,15 @@ def stage2_reading(
         step = load_stage2_weights(components, work, average)
     readings, _ = sample_readings(components, n_samples, steps, cfg, first)
     reliance = caption_reliance(components, n_samples, first=first)
-    per_sample = {
-        name: (hits.astype(float), np.ones(len(hits)))
-        for name, hits in readings.pop("per_sample").items()
+    flags, prompted = readings.pop("per_sample"), readings.pop("prompted_characters")
+    per_sample: dict[str, list] = {
+        "prompt": list(range(first, first + n_samples)),
+        "character": prompted,
+        **{name: [int(hit) for hit in hits] for name, hits in flags.items()},
+        "caption_share_removed": [float(share) for share in reliance.pop("per_scene")],
     }
-    removed = reliance.pop("per_scene")
-    per_sample["caption_share_removed"] = (removed.astype(float), np.ones(len(removed)))
-    return {"stage2_step": step, **readings, "caption_reliance": reliance}, per_sample
+    readings.update(caption_reliance=reliance, per_sample=per_sample)
+    return {"stage2_step": step, **readings}
 
 
 def finished_base_steps(folder: Path) -> int | None:
@@ -351,6 +386,7 @@ def sample_readings(
     solo_samples = sample(components, [own_tags(m) for m in solo_metas], seeds, steps, cfg)
     flags = one_person_flags(solo_samples, solo_metas)
     result: dict[str, Any] = {**one_person_readings(flags), "per_sample": flags}
+    result["prompted_characters"] = [meta["characters"][0] for meta in solo_metas]
     result["one_person_described_by_character"] = described_by_character(flags, solo_metas)
     result["one_face_look_parts"] = look_parts(flags)
     group = fresh_scenes(n_samples, one_person=False, offset=100_000, skip=first)
@@ -387,7 +423,8 @@ def run(
     ceiling = vae_round_trip_agreement(components.vae, n_vae, FRESH_SEED, SIZE)
     result.update(vae_count_kept=ceiling["count_kept"], vae_identity_kept=ceiling["identity_kept"])
     readings, rows = sample_readings(components, n_samples, steps, cfg)
-    readings.pop("per_sample")
+    for kept_for_pairing in ("per_sample", "prompted_characters"):
+        readings.pop(kept_for_pairing)
     reliance = caption_reliance(components, n_samples)
     reliance.pop("per_scene")
     result.update(readings, caption_reliance=reliance)
@@ -435,7 +472,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="with --stage2: skip this many fresh prompts and seeds (extend an earlier reading)",
     )
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("A", "B"),
+        help="pair two saved --stage2 readings made on the same prompts: B − A of each "
+        "per-sample reading; FILE reads a file's first arm, FILE:against its --against arm",
+    )
     args = parser.parse_args(argv)
+    if args.pair is not None:
+        a, b = (saved_reading(spec) for spec in args.pair)
+        print(json.dumps({"a": args.pair[0], "b": args.pair[1], **pair_readings(a, b)}, indent=1))
+        return 0
     if args.stage1 is not None:
         print(json.dumps(run_vae_only(args.stage1, args.n_vae, args.against), indent=1))
         return 0
