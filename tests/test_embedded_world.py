@@ -201,7 +201,7 @@ def stage2_reading_record(prompts: list[int], described: list[int], steps: int =
 
 
 def test_saved_readings_on_the_same_prompts_pair_and_others_are_refused(tmp_path, capsys):
-    from experiments.bench.embedded_world import main, pair_readings
+    from experiments.bench.embedded_world import interaction_of_readings, main, pair_readings
 
     before = stage2_reading_record([5, 6, 7, 8], [0, 0, 1, 0])
     after = stage2_reading_record([5, 6, 7, 8], [1, 1, 1, 0])
@@ -217,6 +217,13 @@ def test_saved_readings_on_the_same_prompts_pair_and_others_are_refused(tmp_path
     assert main(["--pair", f"{saved}:against", str(saved)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["one_person_described"]["difference"] == 0.5
+    assert main(["--interaction", *[f"{saved}:against", str(saved)] * 2]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["b_minus_a"]["one_person_described"]["difference"] == 0.5
+    assert printed["interaction"]["one_person_described"]["interaction"] == 0.0
+    with pytest.raises(ValueError, match="same prompts"):
+        other_prompts = stage2_reading_record([1, 2, 3, 4], [1, 1, 1, 0])
+        interaction_of_readings(before, after, before, other_prompts)
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"sampler": {}}))
     with pytest.raises(ValueError, match="no per-sample record"):

@@ -221,3 +221,22 @@ def test_paired_vae_difference_finds_a_real_gain_and_none_between_equals():
     same = paired_difference(worse, worse)
     assert same["count"]["difference"] == 0.0 and same["count"]["p_permutation"] == 1.0
     assert gain["count"]["n_images"] == n
+
+
+def test_paired_interaction_finds_a_change_that_does_more_in_one_setting_and_none_when_equal():
+    from experiments.probes.vae_ceiling import paired_interaction
+
+    n = 40
+    never, half, always = [0] * n, [1, 0] * (n // 2), [1] * n
+    ones = [1] * n
+
+    def arm(hits: list[int]) -> dict[str, tuple[list[int], list[int]]]:
+        return {"look": (hits, ones)}
+
+    larger = paired_interaction(arm(never), arm(half), arm(never), arm(always))  # +0.5 then +1
+    assert larger["look"]["interaction"] == 0.5 and larger["look"]["n_images"] == n
+    assert larger["look"]["p_permutation"] < 0.01 and larger["look"]["ci95"][0] > 0.3
+    smaller = paired_interaction(arm(never), arm(always), arm(never), arm(half))
+    assert smaller["look"]["interaction"] == -0.5
+    added = paired_interaction(arm(never), arm(half), arm(half), arm(always))  # +0.5 in both
+    assert added["look"]["interaction"] == 0.0 and added["look"]["p_permutation"] == 1.0

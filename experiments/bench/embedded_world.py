@@ -18,6 +18,8 @@ On synthetic scenes from a seed the base never saw (it trained on seed 0):
         # a run's moving average of its weights (tiny_base --ema-decay) against its weights
     python -m experiments.bench.embedded_world --pair A.json B.json:against
         # two saved --stage2 readings on the same prompts, paired afterwards (B − A)
+    python -m experiments.bench.embedded_world --interaction A.json B.json C.json D.json
+        # does A → B do as much as C → D? (D − C) − (B − A), paired on the same prompts
 """
 
 from __future__ import annotations
@@ -243,16 +245,41 @@ def run_stage2(
 
 def pair_readings(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """b − a of every per-sample reading of two stage-2 readings (bootstrap CI, permutation p),
-    from the `per_sample` records they keep; refused unless both were read on the same fresh
-    prompts, seeds and sampler, which is what makes them paired."""
+    from the `per_sample` records they keep."""
     from experiments.probes.vae_ceiling import paired_difference
 
-    for key in ("prompt", "character"):
-        if a["per_sample"][key] != b["per_sample"][key]:
-            raise ValueError(f"the two readings were not made on the same prompts ({key} differs)")
-    if a["sampler"] != b["sampler"]:
-        raise ValueError(f"the two readings used other samplers: {a['sampler']}, {b['sampler']}")
+    check_paired(a, b)
     return paired_difference(paired_values(a["per_sample"]), paired_values(b["per_sample"]))
+
+
+def interaction_of_readings(
+    a: dict[str, Any], b: dict[str, Any], c: dict[str, Any], d: dict[str, Any]
+) -> dict[str, Any]:
+    """Does a change do as much in another setting? b − a, d − c and (d − c) − (b − a) of every
+    per-sample reading of four stage-2 readings (e.g. 3,400 and 6,800 steps at two widths)."""
+    from experiments.probes.vae_ceiling import paired_interaction
+
+    check_paired(a, b, c, d)
+    values = [paired_values(reading["per_sample"]) for reading in (a, b, c, d)]
+    return {
+        "b_minus_a": pair_readings(a, b),
+        "d_minus_c": pair_readings(c, d),
+        "interaction": paired_interaction(*values),
+    }
+
+
+def check_paired(*readings: dict[str, Any]) -> None:
+    """Refuses readings not made on the same fresh prompts, seeds and sampler, which is what
+    makes them paired."""
+    first = readings[0]
+    for other in readings[1:]:
+        for key in ("prompt", "character"):
+            if first["per_sample"][key] != other["per_sample"][key]:
+                raise ValueError(f"the readings were not made on the same prompts ({key} differs)")
+        if first["sampler"] != other["sampler"]:
+            raise ValueError(
+                f"the readings used other samplers: {first['sampler']}, {other['sampler']}"
+            )
 
 
 def saved_reading(spec: str) -> dict[str, Any]:
@@ -479,10 +506,22 @@ def main(argv: list[str] | None = None) -> int:
         help="pair two saved --stage2 readings made on the same prompts: B − A of each "
         "per-sample reading; FILE reads a file's first arm, FILE:against its --against arm",
     )
+    parser.add_argument(
+        "--interaction",
+        nargs=4,
+        metavar=("A", "B", "C", "D"),
+        help="four saved --stage2 readings on the same prompts: B − A, D − C and (D − C) − "
+        "(B − A), whether a change (A → B) does as much in another setting (C → D)",
+    )
     args = parser.parse_args(argv)
     if args.pair is not None:
         a, b = (saved_reading(spec) for spec in args.pair)
         print(json.dumps({"a": args.pair[0], "b": args.pair[1], **pair_readings(a, b)}, indent=1))
+        return 0
+    if args.interaction is not None:
+        readings = [saved_reading(spec) for spec in args.interaction]
+        named = dict(zip("abcd", args.interaction, strict=True))
+        print(json.dumps({**named, **interaction_of_readings(*readings)}, indent=1))
         return 0
     if args.stage1 is not None:
         print(json.dumps(run_vae_only(args.stage1, args.n_vae, args.against), indent=1))
