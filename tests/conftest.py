@@ -207,8 +207,13 @@ def mixed_look_image(hair_of: str, outfit_of: str, box: list[float]) -> Image.Im
     """A synthetic scene of one person with one roster character's hair and another's outfit
     (face box `box`, fractions), for the identity readings of each zone."""
     from ymn.data.synthetic import CHARACTERS
+
+    return look_image(replace(CHARACTERS[hair_of], outfit=CHARACTERS[outfit_of].outfit), box)
+
+
+def look_image(look: Any, box: list[float]) -> Image.Image:
+    """A synthetic scene of one person drawn with `look` (face box `box`, fractions)."""
     from ymn.data.synthetic_draw import Background, Person, SceneSpec, draw_scene
 
-    look = replace(CHARACTERS[hair_of], outfit=CHARACTERS[outfit_of].outfit)
     person = Person(look, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0])
     return draw_scene(SceneSpec("screenshot", Background("day", horizon=0.7), (person,)), 128)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,8 +14,14 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.conftest import mixed_look_image
-from ymn.data.synthetic import CHARACTERS, render_layout, render_scene, sample_scene_spec
+from tests.conftest import look_image, mixed_look_image
+from ymn.data.synthetic import (
+    CHARACTERS,
+    UNKNOWN_HAIR,
+    render_layout,
+    render_scene,
+    sample_scene_spec,
+)
 from ymn.paths import CONFIG_DIR
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.identity import (
@@ -135,6 +142,17 @@ def test_each_zone_names_the_character_whose_colour_it_shows() -> None:
     assert zone_characters(look_shares(mixed, box)) == ("SaitoMio", "KonoRina")
     blank = Image.new("RGB", (128, 128), (140, 200, 245))
     assert zone_characters(look_shares(blank, box)) == (None, None)
+
+
+def test_an_unnamed_hair_colour_wins_its_zone_only_when_asked_to_compete() -> None:
+    box = [0.35, 0.3, 0.65, 0.6]
+    unnamed_brown = next(colour for colour, tag in UNKNOWN_HAIR if tag == "brown hair")
+    natsume_in_unnamed_brown = look_image(replace(CHARACTERS["Natsume"], hair=unnamed_brown), box)
+    shares = look_shares(natsume_in_unnamed_brown, box)
+    assert zone_characters(shares) == (None, "Natsume")
+    assert zone_characters(shares, unnamed_label="unnamed") == ("unnamed", "Natsume")
+    natsume = render_layout(["Natsume"], [box], 128)
+    assert zone_characters(look_shares(natsume, box), "unnamed") == ("Natsume", "Natsume")
 
 
 def test_a_blank_image_shows_no_roster_colour() -> None:
@@ -338,3 +356,18 @@ def test_probe_pass_logs_and_writes_identity_metrics(tmp_path) -> None:
     three = next(r for r in report["records"] if r["count"] == 3)
     assert three["characters"] == list(AUTO_CHARACTERS[:3])
     assert three["identities"] == [AUTO_CHARACTERS[1], AUTO_CHARACTERS[0], AUTO_CHARACTERS[2]]
+
+
+def test_palette_neighbours_name_the_colour_a_roster_colour_is_read_as_when_it_errs() -> None:
+    from ymn.probes.identity import palette_neighbours
+
+    neighbours = palette_neighbours()
+    assert len(neighbours) == 2 * len(CHARACTERS)
+    tamaki = neighbours["Tamaki hair"]  # blonde (240, 200, 60) beside a yellow outfit
+    assert tamaki["nearest"] == "OnoHaru outfit" and tamaki["rgb"] == [245, 210, 60]
+    assert tamaki["distance"] == pytest.approx(11.2, abs=0.05)
+    assert neighbours["OnoHaru outfit"]["nearest"] == "Tamaki hair"
+    box = [0.35, 0.3, 0.65, 0.6]
+    shifted = replace(CHARACTERS["Tamaki"], hair=(244, 208, 60))  # past half the distance
+    hair_zone, _ = zone_characters(look_shares(look_image(shifted, box), box))
+    assert hair_zone != "Tamaki"

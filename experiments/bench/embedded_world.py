@@ -315,17 +315,7 @@ def stage2_reading(
     character) each flag of `one_person_flags` as 0/1 and the scene's caption share, so that
     readings of other runs on the same prompts can be paired later (`--pair`). `work` may also
     be a finished base (a diffusers folder, e.g. the shipped one), read whole."""
-    from ymn.model.tiny_base import load_stage2_weights
-
-    finished = (Path(work) / "model_index.json").is_file()
-    if finished and average:
-        raise ValueError(f"{work} is a finished base: --average reads a --work folder")
-    if finished:
-        components = load_components("tiny", pretrained=str(work))
-        step = finished_base_steps(Path(work))
-    else:
-        components = load_components("tiny", pretrained=model)
-        step = load_stage2_weights(components, work, average)
+    components, step = stage2_components(model, work, average)
     readings, _ = sample_readings(components, n_samples, steps, cfg, first)
     reliance = caption_reliance(components, n_samples, first=first)
     flags, prompted = readings.pop("per_sample"), readings.pop("prompted_characters")
@@ -337,6 +327,23 @@ def stage2_reading(
     }
     readings.update(caption_reliance=reliance, per_sample=per_sample)
     return {"stage2_step": step, **readings}
+
+
+def stage2_components(
+    model: str | None, work: Path, average: bool = False
+) -> tuple[Components, int | None]:
+    """The components a stage-2 reading samples, and their stage-2 step: a `tiny_base --work`
+    folder's text encoder and UNet (with `average`, their moving average) on `model`'s VAE, or
+    a finished base (a diffusers folder, e.g. the shipped one) whole."""
+    from ymn.model.tiny_base import load_stage2_weights
+
+    finished = (Path(work) / "model_index.json").is_file()
+    if finished and average:
+        raise ValueError(f"{work} is a finished base: --average reads a --work folder")
+    if finished:
+        return load_components("tiny", pretrained=str(work)), finished_base_steps(Path(work))
+    components = load_components("tiny", pretrained=model)
+    return components, load_stage2_weights(components, work, average)
 
 
 def finished_base_steps(folder: Path) -> int | None:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ymn.data.synthetic import (
     CHARACTER_WEIGHTS,
     KIND_MIX,
+    SceneSpec,
     render_scene,
     sample_scene_spec,
 )
@@ -28,12 +29,16 @@ def synthetic_scene(
 ) -> tuple[Image.Image, dict]:
     """One multi-character scene of `ymn.data.synthetic`, drawn as `ymn-synth` draws it (with
     "balanced", a scene of the same kind and people count, every roster look equally likely)."""
+    return render_scene(scene_spec(seed, index, size, character_mix), size)
+
+
+def scene_spec(seed: int, index: int, size: int, character_mix: str = "natural") -> SceneSpec:
+    """What `synthetic_scene` draws, undrawn (who is in it, with which look)."""
     weights = character_weights(character_mix)
     rng = np.random.default_rng([seed, index])
     kinds = list(KIND_MIX)
     kind = kinds[int(rng.choice(len(kinds), p=list(KIND_MIX.values())))]
-    spec = sample_scene_spec(rng, kind, size, character_weights=weights)
-    return render_scene(spec, size)
+    return sample_scene_spec(rng, kind, size, character_weights=weights)
 
 
 def character_weights(character_mix: str) -> np.ndarray:

@@ -36,6 +36,7 @@ __all__ = [
     "look_shares",
     "identity_metrics",
     "match_faces",
+    "palette_neighbours",
 ]
 
 Box = Sequence[float]
@@ -67,6 +68,27 @@ def _palette(roster: Mapping[str, Look]) -> tuple[np.ndarray, list[tuple[str, st
             colours.append(colour)
             labels.append(("other", None))
     return np.array(colours, dtype=np.float32), labels
+
+
+def palette_neighbours(roster: Mapping[str, Look] = CHARACTERS) -> dict[str, dict[str, Any]]:
+    """For each roster colour ("<name> hair" / "<name> outfit"), the nearest other colour of
+    the palette the reading assigns pixels to, and its RGB distance: a drawn colour that errs
+    by half that distance towards it is read as the neighbour."""
+    colours, labels = _palette(roster)
+    distance = np.linalg.norm(colours[:, None] - colours[None], axis=-1)
+    np.fill_diagonal(distance, np.inf)
+    out = {}
+    for index, (kind, name) in enumerate(labels):
+        if name is None:
+            continue
+        nearest = int(distance[index].argmin())
+        near_kind, near_name = labels[nearest]
+        out[f"{name} {kind}"] = {
+            "nearest": f"{near_name} {near_kind}" if near_name else near_kind,
+            "rgb": [int(v) for v in colours[nearest]],
+            "distance": round(float(distance[index, nearest]), 1),
+        }
+    return out
 
 
 def _zones(arr: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -144,12 +166,20 @@ def character_of(shares: LookShares) -> str | None:
     return _best_scored(scores)
 
 
-def zone_characters(shares: LookShares) -> tuple[str | None, str | None]:
+def zone_characters(
+    shares: LookShares, unnamed_label: str | None = None
+) -> tuple[str | None, str | None]:
     """The roster character whose hair colour covers most of the hair zone, and the one whose
     outfit colour covers most of the outfit zone (each None below MIN_FRAC): which half of a
-    look a face shows, where `character_of` weighs both halves together."""
+    look a face shows, where `character_of` weighs both halves together. With `unnamed_label`,
+    the unnamed people's hair colours compete too, and win under that label."""
     hair, outfit = (
-        {name: share for name, share in zone.items() if name is not None} for zone in shares
+        {
+            unnamed_label if name is None else name: share
+            for name, share in zone.items()
+            if name is not None or unnamed_label is not None
+        }
+        for zone in shares
     )
     return _best_scored(hair), _best_scored(outfit)
 

@@ -1,0 +1,88 @@
+"""look_zones: each zone's owner and the look with and without the unnamed veto."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from PIL import Image
+
+from experiments.bench.embedded_world import fresh_scenes
+from experiments.bench.look_zones import UNNAMED, main, read_zones, tabulate
+from tests.conftest import look_image
+from ymn.data.synthetic import CHARACTERS, UNKNOWN_HAIR
+from ymn.probes.detectors import SyntheticFaceDetector
+
+BOX = [0.35, 0.3, 0.65, 0.6]
+
+
+def test_renders_read_as_their_character_and_an_unnamed_brown_only_without_the_veto():
+    detector = SyntheticFaceDetector()
+    for image, meta in fresh_scenes(4, one_person=True):
+        name = meta["characters"][0]
+        reading = read_zones(image, name, detector)
+        assert reading["faces"] == 1 and reading["described"]
+        assert (reading["hair_zone"], reading["outfit_zone"]) == (name, name)
+    brown = next(colour for colour, tag in UNKNOWN_HAIR if tag == "brown hair")
+    natsume_in_unnamed_brown = look_image(replace(CHARACTERS["Natsume"], hair=brown), BOX)
+    reading = read_zones(natsume_in_unnamed_brown, "Natsume", detector)
+    assert (reading["hair_zone"], reading["outfit_zone"]) == (UNNAMED, "Natsume")
+    assert not reading["described"] and reading["described_without_veto"]
+    blank = read_zones(Image.new("RGB", (128, 128), (140, 200, 245)), "Natsume", detector)
+    assert blank == {"character": "Natsume", "faces": 0}
+
+
+def test_the_table_counts_each_character_over_all_its_prompts():
+    def one_face(name: str, hair: str | None, described: bool, without: bool) -> dict:
+        return {
+            "character": name,
+            "faces": 1,
+            "hair_zone": hair,
+            "outfit_zone": name,
+            "described": described,
+            "described_without_veto": without,
+        }
+
+    readings = [
+        one_face("Natsume", UNNAMED, False, True),
+        one_face("Natsume", "Natsume", True, True),
+        {"character": "Natsume", "faces": 3},
+        one_face("Tamaki", None, False, False),
+    ]
+    table = tabulate(readings)
+    natsume = table["Natsume"]
+    assert (natsume["prompts"], natsume["one_face"]) == (3, 2)
+    assert natsume["described"]["k"] == 1 and natsume["described"]["n"] == 3
+    assert natsume["described_without_veto"]["k"] == 2
+    assert natsume["hair_zone"] == {UNNAMED: 1, "Natsume": 1}
+    assert table["Tamaki"]["hair_zone"] == {"null": 1}
+    assert table["all"]["prompts"] == 4 and table["all"]["described"]["k"] == 1
+
+
+def test_a_base_is_read_on_the_chosen_characters_prompts(tiny_model, capsys):
+    argv = ["--stage2", str(tiny_model), "--n-samples", "6", "--first-prompt", "0"]
+    assert main([*argv, "--characters", "SaitoMio", "KonoRina"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    asked = {"SaitoMio", "KonoRina"}
+    scenes = fresh_scenes(6, one_person=True)
+    chosen = [i for i, (_, meta) in enumerate(scenes) if meta["characters"][0] in asked]
+    assert chosen and [sample["prompt"] for sample in result["per_sample"]] == chosen
+    assert {sample["character"] for sample in result["per_sample"]} <= asked
+    assert result["by_character"]["all"]["prompts"] == len(chosen)
+
+
+def test_hair_tag_owners_count_the_base_scenes_people_and_the_shared_brown():
+    from experiments.bench.look_zones import hair_tag_owners
+    from ymn.model.tiny_base_data import synthetic_scene
+
+    n = 300
+    tags = hair_tag_owners(n_images=n)["tags"]
+    assert set(tags["brown hair"]["people"]) == {"Natsume", UNNAMED}
+    drawn = [synthetic_scene(0, index, 128)[1] for index in range(n)]
+    for name, look in CHARACTERS.items():
+        owners = tags[look.hair_tag]
+        if look.hair_tag != "brown hair":
+            assert set(owners["people"]) == {name}
+        assert owners["people"][name] == sum(meta["characters"].count(name) for meta in drawn)
+        solo = sum(meta["characters"] == [name] for meta in drawn)
+        assert owners["solo"][name] == solo
