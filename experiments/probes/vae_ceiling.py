@@ -8,6 +8,7 @@ base never trained on (the base trains on seed 0), exactly as `ymn.model.tiny_ba
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -143,27 +144,9 @@ def paired_difference(
     """b − a of each reading's pooled rate (sum hits / sum totals) on the same images: a
     bootstrap 95 % CI (images resampled) and a two-sided permutation p-value (each image's
     two readings swapped at random)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name in a:
-        hits = np.array([a[name][0], b[name][0]], dtype=float)
-        totals = np.array([a[name][1], b[name][1]], dtype=float)
-        observed = float(_pooled(hits[1], totals[1]) - _pooled(hits[0], totals[0]))
-        n = hits.shape[1]
-        draws = rng.integers(0, n, (n_resamples, n))
-        boot = _pooled(hits[1][draws], totals[1][draws]) - _pooled(hits[0][draws], totals[0][draws])
-        swap = rng.random((n_resamples, n)) < 0.5
-        first = _pooled(np.where(swap, hits[1], hits[0]), np.where(swap, totals[1], totals[0]))
-        second = _pooled(np.where(swap, hits[0], hits[1]), np.where(swap, totals[0], totals[1]))
-        null = second - first
-        p = (1 + np.sum(np.abs(null) >= abs(observed) - 1e-12)) / (n_resamples + 1)
-        out[name] = {
-            "difference": observed,
-            "ci95": [float(v) for v in np.percentile(boot, [2.5, 97.5])],
-            "p_permutation": float(p),
-            "n_images": n,
-        }
-    return out
+    return _paired_contrast(
+        [a, b], lambda rates: rates[1] - rates[0], [1, 0], "difference", n_resamples, seed
+    )
 
 
 def paired_interaction(
@@ -173,29 +156,47 @@ def paired_interaction(
     (a → b) does as much in another setting (c → d), e.g. more steps at two widths. A
     bootstrap 95 % CI (images resampled, all four arms together) and a two-sided permutation
     p-value (each image's two differences swapped at random, which flips its contrast)."""
+    return _paired_contrast(
+        [a, b, c, d],
+        lambda rates: (rates[3] - rates[2]) - (rates[1] - rates[0]),
+        [2, 3, 0, 1],
+        "interaction",
+        n_resamples,
+        seed,
+    )
+
+
+def _paired_contrast(
+    arms: list[PerImage],
+    contrast: Callable[[np.ndarray], np.ndarray],
+    swapped: list[int],
+    key: str,
+    n_resamples: int,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """`contrast` of the arms' pooled rates per reading, on the same images: a bootstrap 95 %
+    CI (images resampled, all arms together) and a two-sided permutation p-value (each image's
+    arms put in the `swapped` order at random, which flips the contrast's sign under the null)."""
     rng = np.random.default_rng(seed)
+    order = np.array(swapped)
     out = {}
-    for name in a:
-        hits = np.array([arm[name][0] for arm in (a, b, c, d)], dtype=float)
-        totals = np.array([arm[name][1] for arm in (a, b, c, d)], dtype=float)
-
-        def contrast(h: np.ndarray, t: np.ndarray) -> np.ndarray:
-            rates = _pooled(h, t)
-            return (rates[3] - rates[2]) - (rates[1] - rates[0])
-
-        observed = float(contrast(hits, totals))
+    for name in arms[0]:
+        hits = np.array([arm[name][0] for arm in arms], dtype=float)
+        totals = np.array([arm[name][1] for arm in arms], dtype=float)
+        observed = float(contrast(_pooled(hits, totals)))
         n = hits.shape[1]
         draws = rng.integers(0, n, (n_resamples, n))
-        boot = contrast(hits[:, draws], totals[:, draws])
+        boot = contrast(_pooled(hits[:, draws], totals[:, draws]))
         swap = rng.random((n_resamples, n)) < 0.5
-        order = np.array([2, 3, 0, 1])  # (a, b) and (c, d) trade places
         null = contrast(
-            np.where(swap, hits[order][:, None], hits[:, None]),
-            np.where(swap, totals[order][:, None], totals[:, None]),
+            _pooled(
+                np.where(swap, hits[order][:, None], hits[:, None]),
+                np.where(swap, totals[order][:, None], totals[:, None]),
+            )
         )
         p = (1 + np.sum(np.abs(null) >= abs(observed) - 1e-12)) / (n_resamples + 1)
         out[name] = {
-            "interaction": observed,
+            key: observed,
             "ci95": [float(v) for v in np.percentile(boot, [2.5, 97.5])],
             "p_permutation": float(p),
             "n_images": n,
