@@ -16,6 +16,8 @@ from pathlib import Path
 
 from experiments.bench.common import setup_torch
 from experiments.bench.embedded_world import (
+    GUIDANCE,
+    SAMPLER_STEPS,
     fresh_scenes,
     one_person_flags,
     one_person_readings,
@@ -25,7 +27,7 @@ from experiments.bench.embedded_world import (
 from experiments.probes.vae_ceiling import paired_difference
 from ymn.model.components import load_components
 
-REFERENCE = (25, 5.0)
+REFERENCE = (SAMPLER_STEPS, GUIDANCE)  # the setting of embedded_world's readings
 SETTINGS = (REFERENCE, (25, 3.0), (25, 7.5), (50, 5.0))
 OUT = Path("experiments/tiny_base_work/base_sampler.json")
 

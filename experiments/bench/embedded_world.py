@@ -46,6 +46,7 @@ from ymn.probes.rates import rate
 SIZE = 128
 TARGETS = {"vae_count_kept": 0.98, "vae_identity_kept": 0.95, "one_person_described": 0.80}
 FLAG_KEYS = ("one_face", "one_person_described", "one_face_hair", "one_face_outfit")
+SAMPLER_STEPS, GUIDANCE = 25, 5.0  # DDIM steps and CFG scale of every reading
 
 
 def fresh_scenes(
@@ -474,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="diffusers folder (default: shipped base)")
     parser.add_argument("--n-vae", type=int, default=200)
     parser.add_argument("--n-samples", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=SAMPLER_STEPS)
+    parser.add_argument("--cfg", type=float, default=GUIDANCE)
     parser.add_argument("--quick", action="store_true", help="tiny n, for a smoke run")
     parser.add_argument(
         "--stage1",

@@ -25,6 +25,8 @@ from typing import Any
 from experiments.bench.common import setup_torch
 from experiments.bench.embedded_world import (
     FRESH_SEED,
+    GUIDANCE,
+    SAMPLER_STEPS,
     fresh_scenes,
     own_tags,
     sample,
@@ -105,7 +107,6 @@ def hair_tag_owners(
     """Who wears each roster hair tag in the base's scenes (by default `ymn.model.tiny_base`'s:
     4,096 scenes of seed 0, natural casting): people per roster character or `unnamed`, in all
     scenes and in one-person scenes. A tag that unnamed people wear too means two colours."""
-
     roster_tags = {look.hair_tag for look in CHARACTERS.values()}
     owners: dict[str, dict[str, Counter[str]]] = {
         tag: {"people": Counter(), "solo": Counter()} for tag in sorted(roster_tags)
@@ -134,8 +135,8 @@ def run(
     n_samples: int,
     first: int,
     characters: list[str],
-    steps: int = 25,
-    cfg: float = 5.0,
+    steps: int = SAMPLER_STEPS,
+    cfg: float = GUIDANCE,
 ) -> dict[str, Any]:
     """Samples the fresh one-person prompts `first` to `first + n_samples` whose character is
     in `characters` (seed = the prompt's index, as `embedded_world` does) and tabulates them."""
