@@ -333,18 +333,23 @@ def stage2_reading(
 def stage2_components(
     model: str | None, work: Path, average: bool = False
 ) -> tuple[Components, int | None]:
-    """The components a stage-2 reading samples, and their stage-2 step: a `tiny_base --work`
-    folder's text encoder and UNet (with `average`, their moving average) on `model`'s VAE, or
-    a finished base (a diffusers folder, e.g. the shipped one) whole."""
+    """The components a stage-2 reading samples (in eval mode), and their stage-2 step: a
+    `tiny_base --work` folder's text encoder and UNet (with `average`, their moving average) on
+    `model`'s VAE, or a finished base (a diffusers folder, e.g. the shipped one) whole."""
     from ymn.model.tiny_base import load_stage2_weights
 
     finished = (Path(work) / "model_index.json").is_file()
     if finished and average:
         raise ValueError(f"{work} is a finished base: --average reads a --work folder")
     if finished:
-        return load_components("tiny", pretrained=str(work)), finished_base_steps(Path(work))
-    components = load_components("tiny", pretrained=model)
-    return components, load_stage2_weights(components, work, average)
+        components = load_components("tiny", pretrained=str(work))
+        step = finished_base_steps(Path(work))
+    else:
+        components = load_components("tiny", pretrained=model)
+        step = load_stage2_weights(components, work, average)
+    for module in (components.vae, components.text_encoder, components.unet):
+        module.eval()
+    return components, step
 
 
 def finished_base_steps(folder: Path) -> int | None:

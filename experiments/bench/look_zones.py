@@ -141,8 +141,6 @@ def run(
     """Samples the fresh one-person prompts `first` to `first + n_samples` whose character is
     in `characters` (seed = the prompt's index, as `embedded_world` does) and tabulates them."""
     components, step = stage2_components(model, work)
-    for module in (components.vae, components.text_encoder, components.unet):
-        module.eval()
     solo = fresh_scenes(n_samples, one_person=True, skip=first)
     chosen = [i for i, (_, meta) in enumerate(solo) if meta["characters"][0] in characters]
     metas = [solo[i][1] for i in chosen]
