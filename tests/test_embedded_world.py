@@ -230,3 +230,36 @@ def test_saved_readings_on_the_same_prompts_pair_and_others_are_refused(tmp_path
         main(["--pair", str(old), str(saved)])
     with pytest.raises(ValueError, match="only be 'against'"):
         main(["--pair", f"{saved}:other", str(saved)])
+
+
+def test_a_base_trained_on_look_tags_is_prompted_with_them_on_the_same_scenes(
+    tmp_path, monkeypatch
+):
+    """A stage-2 reading prompts a base with the tag set it was trained on (its work folder's
+    record, or a saved base's train_info), on the same scenes and seeds as any other base, so
+    readings of bases trained on either tag set stay paired."""
+    import experiments.bench.embedded_world as embedded_world
+
+    plain = fresh_scenes(3, one_person=True)
+    described = fresh_scenes(3, one_person=True, caption_tags="look")
+    for (image, meta), (same_image, look_meta) in zip(plain, described, strict=True):
+        assert image.tobytes() == same_image.tobytes()
+        assert meta["characters"] == look_meta["characters"]
+        assert not any(t.endswith(" shirt") for t in meta["tags"])
+        assert any(t.endswith(" shirt") for t in look_meta["tags"])
+    prompted: list[str] = []
+    original = embedded_world.sample
+
+    def recording(components, prompts, *args, **kwargs):
+        prompted.extend(prompts)
+        return original(components, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(embedded_world, "sample", recording)
+    out, work = tmp_path / "out", tmp_path / "work"
+    flags = ["--images", "4", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2"]
+    flags += ["--batch", "2", "--caption-tags", "look", "--work", str(work), "--out", str(out)]
+    assert train_tiny_base(flags) == 0
+    result = embedded_world.run_stage2(str(out), work, 2, steps=2, cfg=5.0, against=out)
+    assert result["caption_tags"] == result["against"]["caption_tags"] == "look"
+    assert len(prompted) == 8 and all(" shirt" in prompt for prompt in prompted)
+    assert prompted[:2] == [", ".join(meta["tags"]) for _, meta in described[:2]]

@@ -406,3 +406,59 @@ def test_balanced_base_scenes_recast_the_same_scenes_with_every_look_equally_oft
     assert torch.equal(natural_images, again)  # the default draw is unchanged
     with pytest.raises(ValueError, match="character mix"):
         make_scenes("synthetic", 1, seed=3, size=128, character_mix="leads")
+
+
+def test_look_tags_name_every_outfit_and_tell_the_unnamed_brown_apart():
+    """`caption_tags="look"`: the same scenes, each person's outfit colour named, and the
+    unnamed people's brown (a colour Natsume's `brown hair` tag also names) renamed."""
+    from ymn.data.synthetic_draw import OUTFITS
+    from ymn.model.tiny_base_data import OUTFIT_TAGS, scene_spec
+
+    n = 120
+    hair_images, hair = make_scenes("synthetic", n, seed=3, size=128)
+    look_images, look = make_scenes("synthetic", n, seed=3, size=128, caption_tags="look")
+    assert torch.equal(hair_images, look_images)
+    assert len(set(OUTFIT_TAGS.values())) == len(OUTFITS)
+    seen = {"unnamed brown": 0, "natsume": 0}
+    for index, (plain, described) in enumerate(zip(hair, look, strict=True)):
+        people = scene_spec(3, index, 128).people
+        assert {OUTFIT_TAGS[p.look.outfit] for p in people} <= set(described["tags"])
+        unnamed = [p.look for p in people if p.look.name == "unknown"]
+        unnamed_brown = any(look.hair_tag == "brown hair" for look in unnamed)
+        natsume = any(p.look.name == "Natsume" for p in people)
+        seen["unnamed brown"] += unnamed_brown
+        seen["natsume"] += natsume
+        assert ("dark brown hair" in described["tags"]) == unnamed_brown
+        assert ("brown hair" in described["tags"]) == natsume
+        kept = [t for t in plain["tags"] if t != "brown hair"]
+        assert kept == [t for t in described["tags"] if t in kept]  # nothing else changed
+    assert seen["unnamed brown"] and seen["natsume"]
+    with pytest.raises(ValueError, match="caption tags"):
+        make_scenes("synthetic", 1, seed=3, size=128, caption_tags="outfit")
+
+
+def test_caption_tags_flag_reaches_stage_2_and_a_resume_on_other_tags_is_refused(
+    tmp_path, monkeypatch
+):
+    import ymn.model.tiny_base as tiny_base
+
+    captions: list[str] = []
+    original = tiny_base.tokenize
+
+    def recording(tokenizer, texts):
+        captions.extend(texts)
+        return original(tokenizer, texts)
+
+    monkeypatch.setattr(tiny_base, "tokenize", recording)
+    flags = ["--images", "8", "--batch", "8", "--vae-batch", "2", "--vae-steps", "1"]
+    flags += ["--unet-steps", "2", "--caption-dropout", "0"]
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main([*flags, "--caption-tags", "look", "--out", str(out), "--work", str(work)]) == 0
+    assert len(captions) == 16 and all(" shirt" in caption for caption in captions)
+    assert tiny_base.base_caption_tags(work) == tiny_base.base_caption_tags(out) == "look"
+    assert tiny_base.base_caption_tags(TINY_BASE_DIR) == "hair"  # the shipped base's
+    with pytest.raises(ValueError, match="--caption-tags look"):
+        main([*flags, "--caption-tags", "hair", "--out", str(out), "--work", str(work)])
+    with pytest.raises(ValueError, match="caption tags"):
+        main([*flags, "--caption-tags", "outfit", "--work", str(tmp_path / "w2")])
+    assert not (tmp_path / "w2").exists()

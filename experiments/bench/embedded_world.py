@@ -37,7 +37,12 @@ from PIL import Image
 from experiments.bench.common import BENCH_DIR, setup_torch, write_result
 from experiments.probes.vae_ceiling import FRESH_SEED, vae_round_trip_agreement
 from ymn.data.synthetic import CHARACTERS
-from ymn.model.components import Components, components_pipeline, load_components
+from ymn.model.components import (
+    TINY_BASE_DIR,
+    Components,
+    components_pipeline,
+    load_components,
+)
 from ymn.model.tiny_base_data import synthetic_scene
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.identity import character_of, look_shares, zone_characters
@@ -50,13 +55,14 @@ SAMPLER_STEPS, GUIDANCE = 25, 5.0  # DDIM steps and CFG scale of every reading
 
 
 def fresh_scenes(
-    n: int, *, one_person: bool, offset: int = 0, skip: int = 0
+    n: int, *, one_person: bool, offset: int = 0, skip: int = 0, caption_tags: str = "hair"
 ) -> list[tuple[Image.Image, dict]]:
     """n fresh-seed scenes (only one-person scenes of a roster character when one_person),
-    after the first `skip` such scenes."""
+    after the first `skip` such scenes, tagged with the base's tag set `caption_tags` (the
+    scenes themselves do not depend on it)."""
     scenes, index = [], offset
     while len(scenes) < skip + n:
-        image, meta = synthetic_scene(FRESH_SEED, index, SIZE)
+        image, meta = synthetic_scene(FRESH_SEED, index, SIZE, caption_tags=caption_tags)
         index += 1
         named_solo = meta["n_people"] == 1 and meta["characters"][0] in CHARACTERS
         if meta["n_people"] >= 1 and (named_solo or not one_person):
@@ -316,9 +322,12 @@ def stage2_reading(
     character) each flag of `one_person_flags` as 0/1 and the scene's caption share, so that
     readings of other runs on the same prompts can be paired later (`--pair`). `work` may also
     be a finished base (a diffusers folder, e.g. the shipped one), read whole."""
+    from ymn.model.tiny_base import base_caption_tags
+
     components, step = stage2_components(model, work, average)
-    readings, _ = sample_readings(components, n_samples, steps, cfg, first)
-    reliance = caption_reliance(components, n_samples, first=first)
+    tags = base_caption_tags(work)
+    readings, _ = sample_readings(components, n_samples, steps, cfg, first, tags)
+    reliance = caption_reliance(components, n_samples, first=first, caption_tags=tags)
     flags, prompted = readings.pop("per_sample"), readings.pop("prompted_characters")
     per_sample: dict[str, list] = {
         "prompt": list(range(first, first + n_samples)),
@@ -327,7 +336,7 @@ def stage2_reading(
         "caption_share_removed": [float(share) for share in reliance.pop("per_scene")],
     }
     readings.update(caption_reliance=reliance, per_sample=per_sample)
-    return {"stage2_step": step, **readings}
+    return {"stage2_step": step, "caption_tags": tags, **readings}
 
 
 def stage2_components(
@@ -365,7 +374,7 @@ RELIANCE_TIMESTEPS = (100, 400, 700, 900)
 
 
 def caption_reliance(
-    components: Components, n: int, seed: int = 0, first: int = 0
+    components: Components, n: int, seed: int = 0, first: int = 0, caption_tags: str = "hair"
 ) -> dict[str, Any]:
     """How much the base listens to its caption: per fresh scene, the denoising loss with its
     own tags, with another scene's tags and with no caption (same noise, timesteps
@@ -377,7 +386,9 @@ def caption_reliance(
     from ymn.model.module import DiffusionModule
 
     module = DiffusionModule(components, optimizer=torch.optim.AdamW).eval()
-    scenes = fresh_scenes(n, one_person=False, offset=200_000, skip=first)
+    scenes = fresh_scenes(
+        n, one_person=False, offset=200_000, skip=first, caption_tags=caption_tags
+    )
     own = [own_tags(meta) for _, meta in scenes]
     captions = {"own": own, "other": own[1:] + own[:1], "empty": [""] * n}
     token_ids = {name: tokenize(module.tokenizer, texts) for name, texts in captions.items()}
@@ -414,13 +425,19 @@ def caption_reliance(
 
 
 def sample_readings(
-    components: Components, n_samples: int, steps: int, cfg: float, first: int = 0
+    components: Components,
+    n_samples: int,
+    steps: int,
+    cfg: float,
+    first: int = 0,
+    caption_tags: str = "hair",
 ) -> tuple[dict[str, Any], list[tuple[str, list[Image.Image]]]]:
     """Measurement 2 (one-person readings, multi-person count error) and rows for the picture,
-    on the fresh prompts (and seeds) `first` to `first + n_samples`."""
+    on the fresh prompts (and seeds) `first` to `first + n_samples`, prompted with the tag set
+    `caption_tags` the base was trained on."""
     for module in (components.vae, components.text_encoder, components.unet):
         module.eval()
-    solo = fresh_scenes(n_samples, one_person=True, skip=first)
+    solo = fresh_scenes(n_samples, one_person=True, skip=first, caption_tags=caption_tags)
     solo_metas = [meta for _, meta in solo]
     seeds = list(range(first, first + n_samples))
     solo_samples = sample(components, [own_tags(m) for m in solo_metas], seeds, steps, cfg)
@@ -429,7 +446,9 @@ def sample_readings(
     result["prompted_characters"] = [meta["characters"][0] for meta in solo_metas]
     result["one_person_described_by_character"] = described_by_character(flags, solo_metas)
     result["one_face_look_parts"] = look_parts(flags)
-    group = fresh_scenes(n_samples, one_person=False, offset=100_000, skip=first)
+    group = fresh_scenes(
+        n_samples, one_person=False, offset=100_000, skip=first, caption_tags=caption_tags
+    )
     group_metas = [meta for _, meta in group]
     group_samples = sample(
         components, [", ".join(m["tags"]) for m in group_metas], seeds, steps, cfg
@@ -455,6 +474,8 @@ def run(
     out_dir: Path = BENCH_DIR,
 ) -> dict[str, Any]:
     """All three measurements; returns the JSON payload."""
+    from ymn.model.tiny_base import base_caption_tags
+
     setup_torch()
     started = time.perf_counter()
     components = load_components("tiny", pretrained=model)
@@ -462,12 +483,13 @@ def run(
     result: dict[str, Any] = {"fresh_seed": FRESH_SEED, "targets": TARGETS}
     ceiling = vae_round_trip_agreement(components.vae, n_vae, FRESH_SEED, SIZE)
     result.update(vae_count_kept=ceiling["count_kept"], vae_identity_kept=ceiling["identity_kept"])
-    readings, rows = sample_readings(components, n_samples, steps, cfg)
+    tags = base_caption_tags(Path(model) if model else TINY_BASE_DIR)
+    readings, rows = sample_readings(components, n_samples, steps, cfg, caption_tags=tags)
     for kept_for_pairing in ("per_sample", "prompted_characters"):
         readings.pop(kept_for_pairing)
-    reliance = caption_reliance(components, n_samples)
+    reliance = caption_reliance(components, n_samples, caption_tags=tags)
     reliance.pop("per_scene")
-    result.update(readings, caption_reliance=reliance)
+    result.update(readings, caption_tags=tags, caption_reliance=reliance)
     result["met"] = {k: (result[k]["value"] or 0.0) >= v for k, v in TARGETS.items()}
     picture(rows, out_dir / "embedded_world.png")
     result["picture"] = "embedded_world.png"

@@ -140,8 +140,11 @@ def run(
 ) -> dict[str, Any]:
     """Samples the fresh one-person prompts `first` to `first + n_samples` whose character is
     in `characters` (seed = the prompt's index, as `embedded_world` does) and tabulates them."""
+    from ymn.model.tiny_base import base_caption_tags
+
     components, step = stage2_components(model, work)
-    solo = fresh_scenes(n_samples, one_person=True, skip=first)
+    tags = base_caption_tags(work)
+    solo = fresh_scenes(n_samples, one_person=True, skip=first, caption_tags=tags)
     chosen = [i for i, (_, meta) in enumerate(solo) if meta["characters"][0] in characters]
     metas = [solo[i][1] for i in chosen]
     prompts, seeds = [own_tags(m) for m in metas], [first + i for i in chosen]
@@ -154,6 +157,7 @@ def run(
     return {
         "fresh_seed": FRESH_SEED,
         "stage2_step": step,
+        "caption_tags": tags,
         "prompts": {"first": first, "n": n_samples, "characters": characters},
         "sampler": {"scheduler": "DDIM", "steps": steps, "guidance_scale": cfg},
         "by_character": tabulate(readings),

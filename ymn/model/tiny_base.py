@@ -20,7 +20,9 @@ that it trains itself, deterministically (seeded, data generated in memory from 
 
 The base is *general*: its captions are the scenes' generic tags only (appearance, setting,
 booru counts such as `2girls`), shuffled, with no `Npeople` token, no face-grid tokens and no
-character names: those are what the fine-tune must learn, as the card's did.
+character names: those are what the fine-tune must learn, as the card's did. `--caption-tags
+look` adds each person's outfit colour (`white shirt`) and renames the unnamed people's brown
+(`dark brown hair`), so a caption describes every look the identity probe reads.
 
 Each stage saves a checkpoint to `--work` every `--save-every` steps; a rerun with the same
 flags continues from it bit for bit (every step's randomness is seeded by (seed, step)).
@@ -70,7 +72,12 @@ from ymn.model.stage_training import (
     step_generator,
 )
 from ymn.model.timesteps import TimestepBias
-from ymn.model.tiny_base_data import base_caption, character_weights, make_scenes
+from ymn.model.tiny_base_data import (
+    base_caption,
+    character_weights,
+    check_caption_tags,
+    make_scenes,
+)
 from ymn.model.vae_stages import (
     encode_all,
     latent_scaling_factor,
@@ -80,6 +87,7 @@ from ymn.model.vae_stages import (
 )
 
 STAGE2_SCHEDULER = "stage2_scheduler.json"  # the noise schedule stage 2 trains under
+BASE_CAPTIONS = "base_captions.json"  # the tag set stages 1c and 2 of a work folder caption with
 
 
 @dataclass
@@ -95,6 +103,9 @@ class TinyBaseConfig:
     # whom stages 1c and 2 see: "natural" (the VAE's scenes) or "balanced" (scenes of the same
     # kinds and people counts, every roster look cast equally often; the VAE keeps "natural")
     stage2_characters: str = "natural"
+    # the tags stages 1c and 2 caption with (ymn.model.tiny_base_data.CAPTION_TAGS): "hair"
+    # (hair colour and style, the shipped base's) or "look" (also outfit colours)
+    caption_tags: str = "hair"
     vae_steps: int = 6000
     vae_batch: int = 8
     vae_crop: int = 48  # train the (fully convolutional) VAE on crops: 7x cheaper per image
@@ -160,6 +171,33 @@ def load_stage2_weights(components: Components, work: Path, average: bool = Fals
         dtype = next(module.parameters()).dtype
         module.load_state_dict({k: v.to(dtype) for k, v in weights.items()})
     return int(json.loads((Path(work) / "stage2_unet.json").read_text())["step"])
+
+
+def record_caption_tags(work: Path, caption_tags: str) -> None:
+    """Note in `work` the tag set its stages 1c and 2 caption with; refuse to resume a work
+    folder whose text stages were trained on another."""
+    recorded = base_caption_tags(work)  # "hair" for folders from before the record existed
+    started = (BASE_CAPTIONS, "stage1c_text.json", "stage2_unet.json")
+    if any((Path(work) / name).is_file() for name in started) and recorded != caption_tags:
+        raise ValueError(
+            f"{work}: its text stages were trained with --caption-tags {recorded}, not "
+            f"{caption_tags}; use another --work folder"
+        )
+    Path(work).mkdir(parents=True, exist_ok=True)
+    (Path(work) / BASE_CAPTIONS).write_text(json.dumps({"caption_tags": caption_tags}) + "\n")
+
+
+def base_caption_tags(folder: Path) -> str:
+    """The tag set a base was trained to read: a work folder's record, a saved base's
+    train_info.json, or "hair" (bases from before the choice existed)."""
+    record, info = Path(folder) / BASE_CAPTIONS, Path(folder) / "train_info.json"
+    if record.is_file():
+        return check_caption_tags(json.loads(record.read_text())["caption_tags"])
+    if info.is_file():
+        return check_caption_tags(
+            json.loads(info.read_text()).get("config", {}).get("caption-tags", "hair")
+        )
+    return "hair"
 
 
 def train_unet(
@@ -251,6 +289,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     if cfg.autocast not in ("none", "bfloat16"):
         raise ValueError(f"--autocast {cfg.autocast!r}: expected 'none' or 'bfloat16'")
     character_weights(cfg.stage2_characters)  # a bad name fails before any training
+    check_caption_tags(cfg.caption_tags)
     if cfg.ema_decay:  # 0 is off
         check_average_decay(cfg.ema_decay, "--ema-decay")
     started = time.perf_counter()
@@ -264,7 +303,9 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     )
     for name in ("vae", "text_encoder", "unet"):
         getattr(components, name).to(cfg.device)
-    images, metas = make_scenes(cfg.data, cfg.images, cfg.seed, TINY_RESOLUTION)
+    images, metas = make_scenes(
+        cfg.data, cfg.images, cfg.seed, TINY_RESOLUTION, caption_tags=cfg.caption_tags
+    )
     vae_losses = train_vae(components.vae, images, metas, cfg)
     vae_losses.update(
         {f"decoder_{k}": v for k, v in train_decoder(components.vae, images, metas, cfg).items()}
@@ -275,9 +316,9 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     if cfg.stage == "vae":
         return {"stage": "vae", "vae_final_losses": vae_losses, "work": display_path(cfg.work)}
     if cfg.stage2_characters != "natural":
-        images, metas = make_scenes(
-            cfg.data, cfg.images, cfg.seed, TINY_RESOLUTION, cfg.stage2_characters
-        )
+        size, mix = TINY_RESOLUTION, cfg.stage2_characters
+        images, metas = make_scenes(cfg.data, cfg.images, cfg.seed, size, mix, cfg.caption_tags)
+    record_caption_tags(cfg.work, cfg.caption_tags)
     latents = encode_all(components.vae, images)
     scaling = latent_scaling_factor(latents[0])
     components.vae.register_to_config(scaling_factor=scaling)

@@ -18,18 +18,70 @@ from ymn.data.synthetic import (
     render_scene,
     sample_scene_spec,
 )
+from ymn.data.synthetic_draw import OUTFITS
 
 # how often each roster character is cast in base scenes: "natural" as `ymn-synth` (the leads
 # more often), "balanced" every look equally often
 CHARACTER_MIXES = {"natural": CHARACTER_WEIGHTS, "balanced": np.ones_like(CHARACTER_WEIGHTS)}
 
+# which tags a base's captions carry: "hair" as `ymn-synth` writes them (hair colour and style:
+# a look's outfit is never named, and `brown hair` is both Natsume's and an unnamed people's
+# darker brown), or "look" (also each person's outfit colour, and the unnamed brown told apart)
+CAPTION_TAGS = ("hair", "look")
+OUTFIT_TAGS = dict(
+    zip(
+        OUTFITS,
+        (
+            "green shirt",
+            "orange shirt",
+            "yellow shirt",
+            "red shirt",
+            "purple shirt",
+            "blue shirt",
+            "navy shirt",
+            "white shirt",
+            "teal shirt",
+            "grey shirt",
+        ),
+        strict=True,
+    )
+)
+UNNAMED_HAIR_RETAGS = {"brown hair": "dark brown hair"}  # an unnamed colour sharing a roster tag
+
 
 def synthetic_scene(
-    seed: int, index: int, size: int, character_mix: str = "natural"
+    seed: int, index: int, size: int, character_mix: str = "natural", caption_tags: str = "hair"
 ) -> tuple[Image.Image, dict]:
     """One multi-character scene of `ymn.data.synthetic`, drawn as `ymn-synth` draws it (with
-    "balanced", a scene of the same kind and people count, every roster look equally likely)."""
-    return render_scene(scene_spec(seed, index, size, character_mix), size)
+    "balanced", a scene of the same kind and people count, every roster look equally likely),
+    its tags as `caption_tags` names (see CAPTION_TAGS)."""
+    spec = scene_spec(seed, index, size, character_mix)
+    image, meta = render_scene(spec, size)
+    if check_caption_tags(caption_tags) == "look":
+        meta["tags"] = look_tags(spec, meta["tags"])
+    return image, meta
+
+
+def check_caption_tags(caption_tags: str) -> str:
+    """`caption_tags` if it names a tag set of CAPTION_TAGS, else a clear error."""
+    if caption_tags not in CAPTION_TAGS:
+        raise ValueError(f"caption tags {caption_tags!r}: expected one of {list(CAPTION_TAGS)}")
+    return caption_tags
+
+
+def look_tags(spec: SceneSpec, tags: list[str]) -> list[str]:
+    """A scene's `ymn-synth` tags made to describe each person's whole look: every outfit
+    colour named, and an unnamed person's hair colour that shares a roster look's tag renamed."""
+    roster_hair = {p.look.hair_tag for p in spec.people if p.look.name != "unknown"}
+    unnamed_hair = {p.look.hair_tag for p in spec.people if p.look.name == "unknown"}
+    described = [tag for tag in tags if tag not in UNNAMED_HAIR_RETAGS or tag in roster_hair]
+    for tag in unnamed_hair & UNNAMED_HAIR_RETAGS.keys():
+        described.append(UNNAMED_HAIR_RETAGS[tag])
+    for person in spec.people:
+        outfit = OUTFIT_TAGS[person.look.outfit]
+        if outfit not in described:
+            described.append(outfit)
+    return described
 
 
 def scene_spec(seed: int, index: int, size: int, character_mix: str = "natural") -> SceneSpec:
@@ -71,13 +123,21 @@ def procedural_scene(seed: int, index: int, size: int) -> tuple[Image.Image, dic
 
 
 def make_scenes(
-    data: str, n: int, seed: int, size: int, character_mix: str = "natural"
+    data: str,
+    n: int,
+    seed: int,
+    size: int,
+    character_mix: str = "natural",
+    caption_tags: str = "hair",
 ) -> tuple[torch.Tensor, list[dict]]:
-    """n scenes as a uint8 tensor (n, 3, size, size) and their metadata (`character_mix`:
-    see `synthetic_scene`; procedural scenes have no characters)."""
+    """n scenes as a uint8 tensor (n, 3, size, size) and their metadata (`character_mix`,
+    `caption_tags`: see `synthetic_scene`; procedural scenes have no characters)."""
     character_weights(character_mix)
+    check_caption_tags(caption_tags)
     draw = {
-        "synthetic": partial(synthetic_scene, character_mix=character_mix),
+        "synthetic": partial(
+            synthetic_scene, character_mix=character_mix, caption_tags=caption_tags
+        ),
         "procedural": procedural_scene,
     }.get(data)
     if draw is None:
