@@ -35,6 +35,24 @@ def test_benchmark_reports_every_target_with_n_and_ci(tiny_model, tmp_path):
     assert result["caption_reliance"]["share_removed"]["n"] == 2
 
 
+def test_look_parts_split_the_one_face_samples_by_which_half_of_the_look_they_show():
+    """The benchmark's random model draws no single face, so its parts are all zero there;
+    here chosen flags: samples 0–4 one face (hair+outfit, hair, outfit, neither, hair+outfit),
+    sample 5 two faces whose flags must not count."""
+    flags = {
+        "one_face": np.array([1, 1, 1, 1, 1, 0], bool),
+        "one_face_hair": np.array([1, 1, 0, 0, 1, 1], bool),
+        "one_face_outfit": np.array([1, 0, 1, 0, 1, 1], bool),
+    }
+    assert look_parts(flags) == {
+        "one_face": 5,
+        "hair_and_outfit": 2,
+        "hair_only": 1,
+        "outfit_only": 1,
+        "neither": 1,
+    }
+
+
 def test_one_person_flags_split_the_look_into_the_named_hair_and_the_implied_outfit():
     scenes = fresh_scenes(4, one_person=True)
     truth = one_person_flags([image for image, _ in scenes], [meta for _, meta in scenes])
