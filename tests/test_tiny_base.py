@@ -441,6 +441,7 @@ def test_caption_tags_flag_reaches_stage_2_and_a_resume_on_other_tags_is_refused
     tmp_path, monkeypatch
 ):
     import ymn.model.tiny_base as tiny_base
+    from ymn.model.tiny_base_data import base_caption_tags
 
     captions: list[str] = []
     original = tiny_base.tokenize
@@ -455,8 +456,8 @@ def test_caption_tags_flag_reaches_stage_2_and_a_resume_on_other_tags_is_refused
     out, work = tmp_path / "out", tmp_path / "work"
     assert main([*flags, "--caption-tags", "look", "--out", str(out), "--work", str(work)]) == 0
     assert len(captions) == 16 and all(" shirt" in caption for caption in captions)
-    assert tiny_base.base_caption_tags(work) == tiny_base.base_caption_tags(out) == "look"
-    assert tiny_base.base_caption_tags(TINY_BASE_DIR) == "hair"  # the shipped base's
+    assert base_caption_tags(work) == base_caption_tags(out) == "look"
+    assert base_caption_tags(TINY_BASE_DIR) == "hair"  # the shipped base's
     with pytest.raises(ValueError, match="--caption-tags look"):
         main([*flags, "--caption-tags", "hair", "--out", str(out), "--work", str(work)])
     with pytest.raises(ValueError, match="caption tags"):

@@ -43,7 +43,7 @@ from ymn.model.components import (
     components_pipeline,
     load_components,
 )
-from ymn.model.tiny_base_data import synthetic_scene
+from ymn.model.tiny_base_data import base_caption_tags, synthetic_scene
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.identity import character_of, look_shares, zone_characters
 from ymn.probes.rates import rate
@@ -322,8 +322,6 @@ def stage2_reading(
     character) each flag of `one_person_flags` as 0/1 and the scene's caption share, so that
     readings of other runs on the same prompts can be paired later (`--pair`). `work` may also
     be a finished base (a diffusers folder, e.g. the shipped one), read whole."""
-    from ymn.model.tiny_base import base_caption_tags
-
     components, step = stage2_components(model, work, average)
     tags = base_caption_tags(work)
     readings, _ = sample_readings(components, n_samples, steps, cfg, first, tags)
@@ -474,8 +472,6 @@ def run(
     out_dir: Path = BENCH_DIR,
 ) -> dict[str, Any]:
     """All three measurements; returns the JSON payload."""
-    from ymn.model.tiny_base import base_caption_tags
-
     setup_torch()
     started = time.perf_counter()
     components = load_components("tiny", pretrained=model)

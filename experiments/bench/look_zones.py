@@ -35,7 +35,7 @@ from experiments.bench.embedded_world import (
 from ymn.data.synthetic import CHARACTERS
 from ymn.model.components import TINY_RESOLUTION
 from ymn.model.tiny_base import TinyBaseConfig
-from ymn.model.tiny_base_data import scene_spec
+from ymn.model.tiny_base_data import base_caption_tags, scene_spec
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.identity import (
     LookShares,
@@ -140,8 +140,6 @@ def run(
 ) -> dict[str, Any]:
     """Samples the fresh one-person prompts `first` to `first + n_samples` whose character is
     in `characters` (seed = the prompt's index, as `embedded_world` does) and tabulates them."""
-    from ymn.model.tiny_base import base_caption_tags
-
     components, step = stage2_components(model, work)
     tags = base_caption_tags(work)
     solo = fresh_scenes(n_samples, one_person=True, skip=first, caption_tags=tags)

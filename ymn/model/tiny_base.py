@@ -77,6 +77,7 @@ from ymn.model.tiny_base_data import (
     character_weights,
     check_caption_tags,
     make_scenes,
+    record_caption_tags,
 )
 from ymn.model.vae_stages import (
     encode_all,
@@ -87,7 +88,6 @@ from ymn.model.vae_stages import (
 )
 
 STAGE2_SCHEDULER = "stage2_scheduler.json"  # the noise schedule stage 2 trains under
-BASE_CAPTIONS = "base_captions.json"  # the tag set stages 1c and 2 of a work folder caption with
 
 
 @dataclass
@@ -171,33 +171,6 @@ def load_stage2_weights(components: Components, work: Path, average: bool = Fals
         dtype = next(module.parameters()).dtype
         module.load_state_dict({k: v.to(dtype) for k, v in weights.items()})
     return int(json.loads((Path(work) / "stage2_unet.json").read_text())["step"])
-
-
-def record_caption_tags(work: Path, caption_tags: str) -> None:
-    """Note in `work` the tag set its stages 1c and 2 caption with; refuse to resume a work
-    folder whose text stages were trained on another."""
-    recorded = base_caption_tags(work)  # "hair" for folders from before the record existed
-    started = (BASE_CAPTIONS, "stage1c_text.json", "stage2_unet.json")
-    if any((Path(work) / name).is_file() for name in started) and recorded != caption_tags:
-        raise ValueError(
-            f"{work}: its text stages were trained with --caption-tags {recorded}, not "
-            f"{caption_tags}; use another --work folder"
-        )
-    Path(work).mkdir(parents=True, exist_ok=True)
-    (Path(work) / BASE_CAPTIONS).write_text(json.dumps({"caption_tags": caption_tags}) + "\n")
-
-
-def base_caption_tags(folder: Path) -> str:
-    """The tag set a base was trained to read: a work folder's record, a saved base's
-    train_info.json, or "hair" (bases from before the choice existed)."""
-    record, info = Path(folder) / BASE_CAPTIONS, Path(folder) / "train_info.json"
-    if record.is_file():
-        return check_caption_tags(json.loads(record.read_text())["caption_tags"])
-    if info.is_file():
-        return check_caption_tags(
-            json.loads(info.read_text()).get("config", {}).get("caption-tags", "hair")
-        )
-    return "hair"
 
 
 def train_unet(

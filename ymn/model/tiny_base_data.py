@@ -3,8 +3,10 @@ and the generic captions a general base sees."""
 
 from __future__ import annotations
 
+import json
 import random
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,6 +49,7 @@ OUTFIT_TAGS = dict(
     )
 )
 UNNAMED_HAIR_RETAGS = {"brown hair": "dark brown hair"}  # an unnamed colour sharing a roster tag
+BASE_CAPTIONS = "base_captions.json"  # the tag set stages 1c and 2 of a work folder caption with
 
 
 def synthetic_scene(
@@ -67,6 +70,33 @@ def check_caption_tags(caption_tags: str) -> str:
     if caption_tags not in CAPTION_TAGS:
         raise ValueError(f"caption tags {caption_tags!r}: expected one of {list(CAPTION_TAGS)}")
     return caption_tags
+
+
+def record_caption_tags(work: Path, caption_tags: str) -> None:
+    """Note in `work` the tag set its stages 1c and 2 caption with; refuse to resume a work
+    folder whose text stages were trained on another."""
+    recorded = base_caption_tags(work)  # "hair" for folders from before the record existed
+    started = (BASE_CAPTIONS, "stage1c_text.json", "stage2_unet.json")
+    if any((Path(work) / name).is_file() for name in started) and recorded != caption_tags:
+        raise ValueError(
+            f"{work}: its text stages were trained with --caption-tags {recorded}, not "
+            f"{caption_tags}; use another --work folder"
+        )
+    Path(work).mkdir(parents=True, exist_ok=True)
+    (Path(work) / BASE_CAPTIONS).write_text(json.dumps({"caption_tags": caption_tags}) + "\n")
+
+
+def base_caption_tags(folder: Path) -> str:
+    """The tag set a base was trained to read: a work folder's record, a saved base's
+    train_info.json, or "hair" (bases from before the choice existed)."""
+    record, info = Path(folder) / BASE_CAPTIONS, Path(folder) / "train_info.json"
+    if record.is_file():
+        return check_caption_tags(json.loads(record.read_text())["caption_tags"])
+    if info.is_file():
+        return check_caption_tags(
+            json.loads(info.read_text()).get("config", {}).get("caption-tags", "hair")
+        )
+    return "hair"
 
 
 def look_tags(spec: SceneSpec, tags: list[str]) -> list[str]:
