@@ -441,6 +441,7 @@ def test_caption_tags_flag_reaches_stage_2_and_a_resume_on_other_tags_is_refused
     tmp_path, monkeypatch
 ):
     import ymn.model.tiny_base as tiny_base
+    from ymn.model.contrastive import TEXT_STAGE
     from ymn.model.tiny_base_data import base_caption_tags, record_caption_tags
 
     captions: list[str] = []
@@ -465,6 +466,6 @@ def test_caption_tags_flag_reaches_stage_2_and_a_resume_on_other_tags_is_refused
     assert not (tmp_path / "w2").exists()
     older = tmp_path / "older"  # a folder from before the record: its text stage read hair tags
     older.mkdir()
-    (older / "stage1c_text.json").write_text("{}")
+    (older / f"{TEXT_STAGE}.json").write_text("{}")
     with pytest.raises(ValueError, match="--caption-tags hair, not look"):
-        record_caption_tags(older, "look")
+        record_caption_tags(older, "look", text_stages=(TEXT_STAGE, tiny_base.UNET_STAGE))

@@ -354,9 +354,14 @@ def stage2_components(
     else:
         components = load_components("tiny", pretrained=model)
         step = load_stage2_weights(components, work, average)
+    eval_mode(components)
+    return components, step
+
+
+def eval_mode(components: Components) -> None:
+    """Put the VAE, text encoder and UNet in eval mode (readings sample)."""
     for module in (components.vae, components.text_encoder, components.unet):
         module.eval()
-    return components, step
 
 
 def finished_base_steps(folder: Path) -> int | None:
@@ -433,8 +438,7 @@ def sample_readings(
     """Measurement 2 (one-person readings, multi-person count error) and rows for the picture,
     on the fresh prompts (and seeds) `first` to `first + n_samples`, prompted with the tag set
     `caption_tags` the base was trained on."""
-    for module in (components.vae, components.text_encoder, components.unet):
-        module.eval()
+    eval_mode(components)
     solo = fresh_scenes(n_samples, one_person=True, skip=first, caption_tags=caption_tags)
     solo_metas = [meta for _, meta in solo]
     seeds = list(range(first, first + n_samples))

@@ -37,6 +37,8 @@ EMBED_DIM = 64
 INITIAL_TEMPERATURE = 0.07  # CLIP's
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp
 
+TEXT_STAGE = "stage1c_text"  # stage 1c's checkpoint name in a work folder
+
 
 class LatentImageTower(nn.Module):
     """Latents (B, C, H, W) → one embedding each: strided convs, then a global mean."""
@@ -152,7 +154,7 @@ def train_text_encoder(
 
     text_encoder.train()
     checkpoint = StageCheckpoint(
-        stage.work, "stage1c_text", {"text_encoder": text_encoder, "heads": heads}
+        stage.work, TEXT_STAGE, {"text_encoder": text_encoder, "heads": heads}
     )
     params = [*text_encoder.parameters(), *heads.parameters()]
     history = run_stage(

@@ -55,7 +55,7 @@ from ymn.model.components import (
     tiny_unet,
     tiny_vae,
 )
-from ymn.model.contrastive import TextStage, train_text_encoder
+from ymn.model.contrastive import TEXT_STAGE, TextStage, train_text_encoder
 from ymn.model.export import save_diffusers
 from ymn.model.module import DiffusionModule
 from ymn.model.noise import pyramid_noise
@@ -88,6 +88,7 @@ from ymn.model.vae_stages import (
 )
 
 STAGE2_SCHEDULER = "stage2_scheduler.json"  # the noise schedule stage 2 trains under
+UNET_STAGE = "stage2_unet"  # stage 2's checkpoint name in a work folder
 
 
 @dataclass
@@ -157,7 +158,7 @@ def load_stage2_weights(components: Components, work: Path, average: bool = Fals
     if scheduler.is_file():
         config = json.loads(scheduler.read_text())
         components.scheduler = type(components.scheduler).from_config(config)
-    tensors = load_file(Path(work) / "stage2_unet.safetensors")
+    tensors = load_file(Path(work) / f"{UNET_STAGE}.safetensors")
     channels = int(module_weights(tensors, "unet")["conv_in.weight"].shape[0])
     if channels != components.unet.config.block_out_channels[0]:
         components.unet = tiny_unet(channels)  # a run made with --unet-channels
@@ -170,7 +171,7 @@ def load_stage2_weights(components: Components, work: Path, average: bool = Fals
         module = getattr(components, name)
         dtype = next(module.parameters()).dtype
         module.load_state_dict({k: v.to(dtype) for k, v in weights.items()})
-    return int(json.loads((Path(work) / "stage2_unet.json").read_text())["step"])
+    return int(json.loads((Path(work) / f"{UNET_STAGE}.json").read_text())["step"])
 
 
 def train_unet(
@@ -208,7 +209,7 @@ def train_unet(
     (Path(cfg.work) / STAGE2_SCHEDULER).write_text(json.dumps(scheduler_config, indent=2) + "\n")
     modules = {"unet": module.unet, "text_encoder": module.text_encoder}
     average = ParameterAverage(named_trainable(modules), cfg.ema_decay) if cfg.ema_decay else None
-    checkpoint = StageCheckpoint(cfg.work, "stage2_unet", modules, average)
+    checkpoint = StageCheckpoint(cfg.work, UNET_STAGE, modules, average)
     history = run_stage(
         "stage 2: text encoder + UNet",
         checkpoint,
@@ -291,7 +292,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     if cfg.stage2_characters != "natural":
         size, mix = TINY_RESOLUTION, cfg.stage2_characters
         images, metas = make_scenes(cfg.data, cfg.images, cfg.seed, size, mix, cfg.caption_tags)
-    record_caption_tags(cfg.work, cfg.caption_tags)
+    record_caption_tags(cfg.work, cfg.caption_tags, text_stages=(TEXT_STAGE, UNET_STAGE))
     latents = encode_all(components.vae, images)
     scaling = latent_scaling_factor(latents[0])
     components.vae.register_to_config(scaling_factor=scaling)

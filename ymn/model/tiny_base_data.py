@@ -72,11 +72,11 @@ def check_caption_tags(caption_tags: str) -> str:
     return caption_tags
 
 
-def record_caption_tags(work: Path, caption_tags: str) -> None:
+def record_caption_tags(work: Path, caption_tags: str, text_stages: tuple[str, ...] = ()) -> None:
     """Note in `work` the tag set its stages 1c and 2 caption with; refuse to resume a work
-    folder whose text stages were trained on another."""
+    folder whose text stages (checkpoint names `text_stages`) were trained on another."""
     recorded = base_caption_tags(work)  # "hair" for folders from before the record existed
-    started = (BASE_CAPTIONS, "stage1c_text.json", "stage2_unet.json")
+    started = (BASE_CAPTIONS, *(f"{stage}.json" for stage in text_stages))
     if any((Path(work) / name).is_file() for name in started) and recorded != caption_tags:
         raise ValueError(
             f"{work}: its text stages were trained with --caption-tags {recorded}, not "
