@@ -73,7 +73,7 @@ def test_text_stage_reading_is_at_chance_when_captions_carry_nothing(tmp_path, m
 
     work, _ = _base(tmp_path, "short", text_steps=2)
     reading = text_stage.run(work, n=8)
-    assert reading["stage1c_step"] == 2
+    assert reading["stage1c_step"] == 2 and reading["caption_tags"] == "hair"
     assert reading["retrieval"]["n"] == 64 and reading["hair_tag_preferred"]["n"] == 8
     load = text_stage.load_text_stage
 
@@ -86,3 +86,22 @@ def test_text_stage_reading_is_at_chance_when_captions_carry_nothing(tmp_path, m
     blind_reading = text_stage.run(work, n=8)
     assert blind_reading["hair_tag_preferred"]["k"] == 0  # never strictly nearer
     assert blind_reading["retrieval"]["k"] == 1  # argmax of a tie: the first of the 64
+
+
+def test_text_stage_reads_captions_in_the_tag_set_its_work_folder_records(tmp_path, monkeypatch):
+    from experiments.bench import text_stage
+    from ymn.model.tiny_base_data import BASE_CAPTIONS
+
+    work, _ = _base(tmp_path, "described", text_steps=1)
+    (work / BASE_CAPTIONS).write_text(json.dumps({"caption_tags": "look"}))
+    captions: list[str] = []
+    embed = text_stage.embed_captions
+
+    def recording(text_encoder, heads, tokenizer, texts):
+        captions.extend(texts)
+        return embed(text_encoder, heads, tokenizer, texts)
+
+    monkeypatch.setattr(text_stage, "embed_captions", recording)
+    reading = text_stage.run(work, n=4)
+    assert reading["caption_tags"] == "look"
+    assert captions and all(" shirt" in caption for caption in captions)

@@ -281,3 +281,39 @@ def test_a_base_trained_on_look_tags_is_prompted_with_them_on_the_same_scenes(
     assert result["caption_tags"] == result["against"]["caption_tags"] == "look"
     assert len(prompted) == 8 and all(" shirt" in prompt for prompt in prompted)
     assert prompted[:2] == [", ".join(meta["tags"]) for _, meta in described[:2]]
+
+
+def _recording_scene_tags(monkeypatch, module) -> list[str]:
+    """Patch `module.fresh_scenes` to note the tag set of every call; returns the notes."""
+    asked: list[str] = []
+    original = module.fresh_scenes
+
+    def recording(*args, caption_tags: str = "hair", **kwargs):
+        asked.append(caption_tags)
+        return original(*args, caption_tags=caption_tags, **kwargs)
+
+    monkeypatch.setattr(module, "fresh_scenes", recording)
+    return asked
+
+
+def test_colour_leak_and_base_sampler_prompt_a_base_with_its_recorded_tag_set(
+    tiny_model, tmp_path, monkeypatch
+):
+    import shutil
+
+    import experiments.bench.base_sampler as base_sampler
+    import experiments.bench.colour_leak as colour_leak
+    from ymn.model.tiny_base_data import record_caption_tags
+
+    look_base = tmp_path / "look-base"
+    shutil.copytree(tiny_model, look_base)
+    record_caption_tags(look_base, "look")
+    for module, flags in (
+        (colour_leak, ["--n", "1"]),
+        (base_sampler, ["--n-samples", "1", "--out", str(tmp_path / "s.json")]),
+    ):
+        asked = _recording_scene_tags(monkeypatch, module)
+        assert module.main(["--model", str(tiny_model), *flags]) == 0
+        assert module.main(["--model", str(look_base), *flags]) == 0
+        assert asked == ["hair", "look"], module.__name__
+    assert json.loads((tmp_path / "s.json").read_text())["caption_tags"] == "look"

@@ -25,7 +25,8 @@ from experiments.bench.embedded_world import (
     sample,
 )
 from experiments.probes.vae_ceiling import paired_difference
-from ymn.model.components import load_components
+from ymn.model.components import load_components, tiny_base_path
+from ymn.model.tiny_base_data import base_caption_tags
 
 REFERENCE = (SAMPLER_STEPS, GUIDANCE)  # the setting of embedded_world's readings
 SETTINGS = (REFERENCE, (25, 3.0), (25, 7.5), (50, 5.0))
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     components = load_components("tiny", pretrained=args.model)
     for module in (components.vae, components.text_encoder, components.unet):
         module.eval()
-    metas = [meta for _, meta in fresh_scenes(args.n_samples, one_person=True)]
+    tags = base_caption_tags(tiny_base_path(args.model))
+    metas = [meta for _, meta in fresh_scenes(args.n_samples, one_person=True, caption_tags=tags)]
     prompts, seeds = [own_tags(m) for m in metas], list(range(args.n_samples))
     flags = {
         setting: one_person_flags(sample(components, prompts, seeds, *setting), metas)
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python -m experiments.bench.base_sampler",
         "n": args.n_samples,
+        "caption_tags": tags,
         "reference": {"steps": REFERENCE[0], "guidance_scale": REFERENCE[1]},
         "settings": [],
     }

@@ -26,7 +26,8 @@ from experiments.bench.common import setup_torch
 from experiments.bench.embedded_world import FRESH_SEED, fresh_scenes, own_tags, scene_latents
 from experiments.probes.vae_ceiling import decoded_images
 from ymn.data.tokenizer import tokenize
-from ymn.model.components import Components, load_components
+from ymn.model.components import Components, load_components, tiny_base_path
+from ymn.model.tiny_base_data import base_caption_tags
 from ymn.probes.identity import identify_character
 from ymn.probes.rates import rate
 
@@ -64,12 +65,15 @@ def look_hits(images: list[Image.Image], metas: list[dict]) -> np.ndarray:
 
 
 @torch.no_grad()
-def colour_leak(components: Components, n: int, seed: int = 0) -> dict[str, Any]:
+def colour_leak(
+    components: Components, n: int, seed: int = 0, caption_tags: str = "hair"
+) -> dict[str, Any]:
     """The look read back from noised scenes without a caption (per timestep), and from pure
-    noise with the scene's own tags; each a Wilson-CI rate over n scenes."""
+    noise with the scene's own tags (in the base's tag set `caption_tags`); each a Wilson-CI
+    rate over n scenes."""
     for module in (components.vae, components.text_encoder, components.unet):
         module.eval()
-    scenes = fresh_scenes(n, one_person=True)
+    scenes = fresh_scenes(n, one_person=True, caption_tags=caption_tags)
     metas = [meta for _, meta in scenes]
     z = scene_latents(components, scenes)
     generator = torch.Generator().manual_seed(seed)
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         from ymn.model.tiny_base import load_stage2_weights
 
         result["stage2_step"] = load_stage2_weights(components, args.stage2)
-    result.update(colour_leak(components, args.n))
+    tags = base_caption_tags(args.stage2 or tiny_base_path(args.model))
+    result.update(colour_leak(components, args.n, caption_tags=tags), caption_tags=tags)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -38,10 +38,10 @@ from experiments.bench.common import BENCH_DIR, setup_torch, write_result
 from experiments.probes.vae_ceiling import FRESH_SEED, vae_round_trip_agreement
 from ymn.data.synthetic import CHARACTERS
 from ymn.model.components import (
-    TINY_BASE_DIR,
     Components,
     components_pipeline,
     load_components,
+    tiny_base_path,
 )
 from ymn.model.tiny_base_data import base_caption_tags, synthetic_scene
 from ymn.probes.detectors import SyntheticFaceDetector
@@ -483,7 +483,7 @@ def run(
     result: dict[str, Any] = {"fresh_seed": FRESH_SEED, "targets": TARGETS}
     ceiling = vae_round_trip_agreement(components.vae, n_vae, FRESH_SEED, SIZE)
     result.update(vae_count_kept=ceiling["count_kept"], vae_identity_kept=ceiling["identity_kept"])
-    tags = base_caption_tags(Path(model) if model else TINY_BASE_DIR)
+    tags = base_caption_tags(tiny_base_path(model))
     readings, rows = sample_readings(components, n_samples, steps, cfg, caption_tags=tags)
     for kept_for_pairing in ("per_sample", "prompted_characters"):
         readings.pop(kept_for_pairing)

@@ -30,7 +30,13 @@ from experiments.bench.embedded_world import fresh_scenes, own_tags
 from experiments.probes.vae_ceiling import FRESH_SEED
 from ymn.data.synthetic import CHARACTERS
 from ymn.data.tokenizer import load_clip_tokenizer, tokenize
-from ymn.model.contrastive import ContrastiveHeads, caption_embedding, load_text_stage
+from ymn.model.contrastive import (
+    TEXT_STAGE,
+    ContrastiveHeads,
+    caption_embedding,
+    load_text_stage,
+)
+from ymn.model.tiny_base_data import base_caption_tags
 from ymn.model.vae_stages import latent_scaling_factor, load_stage1_vae
 from ymn.probes.rates import rate
 
@@ -47,7 +53,7 @@ def other_hair(caption: str, own: str) -> str:
 @torch.no_grad()
 def embed_scenes(vae: AutoencoderKL, heads: ContrastiveHeads, scenes: list) -> torch.Tensor:
     """Unit image embeddings of scenes: stage 1's VAE (posterior mean), then the image tower."""
-    pixels = torch.stack([torch.from_numpy(np.asarray(image)) for image, _ in scenes])
+    pixels = torch.stack([torch.from_numpy(np.array(image)) for image, _ in scenes])
     x = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1
     z = torch.cat([vae.encode(x[i : i + BATCH]).latent_dist.mean for i in range(0, len(x), BATCH)])
     return F.normalize(heads.image_tower(z * latent_scaling_factor(z)), dim=-1)
@@ -71,7 +77,10 @@ def run(work: Path, n: int) -> dict[str, Any]:
     text_encoder, heads = load_text_stage(work)
     tokenizer = load_clip_tokenizer()
     texts_of = partial(embed_captions, text_encoder, heads, tokenizer)
-    mixed = fresh_scenes(n - n % BATCH or BATCH, one_person=False, offset=300_000)
+    tags = base_caption_tags(work)
+    mixed = fresh_scenes(
+        n - n % BATCH or BATCH, one_person=False, offset=300_000, caption_tags=tags
+    )
     images = embed_scenes(vae, heads, mixed)
     texts = texts_of([own_tags(meta) for _, meta in mixed])
     hits = 0
@@ -79,17 +88,18 @@ def run(work: Path, n: int) -> dict[str, Any]:
         block = slice(start, start + BATCH)
         similarity = texts[block] @ images[block].T
         hits += int((similarity.argmax(dim=1) == torch.arange(similarity.shape[0])).sum())
-    solo = fresh_scenes(n, one_person=True)
+    solo = fresh_scenes(n, one_person=True, caption_tags=tags)
     solo_images = embed_scenes(vae, heads, solo)
     captions = [own_tags(meta) for _, meta in solo]
     hair = [CHARACTERS[meta["characters"][0]].hair_tag for _, meta in solo]
     own = (texts_of(captions) * solo_images).sum(dim=1)
     swapped = [other_hair(c, h) for c, h in zip(captions, hair, strict=True)]
     other = (texts_of(swapped) * solo_images).sum(dim=1)
-    step = json.loads((Path(work) / "stage1c_text.json").read_text())["step"]
+    step = json.loads((Path(work) / f"{TEXT_STAGE}.json").read_text())["step"]
     return {
         "fresh_seed": FRESH_SEED,
         "stage1c_step": int(step),
+        "caption_tags": tags,
         "retrieval": {**rate(hits, len(mixed)), "batch": BATCH, "chance": 1 / BATCH},
         "hair_tag_preferred": {**rate(int((own > other).sum()), n), "chance": 0.5},
     }

@@ -218,6 +218,11 @@ def resolve_model_path(path: str | Path, allow_pickle: bool = False) -> Path:
     return resolved
 
 
+def tiny_base_path(pretrained: str | None) -> Path:
+    """What `load_components("tiny", pretrained)` reads: `pretrained`, or the shipped base."""
+    return TINY_BASE_DIR if pretrained is None else Path(pretrained)
+
+
 def load_components(
     name: str = "tiny",
     pretrained: str | None = None,
@@ -235,7 +240,7 @@ def load_components(
             raise FileNotFoundError(
                 f"The embedded tiny base is missing at {TINY_BASE_DIR}; run `make tiny-base`."
             )
-        components = load_diffusers_folder(TINY_BASE_DIR)
+        components = load_diffusers_folder(tiny_base_path(None))
     elif pretrained is None:
         raise ValueError(
             f"model={name} needs model.components.pretrained=PATH (a local SD 1.x checkpoint)."

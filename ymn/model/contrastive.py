@@ -113,7 +113,7 @@ class TextStage:
 def load_text_stage(work: Path) -> tuple[CLIPTextModel, ContrastiveHeads]:
     """The text encoder and heads of a (possibly unfinished) stage-1c checkpoint in `work`,
     in eval mode."""
-    tensors = load_file(Path(work) / "stage1c_text.safetensors")
+    tensors = load_file(Path(work) / f"{TEXT_STAGE}.safetensors")
     text_encoder = tiny_text_encoder()
     heads = ContrastiveHeads(text_encoder.config.hidden_size)
     for name, module in (("text_encoder", text_encoder), ("heads", heads)):
