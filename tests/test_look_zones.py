@@ -86,3 +86,29 @@ def test_hair_tag_owners_count_the_base_scenes_people_and_the_shared_brown():
         assert owners["people"][name] == sum(meta["characters"].count(name) for meta in drawn)
         solo = sum(meta["characters"] == [name] for meta in drawn)
         assert owners["solo"][name] == solo
+
+
+def test_the_solo_person_tags_count_who_each_roster_caption_could_mean(capsys):
+    from experiments.bench.look_zones import hair_tag_owners, person_tags
+    from ymn.model.tiny_base_data import synthetic_scene
+
+    n = 300
+    described = hair_tag_owners(n_images=n)["solo_person_tags"]
+    assert set(described) == set(CHARACTERS)
+    counted = {name: entry["tags"] for name, entry in described.items()}
+    assert counted["Natsume"] == "brown hair, twintails, 1girl"
+    drawn = [synthetic_scene(0, index, 128)[1] for index in range(n)]
+    for name, look in CHARACTERS.items():
+        solo_captions = [m["tags"] for m in drawn if m["characters"] == [name]]
+        assert all(set(person_tags(look).split(", ")) <= set(t) for t in solo_captions)
+        assert described[name]["owners"].get(name, 0) == len(solo_captions)
+    roster_people = [set(person_tags(look).split(", ")) for look in CHARACTERS.values()]
+    unnamed = sum(entry["owners"].get(UNNAMED, 0) for entry in described.values())
+    assert unnamed > 0  # the brown-haired girls with twintails
+    assert unnamed == sum(
+        m["characters"] == ["unknown"] and any(tags <= set(m["tags"]) for tags in roster_people)
+        for m in drawn
+    )
+    assert main(["--owners"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["scenes"] == 4096 and set(printed["solo_person_tags"]) == set(CHARACTERS)

@@ -12,6 +12,7 @@ Per prompted character it tabulates both zones and both readings.
 
     python -m experiments.bench.look_zones --stage2 WORK [--first-prompt 100 --n-samples 200]
     python -m experiments.bench.look_zones --stage2 ymn/assets/tiny-base --characters Natsume
+    python -m experiments.bench.look_zones --owners   # only who wears each roster tag
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from experiments.bench.embedded_world import (
     stage2_components,
 )
 from ymn.data.synthetic import CHARACTERS
+from ymn.data.synthetic_draw import Look
 from ymn.model.components import TINY_RESOLUTION
 from ymn.model.tiny_base import TinyBaseConfig
 from ymn.model.tiny_base_data import base_caption_tags, scene_spec
@@ -106,11 +108,14 @@ def hair_tag_owners(
 ) -> dict[str, Any]:
     """Who wears each roster hair tag in the base's scenes (by default `ymn.model.tiny_base`'s:
     4,096 scenes of seed 0, natural casting): people per roster character or `unnamed`, in all
-    scenes and in one-person scenes. A tag that unnamed people wear too means two colours."""
+    scenes and in one-person scenes. A tag that unnamed people wear too means two colours.
+    `solo_person_tags`: per roster look, who the one-person scenes whose person carries its
+    hair tag, hairstyle and gender show (what a caption's person tags leave open)."""
     roster_tags = {look.hair_tag for look in CHARACTERS.values()}
     owners: dict[str, dict[str, Counter[str]]] = {
         tag: {"people": Counter(), "solo": Counter()} for tag in sorted(roster_tags)
     }
+    described = {person_tags(look): Counter() for look in CHARACTERS.values()}
     for index in range(n_images):
         people = scene_spec(seed, index, TINY_RESOLUTION).people
         for person in people:
@@ -119,6 +124,8 @@ def hair_tag_owners(
             owner = person.look.name if person.look.name in CHARACTERS else UNNAMED
             owners[person.look.hair_tag]["people"][owner] += 1
             owners[person.look.hair_tag]["solo"][owner] += len(people) == 1
+            if len(people) == 1 and person_tags(person.look) in described:
+                described[person_tags(person.look)][owner] += 1
     return {
         "scenes": n_images,
         "seed": seed,
@@ -126,7 +133,16 @@ def hair_tag_owners(
             tag: {kind: dict(counts.most_common()) for kind, counts in by_kind.items()}
             for tag, by_kind in owners.items()
         },
+        "solo_person_tags": {
+            name: {"tags": person_tags(look), "owners": dict(described[person_tags(look)])}
+            for name, look in CHARACTERS.items()
+        },
     }
+
+
+def person_tags(look: Look) -> str:
+    """The tags a one-person caption gives its person: hair colour, hairstyle, gender."""
+    return f"{look.hair_tag}, {look.style}, 1{look.gender}"
 
 
 def run(
@@ -167,8 +183,10 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--stage2", type=Path, required=True, help="a tiny_base --work folder or a finished base"
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stage2", type=Path, help="a tiny_base --work folder or a finished base")
+    which.add_argument(
+        "--owners", action="store_true", help="only who wears each roster tag in the base's scenes"
     )
     parser.add_argument("--model", default=None, help="the VAE's base for a --work folder")
     parser.add_argument("--n-samples", type=int, default=200)
@@ -178,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.owners:
+        print(json.dumps(hair_tag_owners(), indent=1))
+        return 0
     setup_torch(args.threads)
     result = run(args.model, args.stage2, args.n_samples, args.first_prompt, args.characters)
     print(json.dumps(result, indent=1))
