@@ -317,3 +317,21 @@ def test_colour_leak_and_base_sampler_prompt_a_base_with_its_recorded_tag_set(
         assert module.main(["--model", str(look_base), *flags]) == 0
         assert asked == ["hair", "look"], module.__name__
     assert json.loads((tmp_path / "s.json").read_text())["caption_tags"] == "look"
+
+
+def test_the_look_ceiling_reads_the_prompts_own_scenes_through_the_vae(monkeypatch):
+    import experiments.bench.embedded_world as embedded_world
+
+    scenes = fresh_scenes(6, one_person=True)
+    monkeypatch.setattr(embedded_world, "round_trip", lambda vae, images: list(images))
+    exact = embedded_world.look_ceiling(None, scenes)
+    assert exact["one_person_described"]["k"] == 6
+    names = {meta["characters"][0] for _, meta in scenes}
+    assert set(exact["by_character"]) == names
+    assert sum(entry["n"] for entry in exact["by_character"].values()) == 6
+
+    def grey(vae, images):
+        return [image.convert("L").convert("RGB") for image in images]  # the colours gone
+
+    monkeypatch.setattr(embedded_world, "round_trip", grey)
+    assert embedded_world.look_ceiling(None, scenes)["one_person_described"]["k"] == 0

@@ -7,7 +7,9 @@ On synthetic scenes from a seed the base never saw (it trained on seed 0):
 2. the base prompted with a fresh one-person scene's own generic tags: share of samples with
    exactly one face, of the described character (target ≥ 0.80); multi-person scenes: count
    error of the samples; and how much the caption lowers the denoising loss of fresh scenes
-   (`caption_reliance`: near 0 means the base does not listen to its text);
+   (`caption_reliance`: near 0 means the base does not listen to its text); and the same
+   one-person reading on the prompts' own scenes through the VAE (`vae_look_ceiling`, per
+   character: what a base that drew each described scene exactly would score);
 3. `embedded_world.png`: the base's samples next to the training-style images they describe.
 
     python -m experiments.bench.embedded_world [--model DIR] [--n-vae 200] [--n-samples 100]
@@ -32,10 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from experiments.bench.common import BENCH_DIR, setup_torch, write_result
-from experiments.probes.vae_ceiling import FRESH_SEED, vae_round_trip_agreement
+from experiments.probes.vae_ceiling import FRESH_SEED, round_trip, vae_round_trip_agreement
 from ymn.data.synthetic import CHARACTERS
 from ymn.model.components import (
     Components,
@@ -140,6 +143,23 @@ def described_by_character(
     for hit, meta in zip(flags["one_person_described"], metas, strict=True):
         by_name.setdefault(meta["characters"][0], []).append(bool(hit))
     return {name: rate(sum(hits), len(hits)) for name, hits in sorted(by_name.items())}
+
+
+@torch.no_grad()
+def look_ceiling(vae: AutoencoderKL, scenes: list[tuple[Image.Image, dict]]) -> dict[str, Any]:
+    """The one-person reading on the prompts' own scenes through `vae`'s round trip: what a
+    base that drew each prompt's scene exactly would score, overall and per character."""
+    images, metas = [image for image, _ in scenes], [meta for _, meta in scenes]
+    decoded = [
+        out
+        for start in range(0, len(images), 16)
+        for out in round_trip(vae, images[start : start + 16])
+    ]
+    flags = one_person_flags(decoded, metas)
+    return {
+        "one_person_described": one_person_readings(flags)["one_person_described"],
+        "by_character": described_by_character(flags, metas),
+    }
 
 
 def count_error(samples: list[Image.Image], metas: list[dict]) -> dict[str, Any]:
@@ -448,6 +468,7 @@ def sample_readings(
     result["prompted_characters"] = [meta["characters"][0] for meta in solo_metas]
     result["one_person_described_by_character"] = described_by_character(flags, solo_metas)
     result["one_face_look_parts"] = look_parts(flags)
+    result["vae_look_ceiling"] = look_ceiling(components.vae, solo)
     group = fresh_scenes(
         n_samples, one_person=False, offset=100_000, skip=first, caption_tags=caption_tags
     )
