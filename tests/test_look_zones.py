@@ -71,6 +71,29 @@ def test_a_base_is_read_on_the_chosen_characters_prompts(tiny_model, capsys):
     assert result["by_character"]["all"]["prompts"] == len(chosen)
 
 
+def test_a_sheet_pairs_each_characters_scenes_with_their_samples(tiny_model, tmp_path, capsys):
+    from experiments.bench.look_zones import pairs_by_character
+
+    sheet = tmp_path / "sheet.png"
+    argv = ["--stage2", str(tiny_model), "--n-samples", "8", "--first-prompt", "0"]
+    assert main([*argv, "--characters", "SaitoMio", "Natsume", "--sheet", str(sheet)]) == 0
+    drawn = json.loads(capsys.readouterr().out)["per_sample"]
+    scenes = fresh_scenes(8, one_person=True)
+    with Image.open(sheet) as picture:
+        rows = len({s["character"] for s in drawn})
+        widest = max(sum(s["character"] == name for s in drawn) for name in ("SaitoMio", "Natsume"))
+        assert picture.size == (2 * min(widest, 4) * 128, rows * 128)
+    samples = [Image.new("RGB", (128, 128), (i, 0, 0)) for i in range(len(scenes))]
+    asked = ["Natsume", "SaitoMio", "Tamaki", "IdaSaki"]
+    rows = pairs_by_character(scenes, samples, asked, per_row=2)
+    present = [name for name in asked if any(m["characters"] == [name] for _, m in scenes)]
+    assert [name for name, _ in rows] == present  # no empty rows
+    for name, images in rows:
+        own = [i for i, (_, meta) in enumerate(scenes) if meta["characters"][0] == name][:2]
+        assert images[0::2] == [scenes[i][0] for i in own]
+        assert images[1::2] == [samples[i] for i in own]
+
+
 def test_hair_tag_owners_count_the_base_scenes_people_and_the_shared_brown():
     from experiments.bench.look_zones import hair_tag_owners
     from ymn.model.tiny_base_data import synthetic_scene

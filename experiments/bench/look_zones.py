@@ -13,6 +13,8 @@ Per prompted character it tabulates both zones and both readings.
     python -m experiments.bench.look_zones --stage2 WORK [--first-prompt 100 --n-samples 200]
     python -m experiments.bench.look_zones --stage2 ymn/assets/tiny-base --characters Natsume
     python -m experiments.bench.look_zones --owners   # only who wears each roster tag
+    python -m experiments.bench.look_zones --stage2 WORK --characters Tamaki --sheet T.png
+        # also a picture: per character, its first scenes each followed by the base's sample
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from experiments.bench.common import setup_torch
 from experiments.bench.embedded_world import (
     FRESH_SEED,
@@ -30,6 +34,7 @@ from experiments.bench.embedded_world import (
     SAMPLER_STEPS,
     fresh_scenes,
     own_tags,
+    picture,
     sample,
     stage2_components,
 )
@@ -49,6 +54,7 @@ from ymn.probes.identity import (
 from ymn.probes.rates import rate
 
 UNNAMED = "unnamed"
+SHEET_PAIRS = 4  # prompts per character in a --sheet picture
 
 
 def read_zones(image: Any, character: str, detector: SyntheticFaceDetector) -> dict[str, Any]:
@@ -153,9 +159,11 @@ def run(
     characters: list[str],
     steps: int = SAMPLER_STEPS,
     cfg: float = GUIDANCE,
+    sheet: Path | None = None,
 ) -> dict[str, Any]:
     """Samples the fresh one-person prompts `first` to `first + n_samples` whose character is
-    in `characters` (seed = the prompt's index, as `embedded_world` does) and tabulates them."""
+    in `characters` (seed = the prompt's index, as `embedded_world` does) and tabulates them;
+    with `sheet`, also a PNG there of each character's first prompts (see `pairs_by_character`)."""
     components, step = stage2_components(model, work)
     tags = base_caption_tags(work)
     solo = fresh_scenes(n_samples, one_person=True, skip=first, caption_tags=tags)
@@ -168,6 +176,8 @@ def run(
         read_zones(image, meta["characters"][0], detector)
         for image, meta in zip(images, metas, strict=True)
     ]
+    if sheet is not None:
+        picture(pairs_by_character([solo[i] for i in chosen], images, characters), sheet)
     return {
         "fresh_seed": FRESH_SEED,
         "stage2_step": step,
@@ -179,6 +189,25 @@ def run(
         "palette_neighbours": palette_neighbours(),
         "per_sample": [{"prompt": first + i, **r} for i, r in zip(chosen, readings, strict=True)],
     }
+
+
+def pairs_by_character(
+    scenes: list[tuple[Image.Image, dict]],
+    samples: list[Image.Image],
+    characters: list[str],
+    per_row: int = SHEET_PAIRS,
+) -> list[tuple[str, list[Image.Image]]]:
+    """One row per character: its first `per_row` prompts' scenes, each followed by the base's
+    sample of its tags."""
+    rows = []
+    for name in characters:
+        pairs = [
+            (scene, drawn)
+            for (scene, meta), drawn in zip(scenes, samples, strict=True)
+            if meta["characters"][0] == name
+        ][:per_row]
+        rows.append((name, [image for pair in pairs for image in pair]))
+    return [row for row in rows if row[1]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,12 +224,22 @@ def main(argv: list[str] | None = None) -> int:
         "--characters", nargs="+", default=list(CHARACTERS), choices=list(CHARACTERS)
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--sheet", type=Path, help="also a PNG: per character, its first scenes and samples"
+    )
     args = parser.parse_args(argv)
     if args.owners:
         print(json.dumps(hair_tag_owners(), indent=1))
         return 0
     setup_torch(args.threads)
-    result = run(args.model, args.stage2, args.n_samples, args.first_prompt, args.characters)
+    result = run(
+        args.model,
+        args.stage2,
+        args.n_samples,
+        args.first_prompt,
+        args.characters,
+        sheet=args.sheet,
+    )
     print(json.dumps(result, indent=1))
     return 0
 
