@@ -92,6 +92,8 @@ def test_stage1_checkpoint_is_measured_while_it_trains(tmp_path):
     colour = ["--colour-steps", "1"]  # stage 1d, read with the stages before it
     assert train_tiny_base([*flags, *decoder, *colour, "--work", str(tmp_path), "--out", out]) == 0
     assert run_vae_only(tmp_path, n_vae=3)["stage1d_step"] == 1
+    looks = run_vae_only(tmp_path, n_vae=3, n_look=2, first=1)["vae_look_ceiling"]
+    assert looks["first_prompt"] == 1 and looks["one_person_described"]["n"] == 2
 
 
 def test_stage2_checkpoint_is_sampled_on_the_base_it_trains_on(tmp_path):

@@ -216,9 +216,12 @@ def stage_steps(work: Path) -> dict[str, int]:
     }
 
 
-def run_vae_only(work: Path, n_vae: int, against: Path | None = None) -> dict[str, Any]:
+def run_vae_only(
+    work: Path, n_vae: int, against: Path | None = None, n_look: int = 0, first: int = 0
+) -> dict[str, Any]:
     """The VAE round trip of a stage-1 checkpoint of `ymn.model.tiny_base` (training progress);
-    with `against`, that folder's VAE on the same images too and the paired difference."""
+    with `against`, that folder's VAE on the same images too and the paired difference; with
+    `n_look`, also `look_ceiling` on the fresh one-person prompts `first` to `first + n_look`."""
     from experiments.probes.vae_ceiling import paired_difference
     from ymn.model.vae_stages import load_stage1_vae
 
@@ -231,6 +234,9 @@ def run_vae_only(work: Path, n_vae: int, against: Path | None = None) -> dict[st
             "vae_count_kept": ceiling["count_kept"],
             "vae_identity_kept": ceiling["identity_kept"],
         }
+        if n_look:
+            solo = fresh_scenes(n_look, one_person=True, skip=first)
+            kept["vae_look_ceiling"] = {"first_prompt": first, **look_ceiling(vae, solo)}
         return {**stage_steps(folder), **kept}, ceiling["per_image"]
 
     result, images = reading(work)
@@ -553,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         "--first-prompt",
         type=int,
         default=0,
-        help="with --stage2: skip this many fresh prompts and seeds (extend an earlier reading)",
+        help="with --stage2 (or --stage1's look ceiling): skip this many fresh prompts and seeds "
+        "(extend an earlier reading)",
     )
     parser.add_argument(
         "--pair",
@@ -580,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**named, **interaction_of_readings(*readings)}, indent=1))
         return 0
     if args.stage1 is not None:
-        print(json.dumps(run_vae_only(args.stage1, args.n_vae, args.against), indent=1))
+        looks = {"n_look": args.n_samples, "first": args.first_prompt}
+        print(json.dumps(run_vae_only(args.stage1, args.n_vae, args.against, **looks), indent=1))
         return 0
     if args.quick:
         args.n_vae, args.n_samples, args.steps = 8, 4, 4
