@@ -435,6 +435,12 @@ def test_look_tags_name_every_outfit_and_tell_the_unnamed_brown_apart():
     assert seen["unnamed brown"] and seen["natsume"]
     with pytest.raises(ValueError, match="caption tags"):
         make_scenes("synthetic", 1, seed=3, size=128, caption_tags="outfit")
+    _, apart = make_scenes("synthetic", n, seed=3, size=128, caption_tags="distinct-hair")
+    for described, hair_apart in zip(look, apart, strict=True):  # the look's hair, no outfits
+        assert hair_apart["tags"] == [t for t in described["tags"] if not t.endswith(" shirt")]
+    assert any(
+        p["tags"] != a["tags"] for p, a in zip(hair, apart, strict=True)
+    )  # the unnamed brown renamed
 
 
 def test_caption_tags_flag_reaches_stage_2_and_a_resume_on_other_tags_is_refused(

@@ -21,8 +21,9 @@ that it trains itself, deterministically (seeded, data generated in memory from 
 The base is *general*: its captions are the scenes' generic tags only (appearance, setting,
 booru counts such as `2girls`), shuffled, with no `Npeople` token, no face-grid tokens and no
 character names: those are what the fine-tune must learn, as the card's did. `--caption-tags
-look` adds each person's outfit colour (`white shirt`) and renames the unnamed people's brown
-(`dark brown hair`), so a caption describes every look the identity probe reads.
+distinct-hair` renames the unnamed people's brown (`dark brown hair`), which shares Natsume's
+tag; `--caption-tags look` also adds each person's outfit colour (`white shirt`), so a caption
+describes every look the identity probe reads.
 
 Each stage saves a checkpoint to `--work` every `--save-every` steps; a rerun with the same
 flags continues from it bit for bit (every step's randomness is seeded by (seed, step)).
@@ -105,7 +106,8 @@ class TinyBaseConfig:
     # kinds and people counts, every roster look cast equally often; the VAE keeps "natural")
     stage2_characters: str = "natural"
     # the tags stages 1c and 2 caption with (ymn.model.tiny_base_data.CAPTION_TAGS): "hair"
-    # (hair colour and style, the shipped base's) or "look" (also outfit colours)
+    # (hair colour and style, the shipped base's), "distinct-hair" (the unnamed brown renamed)
+    # or "look" (that and outfit colours)
     caption_tags: str = "hair"
     vae_steps: int = 6000
     vae_batch: int = 8

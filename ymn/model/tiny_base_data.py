@@ -28,8 +28,9 @@ CHARACTER_MIXES = {"natural": CHARACTER_WEIGHTS, "balanced": np.ones_like(CHARAC
 
 # which tags a base's captions carry: "hair" as `ymn-synth` writes them (hair colour and style:
 # a look's outfit is never named, and `brown hair` is both Natsume's and an unnamed people's
-# darker brown), or "look" (also each person's outfit colour, and the unnamed brown told apart)
-CAPTION_TAGS = ("hair", "look")
+# darker brown), "distinct-hair" (the unnamed brown told apart, `dark brown hair`), or "look"
+# (that and each person's outfit colour)
+CAPTION_TAGS = ("hair", "distinct-hair", "look")
 OUTFIT_TAGS = dict(
     zip(
         OUTFITS,
@@ -60,8 +61,8 @@ def synthetic_scene(
     its tags as `caption_tags` names (see CAPTION_TAGS)."""
     spec = scene_spec(seed, index, size, character_mix)
     image, meta = render_scene(spec, size)
-    if check_caption_tags(caption_tags) == "look":
-        meta["tags"] = look_tags(spec, meta["tags"])
+    if check_caption_tags(caption_tags) != "hair":
+        meta["tags"] = look_tags(spec, meta["tags"], outfits=caption_tags == "look")
     return image, meta
 
 
@@ -99,15 +100,16 @@ def base_caption_tags(folder: Path) -> str:
     return "hair"
 
 
-def look_tags(spec: SceneSpec, tags: list[str]) -> list[str]:
-    """A scene's `ymn-synth` tags made to describe each person's whole look: every outfit
-    colour named, and an unnamed person's hair colour that shares a roster look's tag renamed."""
+def look_tags(spec: SceneSpec, tags: list[str], outfits: bool = True) -> list[str]:
+    """A scene's `ymn-synth` tags made to describe each person's whole look: an unnamed
+    person's hair colour that shares a roster look's tag renamed, and (`outfits`) every outfit
+    colour named."""
     roster_hair = {p.look.hair_tag for p in spec.people if p.look.name != "unknown"}
     unnamed_hair = {p.look.hair_tag for p in spec.people if p.look.name == "unknown"}
     described = [tag for tag in tags if tag not in UNNAMED_HAIR_RETAGS or tag in roster_hair]
     for tag in unnamed_hair & UNNAMED_HAIR_RETAGS.keys():
         described.append(UNNAMED_HAIR_RETAGS[tag])
-    for person in spec.people:
+    for person in spec.people if outfits else ():
         outfit = OUTFIT_TAGS[person.look.outfit]
         if outfit not in described:
             described.append(outfit)
