@@ -220,3 +220,24 @@ def test_ema_probes_without_an_ema_are_refused_before_training() -> None:
     callback = ProbeCallback(ProbeConfig(ema=True))
     with pytest.raises(ValueError, match="model.ema_decay"):
         callback.setup(SimpleNamespace(), tiny_module(), "fit")
+
+
+def test_the_ema_takes_one_foreach_update_when_asked_and_matches_the_loop() -> None:
+    averages = []
+    for foreach in (False, True):
+        module = DiffusionModule(
+            build_tiny(0),
+            optimizer=functools.partial(torch.optim.AdamW, lr=1e-5),
+            ema_decay=0.5,
+            ema_foreach=foreach,
+        )
+        assert module.ema.foreach is foreach
+        with torch.no_grad():
+            for parameter in module.unet.parameters():
+                parameter.add_(1.0)
+        module.ema.step(module.unet.parameters())
+        averages.append(module.ema.shadow_params)
+    moved = [a - b for a, b in zip(averages[1], averages[0], strict=True)]
+    assert max(float(d.abs().max()) for d in moved) < 1e-5
+    initial = next(build_tiny(0).unet.parameters())
+    assert not torch.allclose(averages[1][0], initial)  # the average moved towards the weights

@@ -23,7 +23,8 @@ import torch
 from experiments.bench.common import BENCH_DIR, NO_GPU, REPO, machine, write_result
 
 CPU_BENCHMARKS = ("train_step", "data_stream", "latent_cache", "scale", "cost_model", "fast_path",
-                  "probes", "probe_sampling", "stage2_autocast", "unet_width")  # fmt: skip
+                  "probes", "probe_sampling", "stage2_autocast", "unet_width",
+                  "ema_update")  # fmt: skip
 GPU_BENCHMARKS = ("gpu",)  # SD 1.5 on a CUDA device; run by default only where one is present
 BENCHMARKS = CPU_BENCHMARKS + GPU_BENCHMARKS
 QUICK_DIR = Path("/tmp/ymn-bench-quick")

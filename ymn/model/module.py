@@ -58,6 +58,7 @@ class DiffusionModule(LightningModule):
         snr_gamma: float | None = None,
         noise_offset: float = 0.0,
         ema_decay: float | None = None,
+        ema_foreach: bool = False,
         val_seed: int = 1234,
         losses: Mapping[str, AuxiliaryLoss] | None = None,
         timesteps: TimestepBias | Mapping[str, Any] | None = None,
@@ -94,7 +95,11 @@ class DiffusionModule(LightningModule):
         self.timestep_bias = (
             timesteps if isinstance(timesteps, TimestepBias) else TimestepBias(**(timesteps or {}))
         )
-        self.ema = EMAModel(self.unet.parameters(), decay=ema_decay) if ema_decay else None
+        self.ema = (
+            EMAModel(self.unet.parameters(), decay=ema_decay, foreach=ema_foreach)
+            if ema_decay
+            else None
+        )
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if train_text_encoder:
