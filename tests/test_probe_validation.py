@@ -177,6 +177,8 @@ def test_cli_writes_json_and_markdown_for_a_model_folder(tiny_model, tmp_path) -
         "1",
         "--size",
         "64",
+        "--colour-scenes",
+        "2",
         "--out-dir",
         str(tmp_path),
     ]
@@ -190,6 +192,8 @@ def test_cli_writes_json_and_markdown_for_a_model_folder(tiny_model, tmp_path) -
     assert result["robustness"]["blur_tolerated_by_metric"]["count_acc"] is not None
     markdown = (tmp_path / "VALIDATION.md").read_text()
     assert "## 3. VAE ceiling" in markdown and "Pending" not in markdown
+    assert "## 5. Colour precision" in markdown
+    assert result["colour_precision"]["characters"]["Tamaki"]["rows"][0]["identity_acc"]["n"] == 2
     (tmp_path / "VALIDATION.md").unlink()
     assert validation.main(["--markdown-only", "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "VALIDATION.md").read_text() == markdown
@@ -240,3 +244,30 @@ def test_paired_interaction_finds_a_change_that_does_more_in_one_setting_and_non
     assert smaller["look"]["interaction"] == -0.5
     added = paired_interaction(arm(never), arm(half), arm(half), arm(always))  # +0.5 in both
     assert added["look"]["interaction"] == 0.0 and added["look"]["p_permutation"] == 1.0
+
+
+def test_a_shifted_look_moves_only_the_characters_colours_by_delta() -> None:
+    scenes = controls.solo_scenes_by_character(2, seed=5)
+    image, meta = scenes["Tamaki"][0]
+    assert meta["characters"] == ["Tamaki"] and len(scenes["Natsume"]) == 2
+    assert controls.shift_look(image, "Tamaki", 0, np.random.default_rng(0)) is image
+    shifted = controls.shift_look(image, "Tamaki", 10, np.random.default_rng(0))
+    before = np.asarray(image, dtype=np.float32)
+    after = np.asarray(shifted, dtype=np.float32)
+    moved = np.any(before != after, axis=-1)
+    look = controls.CHARACTERS["Tamaki"]
+    own = np.all(before == look.hair, axis=-1) | np.all(before == look.outfit, axis=-1)
+    assert moved.any() and not (moved & ~own).any()  # only her colours moved
+    distance = np.linalg.norm(after[moved] - before[moved], axis=-1)
+    assert np.all(np.abs(distance - 10) < 1.0)  # δ, up to rounding to whole RGB units
+
+
+def test_colour_precision_names_every_look_undisturbed_and_none_far_off(monkeypatch) -> None:
+    monkeypatch.setattr(validation, "COLOUR_SHIFTS", (0, 80))
+    result = validation.colour_precision(per_character=3, size=128)
+    for name, entry in result["characters"].items():
+        exact, far = (row["identity_acc"] for row in entry["rows"])
+        assert exact["k"] == exact["n"] == 3, name
+        assert far["value"] < 0.5, name
+        assert entry["tolerated"] == 0
+        assert entry["nearest"]["hair"]["distance"] > 0

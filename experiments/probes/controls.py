@@ -256,3 +256,41 @@ def tolerance(
             break
         tolerated = row["level"]
     return tolerated
+
+
+# ----------------------------------------------------------------------------- colour precision
+
+
+def solo_scenes_by_character(
+    per_character: int, seed: int, size: int = 128
+) -> dict[str, list[tuple[Image.Image, dict]]]:
+    """The first `per_character` one-person scenes of each roster character among the scenes of
+    `seed` (as `ymn.model.tiny_base_data.synthetic_scene` draws them, natural casting)."""
+    from ymn.model.tiny_base_data import synthetic_scene
+
+    found: dict[str, list[tuple[Image.Image, dict]]] = {name: [] for name in CHARACTERS}
+    index = 0
+    while any(len(scenes) < per_character for scenes in found.values()):
+        image, meta = synthetic_scene(seed, index, size)
+        index += 1
+        name = meta["characters"][0] if meta["n_people"] == 1 else None
+        if name in found and len(found[name]) < per_character:
+            found[name].append((image.convert("RGB"), meta))
+    return found
+
+
+def shift_look(
+    image: Image.Image, name: str, delta: float, rng: np.random.Generator
+) -> Image.Image:
+    """`image` with every pixel of character `name`'s hair and outfit colours moved `delta` RGB
+    units, each colour in its own random direction (clipped to 0-255): a look drawn that far
+    off."""
+    if delta == 0:
+        return image
+    arr = np.asarray(image, dtype=np.float32).copy()
+    look = CHARACTERS[name]
+    for colour in (look.hair, look.outfit):
+        direction = rng.normal(size=3)
+        exact = np.all(arr == np.array(colour, dtype=np.float32), axis=-1)
+        arr[exact] = np.clip(arr[exact] + delta * direction / np.linalg.norm(direction), 0, 255)
+    return Image.fromarray(arr.round().astype(np.uint8))

@@ -225,8 +225,57 @@ def reading_section(result: dict[str, Any]) -> list[str]:
         f"{by_b['identity_acc']} px. Past that the skin blob breaks into pieces below the "
         "detector's minimum area and faces vanish: soft or noisy samples read as *fewer* "
         "faces, and part of what the VAE ceiling loses is this instrument limit.",
+    ]
+    c = result["colour_precision"]["characters"]
+    tolerated = {name: entry["tolerated"] for name, entry in c.items()}
+    strictest = min(tolerated, key=lambda name: tolerated[name] or 0)
+    lines += [
+        "- **Colour precision** (§5): a look stays named when its colours are drawn up to "
+        + ", ".join(f"{name} {delta}" for name, delta in tolerated.items())
+        + f" RGB units off (random directions); {strictest} is the strictest, its nearest "
+        "palette colours being "
+        + " and ".join(
+            f"{v['nearest']} {v['distance']} away from its {part}"
+            for part, v in c[strictest]["nearest"].items()
+        )
+        + ". A base's look reading demands that precision of each character.",
         "",
     ]
+    return lines
+
+
+def colour_section(c: dict[str, Any]) -> list[str]:
+    shifts = c["shifts"]
+    lines = [
+        "## 5. Colour precision: how far off a look may be drawn",
+        "",
+        f"The first {c['per_character']} one-person scenes of each roster character (fresh "
+        "seed, natural casting), the character's hair and outfit colours moved δ RGB units, "
+        "each colour in its own seeded random direction; the share still named as the "
+        "character by `identify_character` at the true face box. A pixel is read as the "
+        "nearest palette colour, so a colour that errs by half the distance to its nearest "
+        "neighbour, towards it, is read as that neighbour: the worst case sits at half the "
+        "distances listed. Tolerated: the largest δ with the share ≥ 0.95.",
+        "",
+        "| character | hair: nearest colour (distance) | outfit: nearest colour (distance) | "
+        + " | ".join(f"δ {d}" for d in shifts)
+        + " | tolerated δ |",
+        "|---|---|---|" + "---|" * len(shifts) + "---|",
+    ]
+    for name, entry in c["characters"].items():
+        near = entry["nearest"]
+        cells = [
+            f"{row['identity_acc']['value']:.2f} ({row['identity_acc']['k']}/"
+            f"{row['identity_acc']['n']})"
+            for row in entry["rows"]
+        ]
+        lines.append(
+            f"| {name} | {near['hair']['nearest']} ({near['hair']['distance']}) | "
+            f"{near['outfit']['nearest']} ({near['outfit']['distance']}) | "
+            + " | ".join(cells)
+            + f" | {entry['tolerated']} |"
+        )
+    lines.append("")
     return lines
 
 
@@ -259,6 +308,7 @@ def write_markdown(result: dict[str, Any]) -> str:
             + negative_section(result["negative"])
             + vae_section(result["vae_ceiling"])
             + robustness_section(result["robustness"])
+            + colour_section(result["colour_precision"])
         )
         + "\n"
     )

@@ -9,6 +9,9 @@ with its n and a 95 % interval, written to experiments/probes/validation.json + 
 3. VAE ceiling: fresh synthetic scenes (seed 12345) through the model's VAE (posterior mode):
    share of images whose face count survives, of faces whose identity survives.
 4. detector robustness: the positive-control renders under Gaussian noise and blur.
+5. colour precision: fresh one-person scenes of each roster character with the character's
+   hair and outfit colours moved δ RGB units in random directions: how far off a base may draw
+   each look before `identify_character` stops naming it, beside the nearest palette colour.
 
     python -m experiments.probes.validation [--model PATH] [--n N]
     python -m experiments.probes.validation --markdown-only   # tables from the JSON again
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from experiments.probes import controls
@@ -38,6 +42,8 @@ REPO = OUT_DIR.parent.parent
 NOISE_SIGMAS = (0, 4, 8, 12, 16, 20, 24, 32, 48)  # 0-255 units
 BLUR_RADII = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)  # px at 128 px
 NEGATIVE_SEED = 54321
+COLOUR_SEED = 777  # the directions colour precision moves each look's colours in
+COLOUR_SHIFTS = (0, 4, 8, 12, 16, 24, 32)  # RGB units a look's colours are moved
 
 
 def git(*args: str) -> str:
@@ -131,6 +137,36 @@ def robustness(
     return out
 
 
+def colour_precision(per_character: int, size: int) -> dict[str, Any]:
+    """Per roster character: the share of its fresh one-person scenes still named as it when
+    its hair and outfit colours are moved by each of COLOUR_SHIFTS (seeded directions), the
+    largest shift tolerated (≥ 0.95), and its colours' nearest palette neighbours."""
+    from ymn.probes.identity import identify_character, palette_neighbours
+    from ymn.probes.rates import rate
+
+    neighbours = palette_neighbours()
+    scenes = controls.solo_scenes_by_character(per_character, FRESH_SEED, size)
+    out: dict[str, Any] = {"per_character": per_character, "shifts": list(COLOUR_SHIFTS)}
+    characters = {}
+    for name, own in scenes.items():
+        rows = []
+        for delta in COLOUR_SHIFTS:
+            rng = np.random.default_rng([COLOUR_SEED, delta])
+            named = [
+                identify_character(controls.shift_look(image, name, delta, rng), meta["facepos"][0])
+                == name
+                for image, meta in own
+            ]
+            rows.append({"level": delta, "identity_acc": rate(sum(named), len(named))})
+        characters[name] = {
+            "rows": rows,
+            "tolerated": controls.tolerance(rows, keys=("identity_acc",)),
+            "nearest": {part: neighbours[f"{name} {part}"] for part in ("hair", "outfit")},
+        }
+    out["characters"] = characters
+    return out
+
+
 # ----------------------------------------------------------------------------- control 3
 
 
@@ -179,7 +215,13 @@ def model_controls(model: str | None, n: int, size: int, samples: int, steps: in
 
 
 def run(
-    model: str | None, n: int, size: int = 128, samples: int = 48, steps: int = 10, casts: int = 8
+    model: str | None,
+    n: int,
+    size: int = 128,
+    samples: int = 48,
+    steps: int = 10,
+    casts: int = 8,
+    colour_scenes: int = 40,
 ) -> dict[str, Any]:
     """All four controls; the JSON-ready result."""
     start = time.time()
@@ -196,6 +238,7 @@ def run(
             "samples": samples,
             "sample_steps": steps,
             "casts": casts,
+            "colour_scenes": colour_scenes,
             "fresh_seed": FRESH_SEED,
             "negative_seed": NEGATIVE_SEED,
             "detector": "SyntheticFaceDetector()",
@@ -204,6 +247,7 @@ def run(
         "negative": negative_controls(records, readings, detector, n, size, empty_images),
         "vae_ceiling": vae,
         "robustness": robustness(records, images, detector, n),
+        "colour_precision": colour_precision(colour_scenes, size),
     }
     result["git_commit"] = git("rev-parse", "HEAD")
     result["uncommitted_code"] = uncommitted_code()
@@ -233,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--casts", type=int, default=8, help="casts per probe layout (positive control)"
     )
+    parser.add_argument(
+        "--colour-scenes", type=int, default=40, help="one-person scenes per character (§5)"
+    )
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     parser.add_argument(
         "--markdown-only", action="store_true", help="rewrite VALIDATION.md from validation.json"
@@ -243,7 +290,15 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(json_path.read_text())
     else:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        result = run(args.model, args.n, args.size, args.samples, args.sample_steps, args.casts)
+        result = run(
+            args.model,
+            args.n,
+            args.size,
+            args.samples,
+            args.sample_steps,
+            args.casts,
+            args.colour_scenes,
+        )
         result["command"] = command_line(argv if argv is not None else sys.argv[1:])
         args.out_dir.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
