@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/python -m ymn.demo --out $(DEMO_DIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

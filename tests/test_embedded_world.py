@@ -310,6 +310,7 @@ def test_colour_leak_and_base_sampler_prompt_a_base_with_its_recorded_tag_set(
     look_base = tmp_path / "look-base"
     shutil.copytree(tiny_model, look_base)
     record_caption_tags(look_base, "look")
+    monkeypatch.setattr(base_sampler, "SETTINGS", (base_sampler.REFERENCE,))  # one setting
     for module, flags in (
         (colour_leak, ["--n", "1"]),
         (base_sampler, ["--n-samples", "1", "--out", str(tmp_path / "s.json")]),

@@ -252,10 +252,12 @@ def colour_section(c: dict[str, Any]) -> list[str]:
         f"The first {c['per_character']} one-person scenes of each roster character (fresh "
         "seed, natural casting), the character's hair and outfit colours moved δ RGB units, "
         "each colour in its own seeded random direction; the share still named as the "
-        "character by `identify_character` at the true face box. A pixel is read as the "
-        "nearest palette colour, so a colour that errs by half the distance to its nearest "
-        "neighbour, towards it, is read as that neighbour: the worst case sits at half the "
-        "distances listed. Tolerated: the largest δ with the share ≥ 0.95.",
+        "character by `identify_character` at the true face box (moves are clipped to "
+        "0-255, which shortens some of a white's). A pixel is read as the nearest palette "
+        "colour, so a colour that errs by half the distance to its nearest neighbour, towards "
+        "it, is read as that neighbour: the worst case sits at half the distances listed "
+        "(`other`: a drawing colour that is no look's, e.g. a background's). Tolerated: the "
+        "largest δ with the share ≥ 0.95.",
         "",
         "| character | hair: nearest colour (distance) | outfit: nearest colour (distance) | "
         + " | ".join(f"δ {d}" for d in shifts)

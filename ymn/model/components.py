@@ -236,11 +236,12 @@ def load_components(
     prediction_type: override the scheduler's ("epsilon" or "v_prediction").
     """
     if pretrained is None and name == "tiny":
-        if not (TINY_BASE_DIR / "model_index.json").is_file():
+        base = tiny_base_path(None)
+        if not (base / "model_index.json").is_file():
             raise FileNotFoundError(
-                f"The embedded tiny base is missing at {TINY_BASE_DIR}; run `make tiny-base`."
+                f"The embedded tiny base is missing at {base}; run `make tiny-base`."
             )
-        components = load_diffusers_folder(tiny_base_path(None))
+        components = load_diffusers_folder(base)
     elif pretrained is None:
         raise ValueError(
             f"model={name} needs model.components.pretrained=PATH (a local SD 1.x checkpoint)."
