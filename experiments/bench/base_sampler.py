@@ -18,6 +18,7 @@ from experiments.bench.common import setup_torch
 from experiments.bench.embedded_world import (
     GUIDANCE,
     SAMPLER_STEPS,
+    eval_mode,
     fresh_scenes,
     one_person_flags,
     one_person_readings,
@@ -41,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_torch()
     components = load_components("tiny", pretrained=args.model)
-    for module in (components.vae, components.text_encoder, components.unet):
-        module.eval()
+    eval_mode(components)
     tags = base_caption_tags(tiny_base_path(args.model))
     metas = [meta for _, meta in fresh_scenes(args.n_samples, one_person=True, caption_tags=tags)]
     prompts, seeds = [own_tags(m) for m in metas], list(range(args.n_samples))

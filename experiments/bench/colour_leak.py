@@ -23,7 +23,13 @@ import torch
 from PIL import Image
 
 from experiments.bench.common import setup_torch
-from experiments.bench.embedded_world import FRESH_SEED, fresh_scenes, own_tags, scene_latents
+from experiments.bench.embedded_world import (
+    FRESH_SEED,
+    eval_mode,
+    fresh_scenes,
+    own_tags,
+    scene_latents,
+)
 from experiments.probes.vae_ceiling import decoded_images
 from ymn.data.tokenizer import tokenize
 from ymn.model.components import Components, load_components, tiny_base_path
@@ -71,8 +77,7 @@ def colour_leak(
     """The look read back from noised scenes without a caption (per timestep), and from pure
     noise with the scene's own tags (in the base's tag set `caption_tags`); each a Wilson-CI
     rate over n scenes."""
-    for module in (components.vae, components.text_encoder, components.unet):
-        module.eval()
+    eval_mode(components)
     scenes = fresh_scenes(n, one_person=True, caption_tags=caption_tags)
     metas = [meta for _, meta in scenes]
     z = scene_latents(components, scenes)
