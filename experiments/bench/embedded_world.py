@@ -52,6 +52,7 @@ from ymn.probes.identity import character_of, look_shares, zone_characters
 from ymn.probes.rates import rate
 
 SIZE = 128
+BATCH = 16  # images per pipeline call and per VAE round trip (one generator per image)
 TARGETS = {"vae_count_kept": 0.98, "vae_identity_kept": 0.95, "one_person_described": 0.80}
 FLAG_KEYS = ("one_face", "one_person_described", "one_face_hair", "one_face_outfit")
 SAMPLER_STEPS, GUIDANCE = 25, 5.0  # DDIM steps and CFG scale of every reading
@@ -76,14 +77,14 @@ def fresh_scenes(
 def sample(
     components: Components, prompts: list[str], seeds: list[int], steps: int, cfg: float
 ) -> list[Image.Image]:
-    """One image per (prompt, seed), in batches of 16 with one generator per image."""
+    """One image per (prompt, seed), in batches of `BATCH` with one generator per image."""
     from diffusers import DDIMScheduler
 
     pipe = components_pipeline(components, DDIMScheduler.from_config(components.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     images: list[Image.Image] = []
-    for start in range(0, len(prompts), 16):
-        chunk = slice(start, start + 16)
+    for start in range(0, len(prompts), BATCH):
+        chunk = slice(start, start + BATCH)
         generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
         out = pipe(
             prompts[chunk],
@@ -152,8 +153,8 @@ def look_ceiling(vae: AutoencoderKL, scenes: list[tuple[Image.Image, dict]]) -> 
     images, metas = [image for image, _ in scenes], [meta for _, meta in scenes]
     decoded = [
         out
-        for start in range(0, len(images), 16)
-        for out in round_trip(vae, images[start : start + 16])
+        for start in range(0, len(images), BATCH)
+        for out in round_trip(vae, images[start : start + BATCH])
     ]
     flags = one_person_flags(decoded, metas)
     return {
