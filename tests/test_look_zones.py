@@ -111,6 +111,27 @@ def test_hair_tag_owners_count_the_base_scenes_people_and_the_shared_brown():
         assert owners["solo"][name] == solo
 
 
+def test_under_the_distinct_hair_tags_the_brown_tag_and_natsumes_caption_are_hers_alone(capsys):
+    from experiments.bench.look_zones import hair_tag_owners
+
+    n = 300
+    hair, distinct = (
+        hair_tag_owners(n_images=n),
+        hair_tag_owners(n_images=n, caption_tags="distinct-hair"),
+    )
+    assert distinct["caption_tags"] == "distinct-hair"
+    assert set(distinct["tags"]["brown hair"]["people"]) == {"Natsume"}
+    assert (
+        distinct["tags"]["brown hair"]["people"]["Natsume"]
+        == hair["tags"]["brown hair"]["people"]["Natsume"]
+    )
+    assert hair["solo_person_tags"]["Natsume"]["owners"][UNNAMED] > 0
+    assert set(distinct["solo_person_tags"]["Natsume"]["owners"]) == {"Natsume"}
+    assert main(["--owners", "--caption-tags", "distinct-hair"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed["tags"]["brown hair"]["people"]) == {"Natsume"}
+
+
 def test_the_solo_person_tags_count_who_each_roster_caption_could_mean(capsys):
     from experiments.bench.look_zones import hair_tag_owners, person_tags
     from ymn.model.tiny_base_data import synthetic_scene

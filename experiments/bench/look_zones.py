@@ -42,7 +42,12 @@ from ymn.data.synthetic import CHARACTERS
 from ymn.data.synthetic_draw import Look
 from ymn.model.components import TINY_RESOLUTION
 from ymn.model.tiny_base import TinyBaseConfig
-from ymn.model.tiny_base_data import base_caption_tags, scene_spec
+from ymn.model.tiny_base_data import (
+    CAPTION_TAGS,
+    UNNAMED_HAIR_RETAGS,
+    base_caption_tags,
+    scene_spec,
+)
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.identity import (
     LookShares,
@@ -110,11 +115,14 @@ def zone_counts(readings: list[dict[str, Any]], zone: str) -> dict[str, int]:
 
 
 def hair_tag_owners(
-    n_images: int = TinyBaseConfig.images, seed: int = TinyBaseConfig.seed
+    n_images: int = TinyBaseConfig.images,
+    seed: int = TinyBaseConfig.seed,
+    caption_tags: str = "hair",
 ) -> dict[str, Any]:
     """Who wears each roster hair tag in the base's scenes (by default `ymn.model.tiny_base`'s:
-    4,096 scenes of seed 0, natural casting): people per roster character or `unnamed`, in all
-    scenes and in one-person scenes. A tag that unnamed people wear too means two colours.
+    4,096 scenes of seed 0, natural casting), as the tag set `caption_tags` names their hair:
+    people per roster character or `unnamed`, in all scenes and in one-person scenes. A tag
+    that unnamed people wear too means two colours.
     `solo_person_tags`: per roster look, who the one-person scenes whose person carries its
     hair tag, hairstyle and gender show (what a caption's person tags leave open)."""
     roster_tags = {look.hair_tag for look in CHARACTERS.values()}
@@ -125,16 +133,19 @@ def hair_tag_owners(
     for index in range(n_images):
         people = scene_spec(seed, index, TINY_RESOLUTION).people
         for person in people:
-            if person.look.hair_tag not in roster_tags:
-                continue
             owner = person.look.name if person.look.name in CHARACTERS else UNNAMED
-            owners[person.look.hair_tag]["people"][owner] += 1
-            owners[person.look.hair_tag]["solo"][owner] += len(people) == 1
-            if len(people) == 1 and person_tags(person.look) in described:
-                described[person_tags(person.look)][owner] += 1
+            hair_tag = captioned_hair_tag(person.look, owner == UNNAMED, caption_tags)
+            if hair_tag not in roster_tags:
+                continue
+            owners[hair_tag]["people"][owner] += 1
+            owners[hair_tag]["solo"][owner] += len(people) == 1
+            tags = person_tags(person.look, hair_tag)
+            if len(people) == 1 and tags in described:
+                described[tags][owner] += 1
     return {
         "scenes": n_images,
         "seed": seed,
+        "caption_tags": caption_tags,
         "tags": {
             tag: {kind: dict(counts.most_common()) for kind, counts in by_kind.items()}
             for tag, by_kind in owners.items()
@@ -146,9 +157,18 @@ def hair_tag_owners(
     }
 
 
-def person_tags(look: Look) -> str:
-    """The tags a one-person caption gives its person: hair colour, hairstyle, gender."""
-    return f"{look.hair_tag}, {look.style}, 1{look.gender}"
+def captioned_hair_tag(look: Look, unnamed: bool, caption_tags: str) -> str:
+    """A person's hair tag as the tag set `caption_tags` writes it (`look_tags` renames an
+    unnamed person's colour that shares a roster tag)."""
+    if unnamed and caption_tags != "hair":
+        return UNNAMED_HAIR_RETAGS.get(look.hair_tag, look.hair_tag)
+    return look.hair_tag
+
+
+def person_tags(look: Look, hair_tag: str | None = None) -> str:
+    """The tags a one-person caption gives its person: hair colour (`hair_tag`, by default
+    the look's own), hairstyle, gender."""
+    return f"{hair_tag or look.hair_tag}, {look.style}, 1{look.gender}"
 
 
 def run(
@@ -185,7 +205,7 @@ def run(
         "prompts": {"first": first, "n": n_samples, "characters": characters},
         "sampler": {"scheduler": "DDIM", "steps": steps, "guidance_scale": cfg},
         "by_character": tabulate(readings),
-        "hair_tag_owners": hair_tag_owners(),
+        "hair_tag_owners": hair_tag_owners(caption_tags=tags),
         "palette_neighbours": palette_neighbours(),
         "per_sample": [{"prompt": first + i, **r} for i, r in zip(chosen, readings, strict=True)],
     }
@@ -225,11 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--caption-tags",
+        default="hair",
+        choices=CAPTION_TAGS,
+        help="with --owners: the tag set whose hair tags to count (--stage2 reads its base's)",
+    )
+    parser.add_argument(
         "--sheet", type=Path, help="also a PNG: per character, its first scenes and samples"
     )
     args = parser.parse_args(argv)
     if args.owners:
-        print(json.dumps(hair_tag_owners(), indent=1))
+        print(json.dumps(hair_tag_owners(caption_tags=args.caption_tags), indent=1))
         return 0
     setup_torch(args.threads)
     result = run(
