@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
 from PIL import Image
 
 from experiments.bench.embedded_world import fresh_scenes
 from experiments.bench.look_zones import UNNAMED, main, read_zones, tabulate
 from tests.conftest import look_image
 from ymn.data.synthetic import CHARACTERS, UNKNOWN_HAIR
+from ymn.model.tiny_base_data import CAPTION_TAGS
 from ymn.probes.detectors import SyntheticFaceDetector
 
 BOX = [0.35, 0.3, 0.65, 0.6]
@@ -130,6 +132,21 @@ def test_under_the_distinct_hair_tags_the_brown_tag_and_natsumes_caption_are_her
     assert main(["--owners", "--caption-tags", "distinct-hair"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed["tags"]["brown hair"]["people"]) == {"Natsume"}
+
+
+@pytest.mark.parametrize("caption_tags", CAPTION_TAGS)
+def test_each_persons_captioned_hair_tag_is_in_the_scenes_caption(caption_tags):
+    from ymn.model.tiny_base_data import captioned_hair_tag, scene_spec, synthetic_scene
+
+    renamed = 0
+    for index in range(120):
+        people = scene_spec(0, index, 128).people
+        tags = synthetic_scene(0, index, 128, caption_tags=caption_tags)[1]["tags"]
+        for person in people:
+            hair_tag = captioned_hair_tag(person.look, caption_tags)
+            assert hair_tag in tags
+            renamed += hair_tag != person.look.hair_tag
+    assert (renamed > 0) == (caption_tags != "hair")
 
 
 def test_the_solo_person_tags_count_who_each_roster_caption_could_mean(capsys):

@@ -44,8 +44,8 @@ from ymn.model.components import TINY_RESOLUTION
 from ymn.model.tiny_base import TinyBaseConfig
 from ymn.model.tiny_base_data import (
     CAPTION_TAGS,
-    UNNAMED_HAIR_RETAGS,
     base_caption_tags,
+    captioned_hair_tag,
     scene_spec,
 )
 from ymn.probes.detectors import SyntheticFaceDetector
@@ -134,7 +134,7 @@ def hair_tag_owners(
         people = scene_spec(seed, index, TINY_RESOLUTION).people
         for person in people:
             owner = person.look.name if person.look.name in CHARACTERS else UNNAMED
-            hair_tag = captioned_hair_tag(person.look, owner == UNNAMED, caption_tags)
+            hair_tag = captioned_hair_tag(person.look, caption_tags)
             if hair_tag not in roster_tags:
                 continue
             owners[hair_tag]["people"][owner] += 1
@@ -155,14 +155,6 @@ def hair_tag_owners(
             for name, look in CHARACTERS.items()
         },
     }
-
-
-def captioned_hair_tag(look: Look, unnamed: bool, caption_tags: str) -> str:
-    """A person's hair tag as the tag set `caption_tags` writes it (`look_tags` renames an
-    unnamed person's colour that shares a roster tag)."""
-    if unnamed and caption_tags != "hair":
-        return UNNAMED_HAIR_RETAGS.get(look.hair_tag, look.hair_tag)
-    return look.hair_tag
 
 
 def person_tags(look: Look, hair_tag: str | None = None) -> str:

@@ -20,7 +20,7 @@ from ymn.data.synthetic import (
     render_scene,
     sample_scene_spec,
 )
-from ymn.data.synthetic_draw import OUTFITS
+from ymn.data.synthetic_draw import OUTFITS, Look
 
 # how often each roster character is cast in base scenes: "natural" as `ymn-synth` (the leads
 # more often), "balanced" every look equally often
@@ -114,6 +114,14 @@ def look_tags(spec: SceneSpec, tags: list[str], outfits: bool = True) -> list[st
         if outfit not in described:
             described.append(outfit)
     return described
+
+
+def captioned_hair_tag(look: Look, caption_tags: str) -> str:
+    """A person's hair tag as the tag set `caption_tags` writes it: every set but "hair"
+    captions with `look_tags`, which renames an unnamed person's colour sharing a roster tag."""
+    if look.name == "unknown" and check_caption_tags(caption_tags) != "hair":
+        return UNNAMED_HAIR_RETAGS.get(look.hair_tag, look.hair_tag)
+    return look.hair_tag
 
 
 def scene_spec(seed: int, index: int, size: int, character_mix: str = "natural") -> SceneSpec:
