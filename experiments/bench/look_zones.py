@@ -139,7 +139,7 @@ def hair_tag_owners(
                 continue
             owners[hair_tag]["people"][owner] += 1
             owners[hair_tag]["solo"][owner] += len(people) == 1
-            tags = person_tags(person.look, hair_tag)
+            tags = person_tags(person.look, caption_tags)
             if len(people) == 1 and tags in described:
                 described[tags][owner] += 1
     return {
@@ -157,10 +157,10 @@ def hair_tag_owners(
     }
 
 
-def person_tags(look: Look, hair_tag: str | None = None) -> str:
-    """The tags a one-person caption gives its person: hair colour (`hair_tag`, by default
-    the look's own), hairstyle, gender."""
-    return f"{hair_tag or look.hair_tag}, {look.style}, 1{look.gender}"
+def person_tags(look: Look, caption_tags: str = "hair") -> str:
+    """The tags a one-person caption in the tag set `caption_tags` gives its person: hair
+    colour, hairstyle, gender."""
+    return f"{captioned_hair_tag(look, caption_tags)}, {look.style}, 1{look.gender}"
 
 
 def run(

@@ -105,10 +105,11 @@ def look_tags(spec: SceneSpec, tags: list[str], outfits: bool = True) -> list[st
     person's hair colour that shares a roster look's tag renamed, and (`outfits`) every outfit
     colour named."""
     roster_hair = {p.look.hair_tag for p in spec.people if p.look.name != "unknown"}
-    unnamed_hair = {p.look.hair_tag for p in spec.people if p.look.name == "unknown"}
     described = [tag for tag in tags if tag not in UNNAMED_HAIR_RETAGS or tag in roster_hair]
-    for tag in unnamed_hair & UNNAMED_HAIR_RETAGS.keys():
-        described.append(UNNAMED_HAIR_RETAGS[tag])
+    for person in spec.people:
+        hair_tag = described_hair_tag(person.look)
+        if hair_tag not in described:
+            described.append(hair_tag)
     for person in spec.people if outfits else ():
         outfit = OUTFIT_TAGS[person.look.outfit]
         if outfit not in described:
@@ -116,12 +117,18 @@ def look_tags(spec: SceneSpec, tags: list[str], outfits: bool = True) -> list[st
     return described
 
 
-def captioned_hair_tag(look: Look, caption_tags: str) -> str:
-    """A person's hair tag as the tag set `caption_tags` writes it: every set but "hair"
-    captions with `look_tags`, which renames an unnamed person's colour sharing a roster tag."""
-    if look.name == "unknown" and check_caption_tags(caption_tags) != "hair":
+def described_hair_tag(look: Look) -> str:
+    """A person's hair tag as `look_tags` writes it: an unnamed person's colour that shares a
+    roster look's tag renamed (UNNAMED_HAIR_RETAGS)."""
+    if look.name == "unknown":
         return UNNAMED_HAIR_RETAGS.get(look.hair_tag, look.hair_tag)
     return look.hair_tag
+
+
+def captioned_hair_tag(look: Look, caption_tags: str) -> str:
+    """A person's hair tag as the tag set `caption_tags` writes it (every set but "hair"
+    captions with `look_tags`)."""
+    return look.hair_tag if check_caption_tags(caption_tags) == "hair" else described_hair_tag(look)
 
 
 def scene_spec(seed: int, index: int, size: int, character_mix: str = "natural") -> SceneSpec:
