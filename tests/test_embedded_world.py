@@ -160,14 +160,40 @@ def test_sampler_settings_are_read_paired_with_the_benchmarks_setting(tiny_model
     out = tmp_path / "sampler.json"
     assert main(["--model", str(tiny_model), "--n-samples", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert [(s["steps"], s["guidance_scale"]) for s in result["settings"]] == list(SETTINGS)
-    for setting in result["settings"]:
+    keys = ("sampler", "steps", "guidance_scale", "guidance_rescale")
+    read = [tuple(s[k] for k in keys) for s in result["settings"]]
+    assert read == list(SETTINGS)
+    for setting, key in zip(result["settings"], read, strict=True):
         assert setting["one_person_described"]["n"] == 2
         paired = setting.get("minus_reference")
-        if (setting["steps"], setting["guidance_scale"]) == REFERENCE:
+        if key == REFERENCE:
             assert paired is None
         else:
             assert paired["one_face"]["n_images"] == 2
+
+
+@pytest.mark.parametrize("sampler", ["euler_a", "ddpm"])
+def test_a_stochastic_samplers_image_depends_on_its_own_seed_not_its_batch(
+    tiny_components, sampler
+):
+    from experiments.bench.embedded_world import sample
+
+    prompt = "1girl, solo, red hair"
+    batch = sample(tiny_components, [prompt] * 3, [5, 6, 7], 3, 2.0, scheduler=sampler)
+    alone = sample(tiny_components, [prompt], [6], 3, 2.0, scheduler=sampler)
+    pixels = [np.asarray(image, dtype=np.int16) for image in (*batch, *alone)]
+    assert np.abs(pixels[1] - pixels[3]).max() <= 1  # batched matmuls may round apart
+    assert np.abs(pixels[0] - pixels[1]).max() > 10  # another seed, another image
+
+
+def test_cfg_rescale_reaches_the_sampler_and_an_unknown_sampler_is_refused(tiny_components):
+    from experiments.bench.embedded_world import sample
+
+    args = (tiny_components, ["1girl, solo, red hair"], [3], 3, 4.0)
+    plain, rescaled = (sample(*args, guidance_rescale=r)[0] for r in (0.0, 0.7))
+    assert np.abs(np.asarray(plain, np.int16) - np.asarray(rescaled, np.int16)).max() > 0
+    with pytest.raises(ValueError, match="sampler 'heun'"):
+        sample(*args, scheduler="heun")
 
 
 def test_a_stage2_reading_of_the_average_loads_it_and_a_finished_base_refuses_it(tmp_path):

@@ -441,6 +441,23 @@ def test_look_tags_name_every_outfit_and_tell_the_unnamed_brown_apart():
     assert any(
         p["tags"] != a["tags"] for p, a in zip(hair, apart, strict=True)
     )  # the unnamed brown renamed
+    _, unshared = make_scenes("synthetic", n, seed=3, size=128, caption_tags="unshared-hair")
+    for hair_apart, own_word in zip(apart, unshared, strict=True):  # the same rename, one word
+        renamed = ["chestnut hair" if t == "dark brown hair" else t for t in hair_apart["tags"]]
+        assert own_word["tags"] == renamed
+
+
+def test_the_unshared_tag_set_names_the_unnamed_brown_without_any_roster_tags_words():
+    from ymn.data.synthetic import CHARACTERS, UNKNOWN_HAIR
+    from ymn.model.tiny_base_data import UNNAMED_HAIR_RETAGS
+
+    roster_words = {w for look in CHARACTERS.values() for w in look.hair_tag.split()} - {"hair"}
+    taken = {look.hair_tag for look in CHARACTERS.values()} | {tag for _, tag in UNKNOWN_HAIR}
+    distinct = set(UNNAMED_HAIR_RETAGS["distinct-hair"].values())
+    unshared = set(UNNAMED_HAIR_RETAGS["unshared-hair"].values())
+    assert distinct and unshared and not (distinct | unshared) & taken
+    assert all(set(tag.split()) & roster_words for tag in distinct)  # keeps `brown`
+    assert not any(set(tag.split()) & roster_words for tag in unshared)
 
 
 def test_caption_tags_flag_reaches_stage_2_and_a_resume_on_other_tags_is_refused(

@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+)
 from PIL import Image
 
 from experiments.bench.common import BENCH_DIR, setup_torch, write_result
@@ -56,6 +62,12 @@ BATCH = 16  # images per pipeline call and per VAE round trip (one generator per
 TARGETS = {"vae_count_kept": 0.98, "vae_identity_kept": 0.95, "one_person_described": 0.80}
 FLAG_KEYS = ("one_face", "one_person_described", "one_face_hair", "one_face_outfit")
 SAMPLER_STEPS, GUIDANCE = 25, 5.0  # DDIM steps and CFG scale of every reading
+SAMPLERS = {  # what `sample` may sample with; each takes the base's schedule from its config
+    "ddim": DDIMScheduler,
+    "ddpm": DDPMScheduler,
+    "euler_a": EulerAncestralDiscreteScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+}
 
 
 def fresh_scenes(
@@ -75,12 +87,22 @@ def fresh_scenes(
 
 
 def sample(
-    components: Components, prompts: list[str], seeds: list[int], steps: int, cfg: float
+    components: Components,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int,
+    cfg: float,
+    *,
+    scheduler: str = "ddim",
+    guidance_rescale: float = 0.0,
 ) -> list[Image.Image]:
-    """One image per (prompt, seed), in batches of `BATCH` with one generator per image."""
-    from diffusers import DDIMScheduler
-
-    pipe = components_pipeline(components, DDIMScheduler.from_config(components.scheduler.config))
+    """One image per (prompt, seed), in batches of `BATCH` with one generator per image (the
+    stochastic samplers draw their step noise from it too), with the sampler `scheduler` (a
+    key of SAMPLERS) and CFG rescaled by `guidance_rescale` (Lin et al. 2023; 0 = plain CFG)."""
+    if scheduler not in SAMPLERS:
+        raise ValueError(f"sampler {scheduler!r}: expected one of {sorted(SAMPLERS)}")
+    sampler = SAMPLERS[scheduler].from_config(components.scheduler.config)
+    pipe = components_pipeline(components, sampler)
     pipe.set_progress_bar_config(disable=True)
     images: list[Image.Image] = []
     for start in range(0, len(prompts), BATCH):
@@ -90,6 +112,7 @@ def sample(
             prompts[chunk],
             num_inference_steps=steps,
             guidance_scale=cfg,
+            guidance_rescale=guidance_rescale,
             generator=generators,
             height=SIZE,
             width=SIZE,

@@ -22,8 +22,9 @@ The base is *general*: its captions are the scenes' generic tags only (appearanc
 booru counts such as `2girls`), shuffled, with no `Npeople` token, no face-grid tokens and no
 character names: those are what the fine-tune must learn, as the card's did. `--caption-tags
 distinct-hair` renames the unnamed people's brown (`dark brown hair`), which shares Natsume's
-tag; `--caption-tags look` also adds each person's outfit colour (`white shirt`), so a caption
-describes every look the identity probe reads.
+tag; `unshared-hair` names it by a word no roster tag has (`chestnut hair`); `--caption-tags
+look` also adds each person's outfit colour (`white shirt`), so a caption describes every look
+the identity probe reads.
 
 Each stage saves a checkpoint to `--work` every `--save-every` steps; a rerun with the same
 flags continues from it bit for bit (every step's randomness is seeded by (seed, step)).
@@ -106,8 +107,8 @@ class TinyBaseConfig:
     # kinds and people counts, every roster look cast equally often; the VAE keeps "natural")
     stage2_characters: str = "natural"
     # the tags stages 1c and 2 caption with (ymn.model.tiny_base_data.CAPTION_TAGS): "hair"
-    # (hair colour and style, the shipped base's), "distinct-hair" (the unnamed brown renamed)
-    # or "look" (that and outfit colours)
+    # (hair colour and style, the shipped base's), "distinct-hair" (the unnamed brown renamed),
+    # "unshared-hair" (renamed without the word `brown`) or "look" (outfit colours named too)
     caption_tags: str = "hair"
     vae_steps: int = 6000
     vae_batch: int = 8

@@ -28,9 +28,10 @@ CHARACTER_MIXES = {"natural": CHARACTER_WEIGHTS, "balanced": np.ones_like(CHARAC
 
 # which tags a base's captions carry: "hair" as `ymn-synth` writes them (hair colour and style:
 # a look's outfit is never named, and `brown hair` is both Natsume's and an unnamed people's
-# darker brown), "distinct-hair" (the unnamed brown told apart, `dark brown hair`), or "look"
-# (that and each person's outfit colour)
-CAPTION_TAGS = ("hair", "distinct-hair", "look")
+# darker brown), "distinct-hair" (the unnamed brown told apart, `dark brown hair`),
+# "unshared-hair" (told apart by a word no roster tag has, `chestnut hair`), or "look"
+# (as "distinct-hair", and each person's outfit colour)
+CAPTION_TAGS = ("hair", "distinct-hair", "unshared-hair", "look")
 OUTFIT_TAGS = dict(
     zip(
         OUTFITS,
@@ -49,7 +50,12 @@ OUTFIT_TAGS = dict(
         strict=True,
     )
 )
-UNNAMED_HAIR_RETAGS = {"brown hair": "dark brown hair"}  # an unnamed colour sharing a roster tag
+UNNAMED_HAIR_RETAGS = {  # per tag set: an unnamed hair colour that shares a roster tag, renamed
+    "hair": {},
+    "distinct-hair": {"brown hair": "dark brown hair"},
+    "unshared-hair": {"brown hair": "chestnut hair"},
+    "look": {"brown hair": "dark brown hair"},
+}
 BASE_CAPTIONS = "base_captions.json"  # the tag set stages 1c and 2 of a work folder caption with
 
 
@@ -62,7 +68,7 @@ def synthetic_scene(
     spec = scene_spec(seed, index, size, character_mix)
     image, meta = render_scene(spec, size)
     if check_caption_tags(caption_tags) != "hair":
-        meta["tags"] = look_tags(spec, meta["tags"], outfits=caption_tags == "look")
+        meta["tags"] = look_tags(spec, meta["tags"], caption_tags)
     return image, meta
 
 
@@ -100,35 +106,29 @@ def base_caption_tags(folder: Path) -> str:
     return "hair"
 
 
-def look_tags(spec: SceneSpec, tags: list[str], outfits: bool = True) -> list[str]:
-    """A scene's `ymn-synth` tags made to describe each person's whole look: an unnamed
-    person's hair colour that shares a roster look's tag renamed, and (`outfits`) every outfit
-    colour named."""
+def look_tags(spec: SceneSpec, tags: list[str], caption_tags: str) -> list[str]:
+    """A scene's `ymn-synth` tags made to describe each person's look as the tag set
+    `caption_tags` does: an unnamed person's hair colour that shares a roster look's tag renamed
+    (UNNAMED_HAIR_RETAGS), and under "look" every outfit colour named."""
+    retags = UNNAMED_HAIR_RETAGS[check_caption_tags(caption_tags)]
     roster_hair = {p.look.hair_tag for p in spec.people if p.look.name != "unknown"}
-    described = [tag for tag in tags if tag not in UNNAMED_HAIR_RETAGS or tag in roster_hair]
+    described = [tag for tag in tags if tag not in retags or tag in roster_hair]
     for person in spec.people:
-        hair_tag = described_hair_tag(person.look)
+        hair_tag = captioned_hair_tag(person.look, caption_tags)
         if hair_tag not in described:
             described.append(hair_tag)
-    for person in spec.people if outfits else ():
+    for person in spec.people if caption_tags == "look" else ():
         outfit = OUTFIT_TAGS[person.look.outfit]
         if outfit not in described:
             described.append(outfit)
     return described
 
 
-def described_hair_tag(look: Look) -> str:
-    """A person's hair tag as `look_tags` writes it: an unnamed person's colour that shares a
-    roster look's tag renamed (UNNAMED_HAIR_RETAGS)."""
-    if look.name == "unknown":
-        return UNNAMED_HAIR_RETAGS.get(look.hair_tag, look.hair_tag)
-    return look.hair_tag
-
-
 def captioned_hair_tag(look: Look, caption_tags: str) -> str:
-    """A person's hair tag as the tag set `caption_tags` writes it (every set but "hair"
-    captions with `look_tags`)."""
-    return look.hair_tag if check_caption_tags(caption_tags) == "hair" else described_hair_tag(look)
+    """A person's hair tag as the tag set `caption_tags` writes it: an unnamed person's colour
+    that shares a roster look's tag renamed (UNNAMED_HAIR_RETAGS)."""
+    retags = UNNAMED_HAIR_RETAGS[check_caption_tags(caption_tags)]
+    return retags.get(look.hair_tag, look.hair_tag) if look.name == "unknown" else look.hair_tag
 
 
 def scene_spec(seed: int, index: int, size: int, character_mix: str = "natural") -> SceneSpec:
