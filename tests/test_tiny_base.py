@@ -447,6 +447,20 @@ def test_look_tags_name_every_outfit_and_tell_the_unnamed_brown_apart():
         assert own_word["tags"] == renamed
 
 
+def test_the_hair_tag_set_is_ymn_synths_tags_unchanged():
+    from ymn.data.synthetic import render_scene
+    from ymn.model.tiny_base_data import scene_spec, synthetic_scene
+
+    renamed = 0
+    for index in range(40):
+        _, synth = render_scene(scene_spec(3, index, 128), 128)
+        assert synthetic_scene(3, index, 128)[1]["tags"] == synth["tags"]
+        renamed += (
+            synthetic_scene(3, index, 128, caption_tags="unshared-hair")[1]["tags"] != synth["tags"]
+        )
+    assert renamed  # the scenes hold an unnamed brown, which the other sets rename
+
+
 def test_the_unshared_tag_set_names_the_unnamed_brown_without_any_roster_tags_words():
     from ymn.data.synthetic import CHARACTERS, UNKNOWN_HAIR
     from ymn.model.tiny_base_data import UNNAMED_HAIR_RETAGS

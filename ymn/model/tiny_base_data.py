@@ -67,8 +67,7 @@ def synthetic_scene(
     its tags as `caption_tags` names (see CAPTION_TAGS)."""
     spec = scene_spec(seed, index, size, character_mix)
     image, meta = render_scene(spec, size)
-    if check_caption_tags(caption_tags) != "hair":
-        meta["tags"] = look_tags(spec, meta["tags"], caption_tags)
+    meta["tags"] = look_tags(spec, meta["tags"], caption_tags)  # "hair": ymn-synth's, unchanged
     return image, meta
 
 
