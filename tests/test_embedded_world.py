@@ -196,6 +196,19 @@ def test_cfg_rescale_reaches_the_sampler_and_an_unknown_sampler_is_refused(tiny_
         sample(*args, scheduler="heun")
 
 
+@pytest.mark.parametrize("settings", ["heun,25,5,0", "ddim,25,5", "ddim,many,5,0"])
+def test_a_malformed_sampler_setting_is_refused_before_anything_loads(settings, capsys):
+    from experiments.bench.base_sampler import main, parse_settings
+
+    with pytest.raises(SystemExit):
+        main(["--settings", settings])  # argparse exits before the base loads
+    assert "--settings" in capsys.readouterr().err
+    assert parse_settings("euler_a,25,5,0;ddim,50,7.5,0.7") == (
+        ("euler_a", 25, 5.0, 0.0),
+        ("ddim", 50, 7.5, 0.7),
+    )
+
+
 def test_a_stage2_reading_of_the_average_loads_it_and_a_finished_base_refuses_it(tmp_path):
     import os
 
