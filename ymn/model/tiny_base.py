@@ -270,6 +270,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     if cfg.ema_decay:  # 0 is off
         check_average_decay(cfg.ema_decay, "--ema-decay")
     started = time.perf_counter()
+    commit = git_commit()  # the code this run starts with; HEAD may move while it trains
     torch.manual_seed(cfg.seed)
     components = Components(
         vae=tiny_vae(),
@@ -309,7 +310,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     info = {
         "command": "python -m ymn.model.tiny_base " + " ".join(cli_args(cfg)),
         "config": dict(arg.removeprefix("--").split("=", 1) for arg in cli_args(cfg)),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "vae_final_losses": vae_losses,
         "scaling_factor": scaling,
         "text_final_losses": text_losses,
