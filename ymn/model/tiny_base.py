@@ -15,7 +15,8 @@ that it trains itself, deterministically (seeded, data generated in memory from 
 2. stage 2: text encoder + UNet (`--unet-channels` wide) on the frozen VAE's cached latents,
    v-prediction on SD's scaled-linear DDPM schedule rescaled to zero terminal SNR
    (SD 1.x's own: `--prediction-type epsilon --zero-terminal-snr false`), with caption
-   dropout so classifier-free guidance works;
+   dropout so classifier-free guidance works (`--freeze-text-encoder true` trains the UNet
+   alone on stage 1c's encoder; `--snr-gamma` weighs the loss by min-SNR-gamma);
 3. save as a float16 diffusers folder without `tokenizer/` (rebuilt offline from openai-clip).
 
 The base is *general*: its captions are the scenes' generic tags only (appearance, setting,
@@ -139,6 +140,12 @@ class TinyBaseConfig:
     zero_terminal_snr: bool = True  # needs v_prediction (ymn.model.components.sd_scheduler)
     pyramid_discount: float = 0.0  # > 0: multi-resolution noise (ymn.model.noise)
     autocast: str = "bfloat16"  # or "none": stage 2's forward under torch.autocast
+    # > 0: stage 2's loss weighted by min-SNR-gamma (Hang et al. 2023; the fine-tune's
+    # model.snr_gamma); 0: unweighted (the shipped base's)
+    snr_gamma: float = 0.0
+    # true: stage 2 trains the UNet alone on stage 1c's text encoder, frozen (as SD 1.x keeps
+    # CLIP's); false: both train (the shipped base's)
+    freeze_text_encoder: bool = False
     # > 0: stage 2 keeps an exponential moving average of its weights (diffusers' EMAModel
     # rule) and saves the average; 0: the trained weights (the shipped base's)
     ema_decay: float = 0.0
@@ -269,6 +276,8 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     check_caption_tags(cfg.caption_tags)
     if cfg.ema_decay:  # 0 is off
         check_average_decay(cfg.ema_decay, "--ema-decay")
+    if cfg.snr_gamma < 0:
+        raise ValueError(f"--snr-gamma {cfg.snr_gamma}: expected 0 (off) or a positive gamma")
     started = time.perf_counter()
     commit = git_commit()  # the code this run starts with; HEAD may move while it trains
     torch.manual_seed(cfg.seed)
@@ -304,7 +313,12 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
         cfg.work, cfg.seed, cfg.text_steps, cfg.text_batch, cfg.text_lr, cfg.save_every
     )
     text_losses = train_text_encoder(components, latents, metas, text_stage)
-    module = DiffusionModule(components, optimizer=torch.optim.AdamW)
+    module = DiffusionModule(
+        components,
+        optimizer=torch.optim.AdamW,
+        train_text_encoder=not cfg.freeze_text_encoder,
+        snr_gamma=cfg.snr_gamma or None,
+    )
     unet_losses = train_unet(module, latents, metas, cfg)
     module.cpu()
     info = {
