@@ -160,6 +160,8 @@ def test_sampler_settings_are_read_paired_with_the_benchmarks_setting(tiny_model
     out = tmp_path / "sampler.json"
     assert main(["--model", str(tiny_model), "--n-samples", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert str(tmp_path) not in out.read_text() and str(tiny_model) not in out.read_text()
+    assert result["model"] == tiny_model.name  # the folder's name, never a local path
     keys = ("sampler", "steps", "guidance_scale", "guidance_rescale")
     read = [tuple(s[k] for k in keys) for s in result["settings"]]
     assert read == list(SETTINGS)

@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         for setting, by_name in flags.items()
     }
     result = {
-        "command": "python -m experiments.bench.base_sampler " + " ".join(argv or sys.argv[1:]),
-        "model": args.model or "shipped tiny base",
+        "command": "python -m experiments.bench.base_sampler "
+        + " ".join(without_local_paths(argv or sys.argv[1:])),
+        "model": Path(args.model).name if args.model else "shipped tiny base",
         "prompts": {"first": first, "n": n},
         "caption_tags": tags,
         "reference": setting_record(REFERENCE),
@@ -101,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def without_local_paths(argv: list[str]) -> list[str]:
+    """The command's arguments with each absolute path cut to its last part (the JSON is shared)."""
+    return [Path(arg).name if Path(arg).is_absolute() else arg for arg in argv]
 
 
 def parse_settings(text: str) -> tuple[Setting, ...]:
