@@ -73,3 +73,32 @@ def test_each_launch_records_its_thread_count_and_a_resume_keeps_the_first(tmp_p
     lines = (tmp_path / "launches.jsonl").read_text().splitlines()
     assert [json.loads(line)["torch_threads"] for line in lines] == [1, 2]
     assert json.loads(lines[0])["torch"] == torch.__version__
+
+
+def test_the_commit_label_is_head_marked_dirty_by_tracked_edits_and_unknown_outside_git(
+    tmp_path,
+) -> None:
+    import subprocess
+
+    from ymn.run_record import commit_label
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    assert commit_label(tmp_path) == "unknown"  # not a repository yet
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("a = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "scratch.txt").write_text("untracked files do not count\n")
+    assert commit_label(tmp_path) == head
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert commit_label(tmp_path) == head + "+dirty"

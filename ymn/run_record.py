@@ -33,6 +33,15 @@ def git_state(repo: Path | None = None) -> dict[str, str | bool | None]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+def commit_label(repo: Path | None = None) -> str:
+    """HEAD as one string for JSON records: `+dirty` appended when tracked files differ,
+    "unknown" outside git."""
+    state = git_state(repo)
+    if state["commit"] is None:
+        return "unknown"
+    return f"{state['commit']}{'+dirty' if state['dirty'] else ''}"
+
+
 def installed_packages() -> list[str]:
     """`pip freeze`-style lines, read from package metadata (no subprocess)."""
     lines = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()}

@@ -6,13 +6,14 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ymn.run_record import commit_label
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent.parent
@@ -38,18 +39,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str:
-    """HEAD of the repository, with `+dirty` when tracked files differ."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True).stdout.strip()  # fmt: skip
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def machine() -> dict[str, Any]:
     """Where and with what the figures were taken."""
     import diffusers
@@ -67,7 +56,7 @@ def machine() -> dict[str, Any]:
         "lightning": lightning.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
-        "git_commit": git_commit(),
+        "git_commit": commit_label(),
         "load_average_at_start": list(os.getloadavg()),
     }
 

@@ -22,10 +22,10 @@ import diffusers
 import torch
 import transformers
 
-from experiments.bench.common import git_commit
 from ymn.data.tokenizer import load_clip_tokenizer, save_tokenizer
 from ymn.model.components import build_tiny
 from ymn.remedies.control_tokens import CONTROL_TOKENS
+from ymn.run_record import commit_label
 
 HERE = Path(__file__).resolve().parent
 PINS = ("transformers==4.54.1", "diffusers==0.32.1", "safetensors")
@@ -109,7 +109,7 @@ def summarise(report: dict, want: list, extra: list, added: list, hidden: torch.
         "ok": ok,
         "theirs": report["versions"],
         "ours": {"transformers": transformers.__version__, "diffusers": diffusers.__version__},
-        "ymn_commit": git_commit(),
+        "ymn_commit": commit_label(),
         "pipeline": {"tokenizer_class": report["pipeline_tokenizer_class"], "parts": parts},
         "text_encoder_output_max_abs_diff": float((hidden_theirs - hidden).abs().max()),
         "tokenizer": {"captions": CAPTIONS, **tokenizers},

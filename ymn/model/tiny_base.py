@@ -39,10 +39,8 @@ import argparse
 import json
 import random
 import shutil
-import subprocess
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -89,6 +87,7 @@ from ymn.model.vae_stages import (
     train_decoder,
     train_vae,
 )
+from ymn.run_record import commit_label
 
 STAGE2_SCHEDULER = "stage2_scheduler.json"  # the noise schedule stage 2 trains under
 UNET_STAGE = "stage2_unet"  # stage 2's checkpoint name in a work folder
@@ -242,18 +241,6 @@ def train_unet(
 # ---------------------------------------------------------------------------------------------
 
 
-def git_commit() -> str:
-    """The repository's HEAD commit (+ "-dirty" if this script has local edits), or "unknown"."""
-    here = Path(__file__).resolve()
-    try:
-        run = partial(subprocess.run, cwd=here.parent, capture_output=True, text=True, check=True)
-        head = run(["git", "rev-parse", "HEAD"]).stdout.strip()
-        dirty = run(["git", "status", "--porcelain", "--", str(here)]).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
-
-
 def save_base(components: Components, out: Path, info: dict) -> Path:
     """float16 diffusers folder without tokenizer/, plus train_info.json."""
     out = Path(out)
@@ -279,7 +266,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     if cfg.snr_gamma < 0:
         raise ValueError(f"--snr-gamma {cfg.snr_gamma}: expected 0 (off) or a positive gamma")
     started = time.perf_counter()
-    commit = git_commit()  # the code this run starts with; HEAD may move while it trains
+    commit = commit_label()  # the code this run starts with; HEAD may move while it trains
     torch.manual_seed(cfg.seed)
     components = Components(
         vae=tiny_vae(),
