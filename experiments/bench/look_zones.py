@@ -129,7 +129,7 @@ def hair_tag_owners(
     owners: dict[str, dict[str, Counter[str]]] = {
         tag: {"people": Counter(), "solo": Counter()} for tag in sorted(roster_tags)
     }
-    described = {person_tags(look): Counter() for look in CHARACTERS.values()}
+    described = {person_tags(look, caption_tags): Counter() for look in CHARACTERS.values()}
     for index in range(n_images):
         people = scene_spec(seed, index, TINY_RESOLUTION).people
         for person in people:
