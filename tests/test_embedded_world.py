@@ -256,13 +256,15 @@ def test_fresh_scenes_after_a_skip_are_the_next_ones_of_the_same_sequence():
         assert later == whole[2:]
 
 
-def stage2_reading_record(prompts: list[int], described: list[int], steps: int = 25) -> dict:
+def stage2_reading_record(
+    prompts: list[int], described: list[int], steps: int = 25, characters: list[str] | None = None
+) -> dict:
     """A saved `--stage2` arm as `pair_readings` reads it, with chosen per-sample flags."""
     from experiments.bench.embedded_world import FLAG_KEYS
 
     n = len(prompts)
     flags = {key: [1] * n for key in FLAG_KEYS} | {"one_person_described": described}
-    record = {"prompt": prompts, "character": ["SaitoMio"] * n, **flags}
+    record = {"prompt": prompts, "character": characters or ["SaitoMio"] * n, **flags}
     record["caption_share_removed"] = [0.1] * n
     return {"sampler": {"scheduler": "DDIM", "steps": steps}, "per_sample": record}
 
@@ -385,3 +387,25 @@ def test_the_look_ceiling_reads_the_prompts_own_scenes_through_the_vae(monkeypat
 
     monkeypatch.setattr(embedded_world, "round_trip", grey)
     assert embedded_world.look_ceiling(None, scenes)["one_person_described"]["k"] == 0
+
+
+def test_the_look_is_paired_within_the_common_and_the_rarer_looks(tmp_path, capsys):
+    from experiments.bench.embedded_world import look_by_casting, main
+
+    # SaitoMio and OnoHaru are cast 4 and 3 times as often as Tamaki and Natsume (weight 1)
+    cast = ["SaitoMio", "OnoHaru", "Tamaki", "Natsume", "Tamaki", "SaitoMio"]
+    before = stage2_reading_record(list(range(6)), [1, 1, 0, 0, 0, 0], characters=cast)
+    after = stage2_reading_record(list(range(6)), [0, 1, 1, 1, 1, 1], characters=cast)
+    groups = look_by_casting(before, after)
+    assert groups["common"]["prompts"] == 3 and groups["rarer"]["prompts"] == 3
+    assert (groups["common"]["a"], groups["common"]["b"]) == (2, 2)
+    assert (groups["common"]["rose"], groups["common"]["fell"]) == (1, 1)
+    assert (groups["rarer"]["a"], groups["rarer"]["b"], groups["rarer"]["rose"]) == (0, 3, 3)
+    assert groups["rarer"]["sign_test_p"] == 0.25  # 3 of 3 rose: 2 x 1/8
+    assert groups["rarer"]["difference"]["difference"] == 1.0
+    assert groups["common"]["difference"]["difference"] == 0.0
+    assert set(groups["rarer"]["characters"]) == {"IdaSaki", "UedaFumi", "Tamaki", "Natsume"}
+    saved = tmp_path / "reading.json"
+    saved.write_text(json.dumps({**after, "against": before}))
+    assert main(["--pair", f"{saved}:against", str(saved)]) == 0
+    assert json.loads(capsys.readouterr().out)["look_by_casting"] == json.loads(json.dumps(groups))

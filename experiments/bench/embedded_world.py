@@ -45,7 +45,7 @@ from PIL import Image
 
 from experiments.bench.common import BENCH_DIR, setup_torch, write_result
 from experiments.probes.vae_ceiling import FRESH_SEED, round_trip, vae_round_trip_agreement
-from ymn.data.synthetic import CHARACTERS
+from ymn.data.synthetic import CHARACTER_WEIGHTS, CHARACTERS
 from ymn.model.components import (
     Components,
     components_pipeline,
@@ -307,6 +307,37 @@ def pair_readings(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, A
 
     check_paired(a, b)
     return paired_difference(paired_values(a["per_sample"]), paired_values(b["per_sample"]))
+
+
+def look_by_casting(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """b − a of the described look on the prompts of the looks the base's scenes cast most
+    (`common`: casting weight 3 or 4) and least (`rarer`: 1 or 2): the counts, the prompts
+    whose look rose and fell, an exact sign test on those, and the paired difference."""
+    from scipy.stats import binomtest
+
+    from experiments.probes.vae_ceiling import paired_difference
+
+    check_paired(a, b)
+    weights = dict(zip(CHARACTERS, CHARACTER_WEIGHTS, strict=True))
+    looks = [np.array(r["per_sample"]["one_person_described"], int) for r in (a, b)]
+    characters = a["per_sample"]["character"]
+    groups = {}
+    for group, cast in (("common", lambda w: w >= 3), ("rarer", lambda w: w < 3)):
+        chosen = np.array([cast(weights[name]) for name in characters])
+        before, after = looks[0][chosen], looks[1][chosen]
+        rose, fell = int(np.sum(after > before)), int(np.sum(after < before))
+        per_image = [{"look": (x.astype(float), np.ones(len(x)))} for x in (before, after)]
+        groups[group] = {
+            "characters": sorted(name for name in CHARACTERS if cast(weights[name])),
+            "prompts": int(chosen.sum()),
+            "a": int(before.sum()),
+            "b": int(after.sum()),
+            "rose": rose,
+            "fell": fell,
+            "sign_test_p": binomtest(rose, rose + fell).pvalue if rose + fell else 1.0,
+            "difference": paired_difference(*per_image)["look"],
+        }
+    return groups
 
 
 def interaction_of_readings(
@@ -603,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pair is not None:
         a, b = (saved_reading(spec) for spec in args.pair)
-        print(json.dumps({"a": args.pair[0], "b": args.pair[1], **pair_readings(a, b)}, indent=1))
+        paired = {**pair_readings(a, b), "look_by_casting": look_by_casting(a, b)}
+        print(json.dumps({"a": args.pair[0], "b": args.pair[1], **paired}, indent=1))
         return 0
     if args.interaction is not None:
         readings = [saved_reading(spec) for spec in args.interaction]
