@@ -19,7 +19,8 @@ On synthetic scenes from a seed the base never saw (it trained on seed 0):
     python -m experiments.bench.embedded_world --stage2 WORK --average --against WORK
         # a run's moving average of its weights (tiny_base --ema-decay) against its weights
     python -m experiments.bench.embedded_world --pair A.json B.json:against
-        # two saved --stage2 readings on the same prompts, paired afterwards (B − A)
+        # two saved --stage2 readings on the same prompts, paired afterwards (B − A), and the
+        # look paired within the common and the rarer looks (look_by_casting)
     python -m experiments.bench.embedded_world --interaction A.json B.json C.json D.json
         # does A → B do as much as C → D? (D − C) − (B − A), paired on the same prompts
 """
@@ -622,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs=2,
         metavar=("A", "B"),
         help="pair two saved --stage2 readings made on the same prompts: B − A of each "
-        "per-sample reading; FILE reads a file's first arm, FILE:against its --against arm",
+        "per-sample reading, and the look within the common and the rarer looks; FILE reads "
+        "a file's first arm, FILE:against its --against arm",
     )
     parser.add_argument(
         "--interaction",
