@@ -76,11 +76,14 @@ def test_each_launch_records_its_thread_count_and_a_resume_keeps_the_first(tmp_p
 
 
 def test_the_commit_label_is_head_marked_dirty_by_tracked_edits_and_unknown_outside_git(
-    tmp_path,
+    tmp_path, monkeypatch
 ) -> None:
     import subprocess
 
     from ymn.run_record import commit_label
+
+    # git must not find a repository above tmp_path (e.g. a checkout holding the temp folder)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
 
     def git(*args: str) -> str:
         done = subprocess.run(

@@ -33,8 +33,8 @@ from experiments.bench.embedded_world import (
 )
 from experiments.probes.vae_ceiling import paired_difference
 from ymn.model.components import load_components, tiny_base_path
-from ymn.model.tiny_base import display_path
 from ymn.model.tiny_base_data import base_caption_tags
+from ymn.paths import shareable_path
 
 Setting = tuple[str, int, float, float]  # sampler, steps, CFG scale, CFG rescale
 REFERENCE: Setting = ("ddim", SAMPLER_STEPS, GUIDANCE, 0.0)  # embedded_world's readings
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python -m experiments.bench.base_sampler "
         + " ".join(without_local_paths(argv or sys.argv[1:])),
-        "model": display_path(Path(args.model)) if args.model else "shipped tiny base",
+        "model": shareable_path(Path(args.model)) if args.model else "shipped tiny base",
         "prompts": {"first": first, "n": n},
         "caption_tags": tags,
         "reference": setting_record(REFERENCE),
@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def without_local_paths(argv: list[str]) -> list[str]:
-    """The command's arguments with each absolute path shown as `tiny_base.display_path` shows
+    """The command's arguments with each absolute path shown as `ymn.paths.shareable_path` shows
     it (relative to the working directory, else its last part: the JSON is shared)."""
-    return [display_path(Path(arg)) if Path(arg).is_absolute() else arg for arg in argv]
+    return [shareable_path(Path(arg)) if Path(arg).is_absolute() else arg for arg in argv]
 
 
 def parse_settings(text: str) -> tuple[Setting, ...]:

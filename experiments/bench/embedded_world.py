@@ -62,6 +62,8 @@ SIZE = 128
 BATCH = 16  # images per pipeline call and per VAE round trip (one generator per image)
 TARGETS = {"vae_count_kept": 0.98, "vae_identity_kept": 0.95, "one_person_described": 0.80}
 FLAG_KEYS = ("one_face", "one_person_described", "one_face_hair", "one_face_outfit")
+LOOK = "one_person_described"
+PAIRED_READINGS = (*FLAG_KEYS, "caption_share_removed")  # what `--pair` compares per prompt
 SAMPLER_STEPS, GUIDANCE = 25, 5.0  # DDIM steps and CFG scale of every reading
 SAMPLERS = {  # what `sample` may sample with; each takes the base's schedule from its config
     "ddim": DDIMScheduler,
@@ -301,13 +303,21 @@ def run_stage2(
     return result
 
 
-def pair_readings(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """b − a of every per-sample reading of two stage-2 readings (bootstrap CI, permutation p),
-    from the `per_sample` records they keep."""
+def pair_readings(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    prompts: np.ndarray | None = None,
+    names: tuple[str, ...] = PAIRED_READINGS,
+) -> dict[str, dict[str, Any]]:
+    """b − a of the per-sample readings `names` of two stage-2 readings (bootstrap CI,
+    permutation p), from the `per_sample` records they keep; `prompts` (a mask) keeps a subset."""
     from experiments.probes.vae_ceiling import paired_difference
 
     check_paired(a, b)
-    return paired_difference(paired_values(a["per_sample"]), paired_values(b["per_sample"]))
+    return paired_difference(
+        paired_values(a["per_sample"], prompts, names),
+        paired_values(b["per_sample"], prompts, names),
+    )
 
 
 def look_by_casting(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -316,18 +326,15 @@ def look_by_casting(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str,
     whose look rose and fell, an exact sign test on those, and the paired difference."""
     from scipy.stats import binomtest
 
-    from experiments.probes.vae_ceiling import paired_difference
-
     check_paired(a, b)
     weights = dict(zip(CHARACTERS, CHARACTER_WEIGHTS, strict=True))
-    looks = [np.array(r["per_sample"]["one_person_described"], int) for r in (a, b)]
+    looks = [np.array(r["per_sample"][LOOK], int) for r in (a, b)]
     characters = a["per_sample"]["character"]
     groups = {}
     for group, cast in (("common", lambda w: w >= 3), ("rarer", lambda w: w < 3)):
         chosen = np.array([cast(weights[name]) for name in characters])
         before, after = looks[0][chosen], looks[1][chosen]
         rose, fell = int(np.sum(after > before)), int(np.sum(after < before))
-        per_image = [{"look": (x.astype(float), np.ones(len(x)))} for x in (before, after)]
         groups[group] = {
             "characters": sorted(name for name in CHARACTERS if cast(weights[name])),
             "prompts": int(chosen.sum()),
@@ -336,7 +343,7 @@ def look_by_casting(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str,
             "rose": rose,
             "fell": fell,
             "sign_test_p": binomtest(rose, rose + fell).pvalue if rose + fell else 1.0,
-            "difference": paired_difference(*per_image)["look"],
+            "difference": pair_readings(a, b, chosen, (LOOK,))[LOOK],
         }
     return groups
 
@@ -384,10 +391,17 @@ def saved_reading(spec: str) -> dict[str, Any]:
     return reading
 
 
-def paired_values(record: dict[str, list]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """A `per_sample` record as `paired_difference` reads it: (hits, totals) per reading."""
-    names = (*FLAG_KEYS, "caption_share_removed")
-    return {name: (np.array(record[name], float), np.ones(len(record[name]))) for name in names}
+def paired_values(
+    record: dict[str, list],
+    prompts: np.ndarray | None = None,
+    names: tuple[str, ...] = PAIRED_READINGS,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A `per_sample` record as `paired_difference` reads it: (hits, totals) per reading, on the
+    prompts of the mask `prompts` (default: all)."""
+    values = {name: np.array(record[name], float) for name in names}
+    if prompts is not None:
+        values = {name: hits[prompts] for name, hits in values.items()}
+    return {name: (hits, np.ones(len(hits))) for name, hits in values.items()}
 
 
 def stage2_reading(

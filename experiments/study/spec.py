@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ymn.paths import CONFIG_DIR
+from ymn.paths import CONFIG_DIR, PACKAGE_DIR, shareable_path
 
 STUDY_DIR = CONFIG_DIR / "study"
 
@@ -83,14 +83,6 @@ def study_path(name_or_path: str) -> Path:
     return STUDY_DIR / f"{name_or_path}.yaml"
 
 
-def shareable_name(path: Path) -> str:
-    """The study file as written into results: package-relative, never a local path."""
-    path = path.resolve()
-    if path.is_relative_to(CONFIG_DIR):
-        return "ymn/conf/" + path.relative_to(CONFIG_DIR).as_posix()
-    return path.name
-
-
 def available_studies() -> list[str]:
     """The study names shipped in ymn/conf/study."""
     return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
@@ -127,7 +119,7 @@ def load_study(name_or_path: str) -> StudySpec:
         metrics=list(raw.get("metrics") or METRICS),
         full_command=str(raw.get("full_command", "")).strip(),
         notes=[str(n) for n in raw.get("notes", [])],
-        source=shareable_name(path),
+        source=shareable_path(path, root=PACKAGE_DIR.parent),
         arm_steps=arm_steps,
         arm_after=arm_after,
     )

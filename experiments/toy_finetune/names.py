@@ -37,6 +37,7 @@ from omegaconf import OmegaConf
 from experiments.bench.embedded_world import sample
 from ymn.data.synthetic import CHARACTERS
 from ymn.model.components import Components
+from ymn.paths import shareable_path
 from ymn.probes.detectors import SyntheticFaceDetector
 from ymn.probes.identity import LookShares, character_of, look_shares
 from ymn.probes.prompts import AUTO_CHARACTERS, build_probe_prompts
@@ -164,7 +165,7 @@ def checkpoint_reading(
 def base_label(cfg: Any, base: Path | None) -> str:
     """Which base the run started from, without a local path (the JSON is committed)."""
     if base is not None:
-        return base.name
+        return shareable_path(base)
     if cfg.model.components.get("pretrained"):
         return "the run's model.components.pretrained (not the embedded base)"
     return "the embedded base"

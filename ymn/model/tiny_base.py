@@ -87,6 +87,7 @@ from ymn.model.vae_stages import (
     train_decoder,
     train_vae,
 )
+from ymn.paths import shareable_path
 from ymn.run_record import commit_label
 
 STAGE2_SCHEDULER = "stage2_scheduler.json"  # the noise schedule stage 2 trains under
@@ -288,7 +289,7 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
         {f"colour_{k}": v for k, v in train_colour(components.vae, images, metas, cfg).items()}
     )
     if cfg.stage == "vae":
-        return {"stage": "vae", "vae_final_losses": vae_losses, "work": display_path(cfg.work)}
+        return {"stage": "vae", "vae_final_losses": vae_losses, "work": shareable_path(cfg.work)}
     if cfg.stage2_characters != "natural":
         size, mix = TINY_RESOLUTION, cfg.stage2_characters
         images, metas = make_scenes(cfg.data, cfg.images, cfg.seed, size, mix, cfg.caption_tags)
@@ -323,17 +324,9 @@ def train_tiny_base(cfg: TinyBaseConfig) -> dict:
     return info
 
 
-def display_path(path: Path) -> str:
-    """`path` relative to the working directory when inside it (no local paths in shared files)."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return Path(path).name
-
-
 def cli_args(cfg: TinyBaseConfig) -> list[str]:
     """The flags that reproduce cfg."""
-    values = {k: display_path(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+    values = {k: shareable_path(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     return [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
 
 
