@@ -27,7 +27,7 @@ from ymn.paths import CONFIG_DIR
 
 CONF = CONFIG_DIR / "caption"
 
-# The metadata example of the ASP README (Dec 2022), whose caption DESIGN.md §2 quotes.
+# The metadata example of the ASP README (Dec 2022) and the caption ASP builds from it.
 README_EXAMPLE = {
     "count": "2",
     "characters": ["KuraueHinata", "AobaKokona"],

@@ -47,7 +47,7 @@ METRICS: tuple[tuple[str, str], ...] = (
 )
 CAVEAT = (
     "Toy-scale CPU numbers from a few steps are not evidence: meaningful count ablations need "
-    ">= 128 samples per count and 1-2 CPU-hours per arm (DESIGN.md §6)."
+    ">= 128 samples per count and 1-2 CPU-hours per arm (see the studies, experiments/FINDINGS.md)."
 )
 
 

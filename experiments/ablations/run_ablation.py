@@ -1,4 +1,4 @@
-"""Run one failure ablation (DESIGN.md §5) at toy scale on CPU and tabulate it.
+"""Run one failure ablation at toy scale on CPU and tabulate it.
 
     python -m experiments.ablations.run_ablation count --seeds 1 2 --steps 4
     python -m experiments.ablations.run_ablation count --full-command   # the SD 1.5 GPU command

@@ -2,7 +2,8 @@
 
 `embedded_world` reads the described look from two zones around the face: the hair, whose
 colour the tags name, and the outfit, which no tag names. For each one-face sample of a fresh
-one-person prompt (the same prompts and seeds as `embedded_world --stage2`), this names the
+one-person prompt (the prompts and seeds of `embedded_world --stage2 --first-prompt 100
+--n-samples 200`, this reader's defaults: the "new prompts"), this names the
 owner of the colour covering most of each zone: a roster character, an unnamed person's hair
 colour (`unnamed`, the synthetic data's regularization people) or none reaching MIN_FRAC
 (null). It also reads the look as if unnamed hair colours vetoed nothing (`character_of` with

@@ -2,7 +2,7 @@
 
 Every count or identity the probes read from a sample went through the VAE decoder, so the
 share the detector still reads right on VAE reconstructions of real scenes caps any probe score
-of that model, whatever its UNet learns (DESIGN §7). Scenes are drawn fresh, from a seed the
+of that model, whatever its UNet learns. Scenes are drawn fresh, from a seed the
 base never trained on (the base trains on seed 0), exactly as `ymn.model.tiny_base` draws them.
 """
 

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 STEP_FILE = re.compile(r"step_(\d+)\.(png|json)$")
 RUN_MARKERS = ("config_resolved.yaml", "csv", "probes", "samples", "wandb")
 NOT_RUNS = {"wandb", "export", "checkpoints", ".git", ".hydra", "csv", "probes", "samples"}
-# The probe families of DESIGN §4 by metric prefix.
+# The probe families (count, face grid, identity, attention, linear) by metric prefix.
 PROBE_FAMILIES = {
     "count": ("probe/count/",),
     "facegrid": ("probe/facegrid/",),

@@ -1,4 +1,4 @@
-"""Build ASP (Jan 2023) captions from metadata, per draw, with the ablation variants of DESIGN §5.
+"""Build ASP (Jan 2023) captions from metadata, per draw, with the failure ablations' variants.
 
 Caption parts, joined by ", " and each kept with its own probability: count, characters,
 `from {copyright}`, general, `by {artist}`, `explicit`, face-position tokens, tags; finally

@@ -4,7 +4,7 @@ Categories are folders, so to sample face cells evenly each image (and its JSON 
 linked into `<its folder>/cell_r<row>c<col>/`, the 5x5 cell of its largest face (`noface/`
 without faces). Every other level of the tree stays as it was, so WeightTree keeps the kind
 and character-count shares and only splits each leaf folder equally among its cells: the
-card's "imbalance" hypothesis (DESIGN.md §5, face grid), against the natural layout.
+card's "imbalance" hypothesis for the face-grid tokens, against the natural layout.
 Hard links when possible, copies otherwise; idempotent (`cell_layout.json` records the counts).
 
     python -m ymn.data.cell_layout SRC DST

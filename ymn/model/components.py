@@ -52,7 +52,7 @@ def tiny_vae() -> AutoencoderKL:
     """AutoencoderKL with 3 blocks (4x downsampling: 32x32 latents at 128 px), 4 latent channels.
 
     SD 1.x downsamples 8x; at 128 px that leaves 2-3 latent pixels per small face, and the
-    synthetic detector lost a third of the faces through such a VAE (DESIGN.md §8).
+    synthetic detector lost a third of the faces through such a VAE.
     """
     return AutoencoderKL(
         in_channels=3,

@@ -1,8 +1,8 @@
 """Training timestep distributions: uniform (SD's), or biased towards high or low noise or a range.
 
 Layout and count are decided in the first, high-noise sampling steps, so weighting training
-towards large timesteps is a candidate remedy (DESIGN §5); the option follows SimpleTuner's
-`--timestep_bias_strategy` and OneTrainer's `timestep_distribution`:
+towards large timesteps is a candidate remedy for the card's count failure; the option follows
+SimpleTuner's `--timestep_bias_strategy` and OneTrainer's `timestep_distribution`:
 
 - `uniform`: every timestep equally likely (the recipe);
 - `high` / `low`: the top / bottom `portion` of timesteps drawn `multiplier` times as often;

@@ -135,7 +135,8 @@ class TinyBaseConfig:
     timestep_bias: str = "uniform"
     timestep_multiplier: float = 2.0
     timestep_portion: float = 0.25
-    # stage 2's target and noise ("epsilon", no rescaling, i.i.d. noise: the shipped base's)
+    # stage 2's target and noise (v on a zero-terminal-SNR schedule, i.i.d. noise: the shipped
+    # base's)
     prediction_type: str = "v_prediction"  # or "epsilon" (SD 1.x)
     zero_terminal_snr: bool = True  # needs v_prediction (ymn.model.components.sd_scheduler)
     pyramid_discount: float = 0.0  # > 0: multi-resolution noise (ymn.model.noise)
@@ -333,7 +334,9 @@ def cli_args(cfg: TinyBaseConfig) -> list[str]:
 def parse_args(argv: list[str] | None) -> TinyBaseConfig:
     """CLI flags → TinyBaseConfig (defaults: the shipped base)."""
     defaults = TinyBaseConfig()
-    parser = argparse.ArgumentParser(prog="ymn-tiny-base", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ymn.model.tiny_base", description=__doc__.splitlines()[0]
+    )
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
         kind = Path if isinstance(value, Path) else type(value)

@@ -1,6 +1,6 @@
 """Count metrics of a sample-based probe: requested vs detected people per image (pure numpy).
 
-Reading (DESIGN §4, §6): exact accuracy is noisy at small sample sizes; compare arms on the
+Reading: exact accuracy is noisy at small sample sizes; compare arms on the
 mean detected count per requested count, the slope and the correlation (with its permutation
 p-value), not only on exact accuracy.
 """

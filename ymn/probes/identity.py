@@ -1,9 +1,10 @@
 """Character-identity probe: is each generated face the character the prompt named? (numpy/scipy)
 
-Character bleeding (DESIGN.md §5.3) is identities blending or swapping in multi-character
-scenes. On ymn's synthetic data every roster character has its own hair and outfit colour
-(``ymn.data.synthetic.CHARACTERS``), drawn around the face: a hair cap just outside the face
-disc (plus twintails, long hair, a ponytail or a bun) and the torso right below it.
+Character bleeding (the card: success falls as characters per scene rise) is identities
+blending or swapping in multi-character scenes. On ymn's synthetic data every roster
+character has its own hair and outfit colour (``ymn.data.synthetic.CHARACTERS``), drawn around
+the face: a hair cap just outside the face disc (plus twintails, long hair, a ponytail or a
+bun) and the torso right below it.
 ``identify_character`` reads those two zones around a detected face box, assigns each pixel
 to the nearest colour of the whole drawing palette (so a roster outfit is never mistaken for a
 similar roster hair colour) and picks the character whose hair, then outfit, covers most of
