@@ -326,14 +326,13 @@ def look_by_casting(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str,
     whose look rose and fell, an exact sign test on those, and the paired difference."""
     from scipy.stats import binomtest
 
-    check_paired(a, b)
+    check_paired(a, b)  # before the masks index b's records
     weights = dict(zip(CHARACTERS, CHARACTER_WEIGHTS, strict=True))
-    looks = [np.array(r["per_sample"][LOOK], int) for r in (a, b)]
     characters = a["per_sample"]["character"]
     groups = {}
     for group, cast in (("common", lambda w: w >= 3), ("rarer", lambda w: w < 3)):
         chosen = np.array([cast(weights[name]) for name in characters])
-        before, after = looks[0][chosen], looks[1][chosen]
+        before, after = (paired_values(r["per_sample"], chosen, (LOOK,))[LOOK][0] for r in (a, b))
         rose, fell = int(np.sum(after > before)), int(np.sum(after < before))
         groups[group] = {
             "characters": sorted(name for name in CHARACTERS if cast(weights[name])),
